@@ -1,0 +1,338 @@
+"""Typed, frozen configuration for the GAN engine, validated on construction.
+
+One dataclass per component (data, networks, loss, optimisers, training) and one tree
+(`GANConfig`) that holds them. Every field is checked in ``__post_init__``; a bad value raises
+`ConfigError` whose message names the field (dotted path), the value and what is allowed, so the
+CLI can print it as one line. Presets are plain functions returning a `GANConfig`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field, fields, is_dataclass, replace
+from typing import Any, get_args, get_origin, get_type_hints
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid. The message names the field, the value and what is allowed."""
+
+
+def _check(ok: bool, name: str, value: Any, allowed: str) -> None:
+    if not ok:
+        raise ConfigError(f"{name}: got {value!r}; allowed: {allowed}")
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return (isinstance(v, (int, float)) and not isinstance(v, bool)) and math.isfinite(v)
+
+
+LOSS_KINDS = ("non_saturating", "minimax", "hinge", "wasserstein")
+ARCHS = ("mlp", "dcgan")
+NORMS = ("batch", "layer", "none")  # "layer" is the batch-independent option
+AMP_MODES = ("off", "bf16", "fp16")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """What the networks are trained on.
+
+    ``name`` is a built-in dataset (``digits``, ``ring8``, ``grid25``) or a staged dataset reference
+    that infra resolves; ``shape`` is one example's shape, (D,) for vectors or (C, H, W) for images.
+    """
+
+    name: str = "ring8"
+    shape: tuple[int, ...] = (2,)
+    num_examples: int = 50_000  # only for the synthetic mixtures: how many points to draw once
+    data_seed: int = 0  # seed of that draw (the training seed is train.seed)
+
+    def __post_init__(self) -> None:
+        _check(isinstance(self.name, str) and self.name != "", "data.name", self.name, "a non-empty string")
+        shape = tuple(self.shape) if isinstance(self.shape, (list, tuple)) else self.shape
+        _check(
+            isinstance(shape, tuple) and len(shape) in (1, 3) and all(_is_int(s) and s > 0 for s in shape),
+            "data.shape", self.shape, "(D,) for vectors or (C, H, W) for images, positive integers",
+        )
+        object.__setattr__(self, "shape", shape)
+        _check(_is_int(self.num_examples) and self.num_examples > 0, "data.num_examples", self.num_examples,
+               "a positive integer")
+        _check(_is_int(self.data_seed) and self.data_seed >= 0, "data.data_seed", self.data_seed,
+               "a non-negative integer")
+
+    @property
+    def is_image(self) -> bool:
+        return len(self.shape) == 3
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    """Generator G and discriminator D.
+
+    ``mlp``: fully connected nets for vector data (and flattened images). ``dcgan``: Radford et al.
+    2015 conv nets for square power-of-two images of 8 to 128 px. ``*_width`` is hidden units (mlp)
+    or the channel count of the highest-resolution conv layer (dcgan).
+    """
+
+    arch: str = "mlp"
+    z_dim: int = 64
+    g_width: int = 256
+    d_width: int = 256
+    g_depth: int = 3  # hidden layers (mlp only)
+    d_depth: int = 3
+    g_norm: str = "batch"
+    d_norm: str = "none"  # D sees real and fake in one batch: batch statistics would mix them
+    d_spectral_norm: bool = False  # Miyato et al. 2018
+
+    def __post_init__(self) -> None:
+        _check(self.arch in ARCHS, "network.arch", self.arch, " | ".join(ARCHS))
+        for name in ("z_dim", "g_width", "d_width", "g_depth", "d_depth"):
+            v = getattr(self, name)
+            _check(_is_int(v) and 0 < v <= 65536, f"network.{name}", v, "a positive integer")
+        _check(self.g_norm in NORMS, "network.g_norm", self.g_norm, " | ".join(NORMS))
+        _check(self.d_norm in NORMS, "network.d_norm", self.d_norm, " | ".join(NORMS))
+        _check(isinstance(self.d_spectral_norm, bool), "network.d_spectral_norm", self.d_spectral_norm,
+               "true | false")
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """The adversarial objective and its regularisers.
+
+    kind: ``non_saturating`` (default, -log D(G(z)) for G), ``minimax`` (the saturating
+    log(1 - D(G(z))) of the paper's value function), ``hinge``, ``wasserstein``.
+    gp_lambda: WGAN-GP weight (Gulrajani et al. 2017); r1_gamma: R1 weight (Mescheder et al. 2018).
+    """
+
+    kind: str = "non_saturating"
+    gp_lambda: float = 0.0
+    r1_gamma: float = 0.0
+
+    def __post_init__(self) -> None:
+        _check(self.kind in LOSS_KINDS, "loss.kind", self.kind, " | ".join(LOSS_KINDS))
+        _check(_is_number(self.gp_lambda) and self.gp_lambda >= 0, "loss.gp_lambda", self.gp_lambda,
+               "a number >= 0")
+        _check(_is_number(self.r1_gamma) and self.r1_gamma >= 0, "loss.r1_gamma", self.r1_gamma, "a number >= 0")
+
+
+@dataclass(frozen=True)
+class OptimizerConfig:
+    """Adam (Kingma & Ba 2015) with DCGAN's betas by default."""
+
+    lr: float = 2e-4
+    beta1: float = 0.5
+    beta2: float = 0.999
+
+    def __post_init__(self) -> None:
+        _check(_is_number(self.lr) and 0 < self.lr < 1, "lr", self.lr, "a number in (0, 1)")
+        _check(_is_number(self.beta1) and 0 <= self.beta1 < 1, "beta1", self.beta1, "a number in [0, 1)")
+        _check(_is_number(self.beta2) and 0 <= self.beta2 < 1, "beta2", self.beta2, "a number in [0, 1)")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Algorithm 1's schedule, counted in steps (one step = k D updates + one G update) and images."""
+
+    global_batch_size: int = 256  # m in Algorithm 1, summed over all workers
+    d_steps: int = 1  # k in Algorithm 1 (the paper uses k = 1)
+    total_steps: int = 2000
+    seed: int = 0
+    ema_kimg: float = 10.0  # half-life of G_ema in thousands of images (StyleGAN2-ADA); 0 = G_ema tracks G
+    ema_rampup: float = 0.05  # ema half-life <= rampup * images seen so far; 0 disables the ramp-up
+    amp: str = "off"  # "bf16" or "fp16" (CUDA; fp16 uses a GradScaler)
+    channels_last: bool = False  # memory format for conv nets on CUDA
+    tick_every_steps: int = 100  # metrics are averaged and reported once per tick
+    checkpoint_every_steps: int = 500
+    num_checkpoints_to_keep: int = 2
+
+    def __post_init__(self) -> None:
+        for name in ("global_batch_size", "d_steps", "total_steps", "tick_every_steps", "checkpoint_every_steps",
+                     "num_checkpoints_to_keep"):
+            v = getattr(self, name)
+            _check(_is_int(v) and v > 0, f"train.{name}", v, "a positive integer")
+        _check(_is_int(self.seed) and 0 <= self.seed < 2**63, "train.seed", self.seed, "an integer in [0, 2**63)")
+        _check(_is_number(self.ema_kimg) and self.ema_kimg >= 0, "train.ema_kimg", self.ema_kimg, "a number >= 0")
+        _check(_is_number(self.ema_rampup) and self.ema_rampup >= 0, "train.ema_rampup", self.ema_rampup,
+               "a number >= 0")
+        _check(self.amp in AMP_MODES, "train.amp", self.amp, " | ".join(AMP_MODES))
+        _check(isinstance(self.channels_last, bool), "train.channels_last", self.channels_last, "true | false")
+
+
+@dataclass(frozen=True)
+class GANConfig:
+    """The whole engine configuration: data, networks, loss, one optimiser each for G and D, training."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    network: NetworkConfig = field(default_factory=NetworkConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    g_optim: OptimizerConfig = field(default_factory=OptimizerConfig)
+    d_optim: OptimizerConfig = field(default_factory=OptimizerConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        if self.network.arch == "dcgan":
+            _check(self.data.is_image, "network.arch", self.network.arch,
+                   "mlp for vector data (data.shape has one entry); dcgan needs (C, H, W)")
+            c, h, w = self.data.shape
+            _check(h == w and h in (8, 16, 32, 64, 128), "data.shape", self.data.shape,
+                   "square images of 8, 16, 32, 64 or 128 px for network.arch = dcgan")
+        if self.loss.kind == "wasserstein" and self.loss.gp_lambda == 0 and not self.network.d_spectral_norm:
+            raise ConfigError(
+                "loss.kind: got 'wasserstein' with loss.gp_lambda = 0 and no spectral norm; allowed: set "
+                "loss.gp_lambda > 0 (WGAN-GP, e.g. 10) or network.d_spectral_norm = true to keep D Lipschitz")
+
+    # -- conversion -------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return _to_plain(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "GANConfig":
+        return _from_plain(cls, d, "")
+
+    def with_overrides(self, overrides: dict[str, Any]) -> "GANConfig":
+        """Return a copy with dotted-path overrides applied, e.g. {"train.total_steps": 10}."""
+        d = self.to_dict()
+        for path, value in overrides.items():
+            parts = path.split(".")
+            node = d
+            for i, p in enumerate(parts[:-1]):
+                if not isinstance(node.get(p), dict):
+                    raise ConfigError(f"{'.'.join(parts[:i + 1])}: unknown section; allowed: "
+                                      f"{', '.join(k for k, v in node.items() if isinstance(v, dict))}")
+                node = node[p]
+            if parts[-1] not in node:
+                raise ConfigError(f"{path}: unknown field; allowed: {', '.join(sorted(node))}")
+            node[parts[-1]] = value
+        return GANConfig.from_dict(d)
+
+
+def _to_plain(obj: Any) -> Any:
+    if is_dataclass(obj):
+        return {f.name: _to_plain(getattr(obj, f.name)) for f in fields(obj)}
+    if isinstance(obj, tuple):
+        return [_to_plain(v) for v in obj]
+    return obj
+
+
+def _from_plain(cls: type, d: Any, prefix: str) -> Any:
+    where = prefix.rstrip(".") or "config"
+    if not isinstance(d, dict):
+        raise ConfigError(f"{where}: got {d!r}; allowed: a table of fields")
+    hints = get_type_hints(cls)
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise ConfigError(f"{prefix}{unknown[0]}: unknown field; allowed: {', '.join(sorted(known))}")
+    kwargs: dict[str, Any] = {}
+    for name, value in d.items():
+        typ = hints[name]
+        if is_dataclass(typ):
+            kwargs[name] = _from_plain(typ, value, f"{prefix}{name}.")
+        elif get_origin(typ) is tuple and isinstance(value, list):
+            kwargs[name] = tuple(value)
+        elif typ is float and _is_int(value):
+            kwargs[name] = float(value)
+        else:
+            kwargs[name] = value
+    try:
+        return cls(**kwargs)
+    except ConfigError as e:
+        msg = str(e)
+        # OptimizerConfig does not know whether it is G's or D's: prefix its bare field names.
+        if prefix and not msg.startswith(prefix) and msg.split(":")[0] in known:
+            msg = prefix + msg
+        raise ConfigError(msg) from None
+
+
+# -- presets ----------------------------------------------------------------------------------------
+
+def preset_tiny() -> GANConfig:
+    """Seconds on a laptop: the tests' configuration (ring8, small MLPs)."""
+    return GANConfig(
+        data=DataConfig(name="ring8", shape=(2,), num_examples=2048),
+        network=NetworkConfig(arch="mlp", z_dim=8, g_width=32, d_width=32, g_depth=2, d_depth=2),
+        train=TrainConfig(global_batch_size=32, total_steps=20, tick_every_steps=5, checkpoint_every_steps=10,
+                          ema_kimg=0.5),
+    )
+
+
+def preset_ring8() -> GANConfig:
+    """8 Gaussians on a circle (radius 1, sigma 0.01): the classic mode-collapse benchmark."""
+    return GANConfig(
+        data=DataConfig(name="ring8", shape=(2,), num_examples=50_000),
+        network=NetworkConfig(arch="mlp", z_dim=16, g_width=256, d_width=256, g_depth=3, d_depth=3,
+                              g_norm="none", d_norm="none"),
+        loss=LossConfig(kind="non_saturating", r1_gamma=0.1),
+        g_optim=OptimizerConfig(lr=1e-4, beta1=0.5, beta2=0.99),
+        d_optim=OptimizerConfig(lr=1e-4, beta1=0.5, beta2=0.99),
+        train=TrainConfig(global_batch_size=256, total_steps=6000, tick_every_steps=250,
+                          checkpoint_every_steps=1500, ema_kimg=2.0),
+    )
+
+
+def preset_grid25() -> GANConfig:
+    """25 Gaussians on a 5x5 grid (spacing 2, sigma 0.05)."""
+    return GANConfig(
+        data=DataConfig(name="grid25", shape=(2,), num_examples=50_000),
+        network=NetworkConfig(arch="mlp", z_dim=16, g_width=256, d_width=256, g_depth=3, d_depth=3,
+                              g_norm="none", d_norm="none"),
+        loss=LossConfig(kind="non_saturating", r1_gamma=0.1),
+        g_optim=OptimizerConfig(lr=1e-4, beta1=0.5, beta2=0.99),
+        d_optim=OptimizerConfig(lr=1e-4, beta1=0.5, beta2=0.99),
+        train=TrainConfig(global_batch_size=256, total_steps=6000, tick_every_steps=250,
+                          checkpoint_every_steps=1500, ema_kimg=2.0),
+    )
+
+
+def preset_digits() -> GANConfig:
+    """scikit-learn's 8x8 handwritten digits with small DCGAN nets: the default."""
+    return GANConfig(
+        data=DataConfig(name="digits", shape=(1, 8, 8)),
+        network=NetworkConfig(arch="dcgan", z_dim=32, g_width=64, d_width=64, g_norm="batch", d_norm="none"),
+        loss=LossConfig(kind="non_saturating", r1_gamma=0.1),
+        g_optim=OptimizerConfig(lr=2e-4, beta1=0.5, beta2=0.99),
+        d_optim=OptimizerConfig(lr=2e-4, beta1=0.5, beta2=0.99),
+        train=TrainConfig(global_batch_size=128, total_steps=3000, tick_every_steps=100,
+                          checkpoint_every_steps=1000, ema_kimg=5.0),
+    )
+
+
+def preset_dcgan64() -> GANConfig:
+    """64x64 RGB image folders with DCGAN nets; meant for GPUs (bf16 autocast, channels_last)."""
+    return GANConfig(
+        data=DataConfig(name="images", shape=(3, 64, 64)),
+        network=NetworkConfig(arch="dcgan", z_dim=100, g_width=64, d_width=64, g_norm="batch", d_norm="none",
+                              d_spectral_norm=True),
+        loss=LossConfig(kind="non_saturating", r1_gamma=0.2),
+        g_optim=OptimizerConfig(lr=2e-4, beta1=0.5, beta2=0.99),
+        d_optim=OptimizerConfig(lr=2e-4, beta1=0.5, beta2=0.99),
+        train=TrainConfig(global_batch_size=128, total_steps=50_000, tick_every_steps=200,
+                          checkpoint_every_steps=2000, ema_kimg=10.0),
+    )
+
+
+PRESETS = {
+    "tiny": preset_tiny,
+    "digits": preset_digits,
+    "ring8": preset_ring8,
+    "grid25": preset_grid25,
+    "dcgan64": preset_dcgan64,
+}
+
+
+def get_preset(name: str) -> GANConfig:
+    if name not in PRESETS:
+        raise ConfigError(f"preset: got {name!r}; allowed: {' | '.join(PRESETS)}")
+    return PRESETS[name]()
+
+
+__all__ = [
+    "ConfigError", "DataConfig", "NetworkConfig", "LossConfig", "OptimizerConfig", "TrainConfig", "GANConfig",
+    "PRESETS", "get_preset", "replace",
+]

@@ -1,0 +1,203 @@
+"""The one training loop. It knows nothing of who launched it (a plain process or a Ray worker).
+
+    train(config, batches=..., rank=..., world_size=..., wrap_model=..., on_snapshot=...,
+          should_stop=..., resume_from=..., checkpoint_root=...)
+
+- ``batches``: a factory ``batches(start) -> iterator`` of this worker's real minibatches, where
+  ``start`` is the number of minibatches already consumed (0, or the resumed count), or a plain
+  iterable. Each item is a tensor, a (tensor, label) pair or a dict with key "x".
+- ``wrap_model``: applied to G and to D separately (e.g. DDP); identity by default.
+- ``on_snapshot(Snapshot)``: called on *every* rank at each tick, at each checkpoint and at the end,
+  the same number of times on each; rank 0's snapshot carries the checkpoint directory it just wrote.
+- ``should_stop()``: polled after each step; the loop then writes a checkpoint and returns.
+- ``resume_from``: a checkpoint directory; the run continues exactly where it stopped.
+
+A non-finite loss raises `NonFiniteLossError` naming the step before any checkpoint containing it is
+written, so the latest checkpoint stays good.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from .checkpoint import restore_training_state, save_checkpoint
+from .config import GANConfig
+from .losses import js_estimate
+from .training import TrainingState, build_training_state, train_step
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A loss became NaN or Inf; names the step and the loss."""
+
+    def __init__(self, step: int, name: str, value: float):
+        self.step, self.name, self.value = step, name, value
+        super().__init__(f"non-finite {name} = {value} at step {step}; training stopped, the latest "
+                         f"checkpoint before this step is intact (try a lower learning rate or a regulariser)")
+
+
+class DataExhaustedError(RuntimeError):
+    """The batch iterator ended; training needs an endless stream (repeat over epochs)."""
+
+
+@dataclass
+class Snapshot:
+    step: int
+    images_seen: int
+    metrics: dict[str, float]
+    checkpoint_dir: str | None = None  # set on rank 0 when a checkpoint was written at this step
+    is_final: bool = False
+
+    @property
+    def kimg(self) -> float:
+        return self.images_seen / 1000.0
+
+
+@dataclass
+class TrainResult:
+    state: TrainingState
+    last_snapshot: Snapshot | None
+    checkpoint_dir: str | None  # the last checkpoint written by this rank (None on ranks > 0)
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def _as_tensor(item: Any) -> torch.Tensor:
+    if isinstance(item, torch.Tensor):
+        return item
+    if isinstance(item, dict):
+        return torch.as_tensor(item["x"])
+    if isinstance(item, (tuple, list)):
+        return torch.as_tensor(item[0])
+    return torch.as_tensor(item)
+
+
+def _open_batches(batches: Callable[[int], Iterable] | Iterable, start: int) -> Iterator:
+    if callable(batches) and not hasattr(batches, "__iter__"):
+        return iter(batches(start))
+    return iter(batches)
+
+
+def _reduce_mean(stacked: torch.Tensor, world_size: int) -> torch.Tensor:
+    """Mean over ranks, so every rank reports (and checks) the same numbers."""
+    if world_size > 1 and dist.is_available() and dist.is_initialized():
+        stacked = stacked.clone()
+        dist.all_reduce(stacked, op=dist.ReduceOp.SUM)
+        stacked /= world_size
+    return stacked
+
+
+def format_tick(s: Snapshot, total_steps: int) -> str:
+    """One progress line: step, kimg, paper-notation losses and D outputs, rate and ETA."""
+    m = s.metrics
+    eta = m.get("perf/eta_s", float("nan"))
+    eta_txt = f"{int(eta // 60)}m{int(eta % 60):02d}s" if eta == eta else "?"
+    return (f"step {s.step:>6}/{total_steps}  kimg {s.kimg:8.1f}  loss/D {m['loss/D']:.4f}  "
+            f"loss/G {m['loss/G']:.4f}  D(x) {m['D/real']:.3f}  D(G(z)) {m['D/fake']:.3f}  "
+            f"JS~ {m['js_estimate']:.3f}  kimg/s {m['perf/kimg_per_s']:.2f}  eta {eta_txt}")
+
+
+def train(
+    config: GANConfig,
+    *,
+    batches: Callable[[int], Iterable] | Iterable,
+    rank: int = 0,
+    world_size: int = 1,
+    device: str | torch.device = "cpu",
+    wrap_model: Callable[[nn.Module], nn.Module] | None = None,
+    on_snapshot: Callable[[Snapshot], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    resume_from: str | Path | None = None,
+    checkpoint_root: str | Path | None = None,
+    tick_diagnostics: Callable[[TrainingState], dict[str, float]] | None = None,
+    state: TrainingState | None = None,
+) -> TrainResult:
+    t = config.train
+    # 1. state: fresh, or resumed from a checkpoint (same code path, different counters)
+    state = state if state is not None else build_training_state(config, device)
+    if resume_from is not None:
+        restore_training_state(state, resume_from)
+    wrap = wrap_model or (lambda m: m)
+    G_train, D_train = wrap(state.G), wrap(state.D)
+    root = Path(checkpoint_root) if checkpoint_root is not None else Path(tempfile.mkdtemp(prefix="gan-ckpt-"))
+    # 2. data: resume the stream where the checkpoint left it (k minibatches per step)
+    stream = _open_batches(batches, state.step * t.d_steps)
+
+    def next_real() -> torch.Tensor:
+        try:
+            return _as_tensor(next(stream))
+        except StopIteration:
+            raise DataExhaustedError(f"the batch stream ended at step {state.step}; it must repeat over "
+                                     f"epochs (training needs {t.total_steps} steps)") from None
+
+    pending: dict[str, list[torch.Tensor]] = {}
+    pending_first_step = state.step
+    written: list[Path] = sorted(p for p in root.glob("checkpoint-*") if p.is_dir()) if rank == 0 else []
+    result = TrainResult(state, None, None)
+    tick_start_time, tick_start_images = time.perf_counter(), state.images_seen
+
+    def flush(write_checkpoint: bool, is_final: bool) -> None:
+        nonlocal pending, pending_first_step, tick_start_time, tick_start_images
+        # 3. reduce the tick's per-step statistics (one host sync per tick) and check them for NaN/Inf
+        metrics: dict[str, float] = {}
+        if pending:
+            names = sorted(pending)
+            table = _reduce_mean(torch.stack([torch.stack(pending[n]).float().cpu() for n in names]), world_size)
+            finite = torch.isfinite(table)
+            if not bool(finite.all()):
+                bad_step = int((~finite).any(dim=0).nonzero()[0])
+                bad = [n for n, ok in zip(names, finite[:, bad_step].tolist()) if not ok]
+                name = next((n for n in bad if n.startswith("loss/")), bad[0])
+                raise NonFiniteLossError(pending_first_step + bad_step + 1, name,
+                                         float(table[names.index(name), bad_step]))
+            metrics = {n: float(v) for n, v in zip(names, table.mean(dim=1))}
+            metrics["js_estimate"] = float(js_estimate(metrics.pop("value")))
+        elapsed = time.perf_counter() - tick_start_time
+        images = state.images_seen - tick_start_images
+        rate = images / 1000.0 / elapsed if elapsed > 0 else float("nan")
+        metrics["perf/kimg_per_s"] = rate
+        steps_left = t.total_steps - state.step
+        metrics["perf/eta_s"] = steps_left * t.d_steps * t.global_batch_size / 1000.0 / rate if rate > 0 else 0.0
+        metrics["progress/kimg"] = state.kimg
+        metrics["progress/step"] = float(state.step)
+        if tick_diagnostics is not None:
+            metrics.update(tick_diagnostics(state))
+        # 4. rank 0 writes the checkpoint; every rank reports the snapshot
+        ckpt = None
+        if write_checkpoint and rank == 0:
+            path = save_checkpoint(state, root / f"checkpoint-{state.step:09d}", metrics)
+            written.append(path)
+            while len(written) > t.num_checkpoints_to_keep:
+                shutil.rmtree(written.pop(0), ignore_errors=True)
+            ckpt = str(path)
+            result.checkpoint_dir = ckpt
+        snap = Snapshot(state.step, state.images_seen, metrics, ckpt, is_final)
+        result.last_snapshot = snap
+        result.history.append({"step": state.step, "kimg": state.kimg, **metrics})
+        if on_snapshot is not None:
+            on_snapshot(snap)
+        pending, pending_first_step = {}, state.step
+        tick_start_time, tick_start_images = time.perf_counter(), state.images_seen
+
+    # 5. Algorithm 1 until total_steps (or a stop request)
+    state.G.train()
+    state.D.train()
+    while state.step < t.total_steps:
+        stats = train_step(state, next_real, G_train, D_train, rank, world_size)
+        for key, v in stats.items():
+            pending.setdefault(key, []).append(v)
+        done = state.step >= t.total_steps
+        stop = (not done) and should_stop is not None and should_stop()
+        checkpoint_due = done or stop or state.step % t.checkpoint_every_steps == 0
+        if checkpoint_due or state.step % t.tick_every_steps == 0:
+            flush(write_checkpoint=checkpoint_due, is_final=done or stop)
+        if stop:
+            break
+    return result

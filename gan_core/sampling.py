@@ -1,0 +1,139 @@
+"""Seed-addressed sampling and pictures (image grids, 2-D scatter plots).
+
+Sample i depends only on (seed, i): latent vectors come in fixed blocks of `LATENT_BLOCK` rows, block
+b drawn from a generator seeded by (seed, b), and G runs in eval mode one aligned block at a time, so
+any batch size or partition of [0, N) yields the same bytes.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .rng import generator
+
+LATENT_BLOCK = 1024
+
+
+def latents_for_range(seed: int, start: int, count: int, z_dim: int) -> torch.Tensor:
+    """z for sample indices [start, start + count), shape (count, z_dim), float32 on the CPU."""
+    if count <= 0:
+        return torch.empty(0, z_dim)
+    first, last = start // LATENT_BLOCK, (start + count - 1) // LATENT_BLOCK
+    blocks = [torch.randn(LATENT_BLOCK, z_dim, generator=generator("latents", seed, b)) for b in range(first, last + 1)]
+    z = torch.cat(blocks)
+    offset = start - first * LATENT_BLOCK
+    return z[offset:offset + count]
+
+
+@torch.no_grad()
+def generate(G: nn.Module, num_samples: int, seed: int, *, start: int = 0, batch_size: int = 1024,
+             device: str | torch.device = "cpu") -> torch.Tensor:
+    """Samples [start, start + num_samples) for ``seed`` from G in eval mode, float32 on the CPU.
+
+    G runs on whole aligned latent blocks (padding the ends), so that a sample's value does not depend
+    on which other samples shared its forward pass. ``batch_size`` only bounds memory (in blocks).
+    """
+    G.eval()
+    z_dim = G.z_dim
+    blocks_per_pass = max(1, batch_size // LATENT_BLOCK)
+    out = []
+    first, end = start // LATENT_BLOCK, start + num_samples
+    b = first
+    while b * LATENT_BLOCK < end:
+        nb = min(blocks_per_pass, math.ceil(end / LATENT_BLOCK) - b)
+        z = latents_for_range(seed, b * LATENT_BLOCK, nb * LATENT_BLOCK, z_dim).to(device)
+        x = G(z).float().cpu()
+        lo = max(start, b * LATENT_BLOCK) - b * LATENT_BLOCK
+        hi = min(end, (b + nb) * LATENT_BLOCK) - b * LATENT_BLOCK
+        out.append(x[lo:hi])
+        b += nb
+    return torch.cat(out) if out else torch.empty(0)
+
+
+def to_uint8_images(x: torch.Tensor) -> np.ndarray:
+    """(N, C, H, W) in [-1, 1] -> uint8 (N, H, W, C)."""
+    x = ((x.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return x.permute(0, 2, 3, 1).numpy()
+
+
+def save_image_grid(x: torch.Tensor, path: str | Path, *, ncols: int | None = None, scale: int | None = None,
+                    padding: int = 1) -> Path:
+    """Write a PNG grid of (N, C, H, W) images in [-1, 1]; tiny images are upscaled (nearest)."""
+    from PIL import Image
+
+    imgs = to_uint8_images(x)
+    n, h, w, c = imgs.shape
+    ncols = ncols or math.ceil(math.sqrt(n))
+    nrows = math.ceil(n / ncols)
+    scale = scale or max(1, 256 // (max(h, w) * ncols) or 1, 64 // max(h, w))
+    grid = np.full((nrows * (h + padding) + padding, ncols * (w + padding) + padding, c), 255, np.uint8)
+    for i in range(n):
+        r, col = divmod(i, ncols)
+        y0, x0 = padding + r * (h + padding), padding + col * (w + padding)
+        grid[y0:y0 + h, x0:x0 + w] = imgs[i]
+    mode = "L" if c == 1 else "RGB"
+    img = Image.fromarray(grid[:, :, 0] if c == 1 else grid[:, :, :3], mode=mode)
+    if scale > 1:
+        img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.save(path)
+    return path
+
+
+def save_scatter(samples: torch.Tensor | np.ndarray, path: str | Path, *, centres: np.ndarray | None = None,
+                 real: np.ndarray | None = None, title: str = "") -> Path:
+    """Write a PNG scatter plot of 2-D samples, with real data and mode centres for reference."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    s = samples.detach().cpu().numpy() if isinstance(samples, torch.Tensor) else np.asarray(samples)
+    fig, ax = plt.subplots(figsize=(5, 5), dpi=100)
+    if real is not None:
+        ax.scatter(real[:, 0], real[:, 1], s=2, c="#bbbbbb", label="real")
+    ax.scatter(s[:, 0], s[:, 1], s=2, c="#1f77b4", alpha=0.6, label="G_ema")
+    if centres is not None:
+        ax.scatter(centres[:, 0], centres[:, 1], s=40, marker="x", c="#d62728", label="modes")
+    ax.set_aspect("equal")
+    ax.legend(loc="upper right", fontsize=8)
+    if title:
+        ax.set_title(title, fontsize=9)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def save_loss_curve(history: list[dict[str, float]], path: str | Path) -> Path:
+    """Write a PNG of loss/D, loss/G and the JS estimate against kimg."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    kimg = [h["kimg"] for h in history if "loss/D" in h]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.5), dpi=100)
+    for key in ("loss/D", "loss/G"):
+        ax1.plot(kimg, [h[key] for h in history if "loss/D" in h], label=key)
+    ax1.set_xlabel("kimg")
+    ax1.legend()
+    for key in ("D/real", "D/fake", "js_estimate"):
+        ax2.plot(kimg, [h[key] for h in history if "loss/D" in h], label=key)
+    ax2.set_xlabel("kimg")
+    ax2.axhline(math.log(2), ls=":", c="grey", lw=0.8)
+    ax2.legend()
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path

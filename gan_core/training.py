@@ -1,0 +1,188 @@
+"""Algorithm 1 of Goodfellow et al. 2014: k discriminator updates, then one generator update.
+
+`TrainingState` holds the unwrapped networks, the optimisers and the counters; `discriminator_step`
+and `generator_step` are the two halves of one iteration. The networks being updated are passed in
+*wrapped* form (e.g. DDP) by the caller; the other network is used unwrapped, because its gradients
+are not wanted and a DDP module whose parameters receive no gradient would stall the all-reduce.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from . import losses
+from .config import GANConfig
+from .ema import ema_beta, update_ema
+from .networks import build_discriminator, build_generator
+from .rng import derive_seed, generator, rank_slice
+
+
+@dataclass
+class TrainingState:
+    """Everything a checkpoint holds: networks, optimisers, AMP scalers and counters."""
+
+    config: GANConfig
+    G: nn.Module
+    D: nn.Module
+    G_ema: nn.Module
+    opt_G: torch.optim.Optimizer
+    opt_D: torch.optim.Optimizer
+    scaler_G: torch.amp.GradScaler
+    scaler_D: torch.amp.GradScaler
+    device: torch.device
+    step: int = 0  # completed iterations of Algorithm 1 (= G updates)
+    images_seen: int = 0  # real images shown to D, summed over workers
+
+    @property
+    def kimg(self) -> float:
+        return self.images_seen / 1000.0
+
+
+def build_training_state(config: GANConfig, device: str | torch.device = "cpu") -> TrainingState:
+    """Fresh networks (initialised from train.seed, leaving the global RNG untouched) and optimisers."""
+    device = torch.device(device)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(derive_seed(config.train.seed, "init"))
+        G = build_generator(config)
+        D = build_discriminator(config)
+    G_ema = copy.deepcopy(G).eval().requires_grad_(False)
+    memory_format = torch.channels_last if config.train.channels_last else torch.contiguous_format
+    for net in (G, D, G_ema):
+        net.to(device=device, memory_format=memory_format)
+    g, d = config.g_optim, config.d_optim
+    opt_G = torch.optim.Adam(G.parameters(), lr=g.lr, betas=(g.beta1, g.beta2))
+    opt_D = torch.optim.Adam(D.parameters(), lr=d.lr, betas=(d.beta1, d.beta2))
+    use_scaler = config.train.amp == "fp16"
+    scaler_G = torch.amp.GradScaler(device.type, enabled=use_scaler)
+    scaler_D = torch.amp.GradScaler(device.type, enabled=use_scaler)
+    return TrainingState(config, G, D, G_ema, opt_G, opt_D, scaler_G, scaler_D, device)
+
+
+def _autocast(state: TrainingState):
+    amp = state.config.train.amp
+    if amp == "off":
+        return contextlib.nullcontext()
+    return torch.autocast(state.device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+
+
+def latents(state: TrainingState, purpose: str, j: int, rank: int, world_size: int) -> torch.Tensor:
+    """This worker's slice of the global batch of z ~ N(0, I) for (step, purpose, j).
+
+    Every worker draws the same global batch and keeps its own rows, so the union over workers is
+    independent of the number of workers.
+    """
+    cfg = state.config
+    B = cfg.train.global_batch_size
+    z = torch.randn(B, cfg.network.z_dim, generator=generator(cfg.train.seed, purpose, state.step, j))
+    return z[rank_slice(B, rank, world_size)].to(state.device, non_blocking=True)
+
+
+def _grad_norm(module: nn.Module) -> torch.Tensor:
+    grads = [p.grad for p in module.parameters() if p.grad is not None]
+    if not grads:
+        return torch.zeros(())
+    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+
+
+def discriminator_step(state: TrainingState, D_train: nn.Module, real: torch.Tensor, j: int,
+                       rank: int = 0, world_size: int = 1) -> dict[str, torch.Tensor]:
+    """One D update: ascend V(D, G) on a fresh real minibatch and fresh z (Algorithm 1, inner loop).
+
+    ``D_train`` is D as the caller wrapped it (DDP or the plain module). Returns detached statistics.
+    """
+    cfg = state.config
+    lcfg = cfg.loss
+    # 1. fresh z; fakes from the unwrapped G without a graph: the D step must not touch G
+    z = latents(state, "z_D", j, rank, world_size)
+    with torch.no_grad(), _autocast(state):
+        fake = state.G(z)
+    real = real.to(state.device, non_blocking=True)
+    if cfg.train.channels_last and real.dim() == 4:
+        real = real.contiguous(memory_format=torch.channels_last)
+    fake = fake.to(real.dtype)
+    if lcfg.r1_gamma > 0:
+        real = real.detach().requires_grad_(True)
+    parts = [real, fake]
+    if lcfg.gp_lambda > 0:
+        B = cfg.train.global_batch_size
+        eps_shape = (B,) + (1,) * (real.dim() - 1)
+        eps = torch.rand(eps_shape, generator=generator(cfg.train.seed, "gp_eps", state.step, j))
+        eps = eps[rank_slice(B, rank, world_size)].to(state.device)
+        parts.append(losses.interpolate(real, fake, eps))
+    # 2. one forward of D on real, fake (and interpolates): BatchNorm and DDP stay consistent
+    n = real.shape[0]
+    with _autocast(state):
+        logits = D_train(torch.cat(parts)).float()
+    real_logits, fake_logits = logits[:n], logits[n:2 * n]
+    # 3. the loss: -V for the original GAN, or the chosen alternative, plus regularisers
+    loss = losses.d_loss_for(lcfg.kind, real_logits, fake_logits)
+    stats = {"loss/D": loss.detach()}
+    if lcfg.gp_lambda > 0:
+        gp = losses.gradient_penalty(logits[2 * n:], parts[2])
+        loss = loss + lcfg.gp_lambda * gp
+        stats["loss/D_gp"] = gp.detach()
+    if lcfg.r1_gamma > 0:
+        r1 = losses.r1_penalty(real_logits, real)
+        loss = loss + 0.5 * lcfg.r1_gamma * r1
+        stats["loss/D_r1"] = r1.detach()
+    # 4. update D
+    state.opt_D.zero_grad(set_to_none=True)
+    state.scaler_D.scale(loss).backward()
+    state.scaler_D.unscale_(state.opt_D)
+    stats["grad_norm/D"] = _grad_norm(state.D).detach()
+    state.scaler_D.step(state.opt_D)
+    state.scaler_D.update()
+    with torch.no_grad():
+        stats["D/real"] = torch.sigmoid(real_logits).mean()
+        stats["D/fake"] = torch.sigmoid(fake_logits).mean()
+        stats["value"] = losses.value_function(real_logits, fake_logits)
+    state.images_seen += cfg.train.global_batch_size
+    return stats
+
+
+def generator_step(state: TrainingState, G_train: nn.Module, rank: int = 0,
+                   world_size: int = 1) -> dict[str, torch.Tensor]:
+    """One G update on fresh z (Algorithm 1, outer loop), then the EMA update of G_ema.
+
+    D's parameters are frozen (requires_grad off) so the backward pass computes no D gradients, and
+    D is used unwrapped: only G's gradients need synchronising.
+    """
+    cfg = state.config
+    z = latents(state, "z_G", 0, rank, world_size)
+    state.D.requires_grad_(False)
+    try:
+        with _autocast(state):
+            fake_logits = state.D(G_train(z)).float()
+        loss = losses.g_loss_for(cfg.loss.kind, fake_logits)
+        state.opt_G.zero_grad(set_to_none=True)
+        state.scaler_G.scale(loss).backward()
+    finally:
+        state.D.requires_grad_(True)
+    state.scaler_G.unscale_(state.opt_G)
+    grad_norm = _grad_norm(state.G).detach()
+    state.scaler_G.step(state.opt_G)
+    state.scaler_G.update()
+    # G_ema follows G with a half-life measured in images
+    t = cfg.train
+    update_ema(state.G_ema, state.G, ema_beta(t.global_batch_size, t.ema_kimg, t.ema_rampup, state.images_seen))
+    state.step += 1
+    return {"loss/G": loss.detach(), "grad_norm/G": grad_norm}
+
+
+def train_step(state: TrainingState, next_real, G_train: nn.Module, D_train: nn.Module,
+               rank: int = 0, world_size: int = 1) -> dict[str, torch.Tensor]:
+    """One iteration of Algorithm 1: k = train.d_steps D updates, each on a fresh real minibatch
+    from ``next_real()``, then one G update. Returns statistics averaged over the D updates."""
+    k = state.config.train.d_steps
+    d_stats: dict[str, list[torch.Tensor]] = {}
+    for j in range(k):
+        for key, v in discriminator_step(state, D_train, next_real(), j, rank, world_size).items():
+            d_stats.setdefault(key, []).append(v)
+    stats = {key: torch.stack(vs).mean() for key, vs in d_stats.items()}
+    stats.update(generator_step(state, G_train, rank, world_size))
+    return stats

@@ -1,0 +1,39 @@
+"""gan_core stays pure PyTorch: no orchestration, tracking or storage packages (DESIGN.md section 2)."""
+
+import ast
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+FORBIDDEN = ("ray", "prefect", "mlflow", "boto3", "botocore", "pyarrow", "moto")
+GAN_CORE = Path(__file__).resolve().parents[2] / "gan_core"
+
+
+def test_importing_gan_core_loads_no_forbidden_package():
+    code = (
+        "import sys, json, importlib, pkgutil, gan_core\n"
+        "for m in pkgutil.walk_packages(gan_core.__path__, 'gan_core.'):\n"
+        "    if not m.name.endswith('__main__'):\n"
+        "        importlib.import_module(m.name)\n"
+        "print(json.dumps(sorted(sys.modules)))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
+    loaded = json.loads(out.strip().splitlines()[-1])
+    bad = [m for m in loaded if m.split(".")[0] in FORBIDDEN]
+    assert not bad, f"gan_core pulled in {bad}"
+
+
+def test_no_forbidden_import_statement_in_gan_core():
+    offenders = []
+    files = sorted(GAN_CORE.rglob("*.py"))
+    assert files, "gan_core not found"
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            offenders += [f"{path.name}:{node.lineno} {n}" for n in names if n.split(".")[0] in FORBIDDEN]
+    assert not offenders, offenders

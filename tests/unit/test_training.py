@@ -1,0 +1,134 @@
+"""Algorithm 1's structure: who changes when, how often, EMA arithmetic, NaN detection."""
+
+import copy
+
+import pytest
+import torch
+
+from gan_core.config import get_preset
+from gan_core.data import InMemoryBatches, sample_mixture
+from gan_core.ema import ema_beta, update_ema
+from gan_core.loop import NonFiniteLossError, train
+from gan_core.training import build_training_state, discriminator_step, generator_step, train_step
+
+
+def tiny(**overrides):
+    return get_preset("tiny").with_overrides(overrides)
+
+
+def params(module):
+    return [p.detach().clone() for p in module.parameters()]
+
+
+def changed(before, module):
+    return any(not torch.equal(a, b) for a, b in zip(before, module.parameters()))
+
+
+def real_batch(cfg, n=None):
+    x, _ = sample_mixture("ring8", n or cfg.train.global_batch_size, seed=1)
+    return torch.from_numpy(x)
+
+
+def test_d_update_changes_only_d():
+    cfg = tiny()
+    s = build_training_state(cfg)
+    g0, d0, e0 = params(s.G), params(s.D), params(s.G_ema)
+    discriminator_step(s, s.D, real_batch(cfg), 0)
+    assert changed(d0, s.D)
+    assert not changed(g0, s.G) and not changed(e0, s.G_ema)
+
+
+def test_g_update_changes_only_g_and_its_ema():
+    cfg = tiny()
+    s = build_training_state(cfg)
+    s.images_seen = 10_000  # past the EMA ramp-up, so G_ema moves
+    g0, d0 = params(s.G), params(s.D)
+    generator_step(s, s.G)
+    assert changed(g0, s.G)
+    assert not changed(d0, s.D)
+    assert all(p.grad is None for p in s.D.parameters()), "the G step must not compute D gradients"
+    assert all(p.requires_grad for p in s.D.parameters()), "D's requires_grad must be restored"
+
+
+def test_k_discriminator_updates_per_generator_update():
+    cfg = tiny(**{"train.d_steps": 3})
+    s = build_training_state(cfg)
+    counts = {"D": 0, "G": 0, "real": 0}
+    s.opt_D.register_step_post_hook(lambda *a: counts.__setitem__("D", counts["D"] + 1))
+    s.opt_G.register_step_post_hook(lambda *a: counts.__setitem__("G", counts["G"] + 1))
+
+    def next_real():
+        counts["real"] += 1
+        return real_batch(cfg)
+
+    for _ in range(4):
+        train_step(s, next_real, s.G, s.D)
+    assert counts == {"D": 12, "G": 4, "real": 12}  # a fresh real minibatch per D update
+    assert s.step == 4
+    assert s.images_seen == 12 * cfg.train.global_batch_size
+
+
+def test_ema_beta_follows_the_half_life_rule():
+    # StyleGAN2-ADA: beta = 0.5 ** (batch / ema_nimg); after ema_nimg images the old weight is halved
+    beta = ema_beta(global_batch_size=100, ema_kimg=1.0, ema_rampup=0.0, images_seen=10**6)
+    assert beta == pytest.approx(0.5 ** 0.1)
+    assert beta ** 10 == pytest.approx(0.5)
+    # ramp-up caps the half-life at rampup * images_seen
+    assert ema_beta(100, 10.0, 0.05, images_seen=4000) == pytest.approx(0.5 ** (100 / 200))
+    assert ema_beta(100, 0.0, 0.0, 0) == 0.0
+
+
+def test_update_ema_is_a_lerp_and_copies_buffers():
+    G = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
+    G_ema = copy.deepcopy(G)
+    with torch.no_grad():
+        for p in G.parameters():
+            p.add_(1.0)
+        G[1].running_mean.fill_(7.0)
+    before = [p.clone() for p in G_ema.parameters()]
+    update_ema(G_ema, G, beta=0.75)
+    for b, p_ema, p in zip(before, G_ema.parameters(), G.parameters()):
+        torch.testing.assert_close(p_ema, 0.75 * b + 0.25 * p)
+    assert torch.equal(G_ema[1].running_mean, torch.full((2,), 7.0))
+
+
+def test_nan_loss_names_the_step_and_keeps_the_last_checkpoint(tmp_path):
+    cfg = tiny(**{"train.total_steps": 30, "train.checkpoint_every_steps": 10, "train.tick_every_steps": 5})
+    x, _ = sample_mixture("ring8", 512, seed=0)
+    batches = InMemoryBatches(x, cfg.train.global_batch_size, seed=0)
+
+    def poisoned(start):
+        for i, b in enumerate(batches(start)):
+            yield b * float("nan") if start + i >= 13 else b
+
+    with pytest.raises(NonFiniteLossError) as e:
+        train(cfg, batches=poisoned, checkpoint_root=tmp_path)
+    assert e.value.step == 14  # the 14th D update saw the first NaN batch (index 13)
+    assert "step 14" in str(e.value)
+    ckpts = sorted(p.name for p in tmp_path.glob("checkpoint-*"))
+    assert ckpts == ["checkpoint-000000010"]
+    state = torch.load(tmp_path / ckpts[0] / "state.pt", weights_only=True)
+    assert all(torch.isfinite(v).all() for v in state["G"].values())
+
+
+@pytest.mark.parametrize("kind,extra", [("minimax", {}), ("hinge", {}), ("wasserstein", {"loss.gp_lambda": 10.0}),
+                                         ("non_saturating", {"loss.r1_gamma": 1.0})])
+def test_every_loss_kind_trains(kind, extra):
+    cfg = tiny(**{"loss.kind": kind, "train.total_steps": 4, **extra})
+    x, _ = sample_mixture("ring8", 256, seed=0)
+    result = train(cfg, batches=InMemoryBatches(x, cfg.train.global_batch_size, seed=0))
+    assert result.state.step == 4
+    assert all(v == v for v in result.last_snapshot.metrics.values())  # no NaN
+
+
+def test_snapshots_report_hierarchical_metrics_and_counters(tmp_path):
+    cfg = tiny(**{"train.total_steps": 10, "train.tick_every_steps": 5, "train.checkpoint_every_steps": 10})
+    x, _ = sample_mixture("ring8", 256, seed=0)
+    snaps = []
+    train(cfg, batches=InMemoryBatches(x, 32, seed=0), on_snapshot=snaps.append, checkpoint_root=tmp_path)
+    assert [s.step for s in snaps] == [5, 10]
+    assert snaps[0].checkpoint_dir is None and snaps[1].checkpoint_dir is not None and snaps[1].is_final
+    assert snaps[1].images_seen == 10 * 32 and snaps[1].kimg == pytest.approx(0.32)
+    for key in ("loss/D", "loss/G", "D/real", "D/fake", "js_estimate", "grad_norm/G", "grad_norm/D",
+                "perf/kimg_per_s"):
+        assert key in snaps[1].metrics
