@@ -1,0 +1,1 @@
+"""One module per `ganpipe` sub-command (see pipelines/cli.py)."""
