@@ -1,0 +1,519 @@
+"""Sources that can be staged: built-in datasets, image folders, ``.npy``/``.npz`` arrays and Parquet,
+on local disk or under ``s3://``.
+
+A source answers four questions, cheaply and in this order:
+1. ``fingerprint()`` - what exactly is the input? (content hashes or S3 ETags, never the location)
+2. ``spec``          - what does one example look like? (shape, dtype, normalisation, labels)
+3. ``len()``         - how many items are there? (rows before any skipped bad file)
+4. ``read(a, b)``    - items a..b-1 as a (rows, row_size) array in the stored dtype, plus labels.
+``read`` is called for bounded ranges (a Parquet row group at a time), possibly from several threads
+at once, so no source ever holds more than a few decoded chunks of images.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+import pickle
+import posixpath
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from . import storage
+from .storage import Location, StorageError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+ARRAY_SUFFIXES = (".npy", ".npz")
+PARQUET_SUFFIX = ".parquet"
+# dtypes an array source may have; everything else (ints, bools, complex, objects) is refused.
+FLOAT_DTYPES = ("float16", "float32", "float64")
+SUPPORTED_DTYPES = ("uint8",) + FLOAT_DTYPES
+# Key under which the data contract travels in each Parquet file's schema metadata.
+SCHEMA_METADATA_KEY = b"ganpipe"
+# uint8 images 0..255 -> [-1, 1]: x * (1 / 127.5) - 1
+IMAGE_SCALE, IMAGE_OFFSET = 1.0 / 127.5, -1.0
+BUILTIN_SOURCES = ("digits", "ring8", "grid25")
+
+
+class SourceError(ValueError):
+    """Bad input: printed as one line naming the file or value."""
+
+
+@dataclass(frozen=True)
+class ArraySpec:
+    """What one example is: its shape, stored dtype and how to map stored values to model inputs
+    (model_input = stored * scale + offset)."""
+
+    shape: tuple[int, ...]
+    dtype: str  # "uint8" | "float32"
+    scale: float
+    offset: float
+    value_range: tuple[float, float] | None  # nominal range of stored values; None = observed
+    has_labels: bool
+    label_names: tuple[str, ...] | None = None
+
+    @property
+    def row_size(self) -> int:
+        return int(math.prod(self.shape))
+
+    @property
+    def row_bytes(self) -> int:
+        return self.row_size * np.dtype(self.dtype).itemsize
+
+
+@dataclass
+class Chunk:
+    x: np.ndarray  # (rows, row_size), spec.dtype
+    labels: np.ndarray | None  # (rows,) int64
+    skipped: list[str] = field(default_factory=list)  # files left out (only with skip_bad)
+
+
+class Source:
+    kind = "source"
+    default_name = "dataset"
+    spec: ArraySpec
+
+    def fingerprint(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def read(self, start: int, stop: int) -> Chunk:
+        raise NotImplementedError
+
+
+def _sha256_json(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def _check_labels(labels: Any, n: int, where: str) -> np.ndarray:
+    labels = np.asarray(labels)
+    if labels.ndim != 1:
+        raise SourceError(f"{where}: labels must be one-dimensional, got shape {labels.shape}")
+    if len(labels) != n:
+        raise SourceError(f"{where}: {len(labels)} labels for {n} examples")
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise SourceError(f"{where}: labels must be integers, got dtype {labels.dtype}")
+    return labels.astype(np.int64, copy=False)
+
+
+def _check_finite(x: np.ndarray, where: str, first_row: int) -> None:
+    if x.dtype.kind == "f":
+        bad = ~np.isfinite(x).all(axis=tuple(range(1, x.ndim)))
+        if bad.any():
+            raise SourceError(f"{where}: row {first_row + int(np.argmax(bad))} contains NaN or Inf")
+
+
+# --- in-memory arrays: built-ins, .npy / .npz ---------------------------------------------------
+
+
+class ArraySource(Source):
+    """Examples already in (possibly memory-mapped) arrays: x is (N, *shape)."""
+
+    kind = "arrays"
+
+    def __init__(self, x: np.ndarray, labels: np.ndarray | None, spec: ArraySpec, fingerprint: dict,
+                 name: str, where: str):
+        if len(x) == 0:
+            raise SourceError(f"{where}: empty source (0 examples)")
+        self.x, self.labels, self.spec, self._fingerprint = x, labels, spec, fingerprint
+        self.default_name, self.where = name, where
+
+    def fingerprint(self) -> dict[str, Any]:
+        return self._fingerprint
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def read(self, start: int, stop: int) -> Chunk:
+        x = np.asarray(self.x[start:stop])
+        _check_finite(x, self.where, start)
+        x = x.reshape(len(x), -1).astype(self.spec.dtype, copy=False)
+        labels = None if self.labels is None else np.asarray(self.labels[start:stop], dtype=np.int64)
+        return Chunk(x, labels)
+
+
+def _content_sha256(*arrays: np.ndarray | None) -> str:
+    h = hashlib.sha256()
+    for a in arrays:
+        if a is not None:
+            h.update(str((a.dtype.str, a.shape)).encode())
+            h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()
+
+
+def builtin_source(name: str, num_samples: int, seed: int) -> ArraySource:
+    from gan_core.data import load_digits, sample_mixture
+
+    if name == "digits":
+        x, labels = load_digits()  # float32 in [-1, 1] = pixel / 8 - 1; pixels are 0..16
+        x = np.rint((x + 1.0) * 8.0).astype(np.uint8)  # exact: back to the original integers
+        spec = ArraySpec(tuple(x.shape[1:]), "uint8", 1.0 / 8.0, -1.0, (0.0, 16.0), True,
+                         tuple(str(i) for i in range(10)))
+        fp = {"kind": "builtin", "name": name, "content_sha256": _content_sha256(x, labels)}
+        return ArraySource(x, labels, spec, fp, name, name)
+    if name in ("ring8", "grid25"):
+        if num_samples <= 0:
+            raise SourceError(f"{name}: --num-samples must be positive, got {num_samples}")
+        x, labels = sample_mixture(name, num_samples, seed)
+        spec = ArraySpec((2,), "float32", 1.0, 0.0, None, True)
+        fp = {"kind": "builtin", "name": name, "num_samples": num_samples, "seed": seed,
+              "content_sha256": _content_sha256(x, labels)}
+        return ArraySource(x, labels, spec, fp, name, name)
+    raise SourceError(f"unknown built-in dataset {name!r}; built-ins: {' | '.join(BUILTIN_SOURCES)}")
+
+
+def _array_spec(x: np.ndarray, where: str, has_labels: bool) -> ArraySpec:
+    if x.dtype.name not in SUPPORTED_DTYPES:
+        raise SourceError(f"{where}: unsupported dtype {x.dtype.name} (allowed: {', '.join(SUPPORTED_DTYPES)})")
+    if x.ndim < 2:
+        raise SourceError(f"{where}: expected an array of examples (N, ...), got shape {x.shape}")
+    if x.dtype == np.uint8:  # uint8 arrays are images in 0..255
+        return ArraySpec(tuple(x.shape[1:]), "uint8", IMAGE_SCALE, IMAGE_OFFSET, (0.0, 255.0), has_labels)
+    # float arrays are taken to be in model space already
+    return ArraySpec(tuple(x.shape[1:]), "float32", 1.0, 0.0, None, has_labels)
+
+
+def _load_npy(loc: Location) -> Any:
+    if isinstance(loc.fs, pafs.LocalFileSystem):
+        # memory-mapped: .npy rows are read lazily, chunk by chunk
+        return np.load(loc.path, mmap_mode="r", allow_pickle=False)
+    return np.load(io.BytesIO(storage.read_bytes(loc)), allow_pickle=False)
+
+
+def array_file_source(loc: Location, labels_loc: Location | None) -> ArraySource:
+    where = loc.uri
+    try:
+        loaded = _load_npy(loc)
+    except (ValueError, EOFError, pickle.UnpicklingError) as e:
+        raise SourceError(f"{where}: not a readable .npy/.npz file ({e})") from None
+    labels = None
+    if isinstance(loaded, np.lib.npyio.NpzFile):
+        keys = list(loaded.keys())
+        x_key = next((k for k in ("x", "images", "data", "arr_0") if k in keys), None)
+        if x_key is None:
+            raise SourceError(f"{where}: no array named x, images, data or arr_0 (found: {', '.join(keys)})")
+        x = loaded[x_key]
+        y_key = next((k for k in ("label", "labels", "y") if k in keys), None)
+        if y_key is not None:
+            labels = _check_labels(loaded[y_key], len(x), f"{where}[{y_key}]")
+    else:
+        x = loaded
+    if labels_loc is not None:
+        if labels is not None:
+            raise SourceError(f"{where} already holds labels; drop --labels {labels_loc.uri}")
+        try:
+            y = _load_npy(labels_loc)
+        except ValueError as e:
+            raise SourceError(f"{labels_loc.uri}: not a readable .npy file ({e})") from None
+        labels = _check_labels(y, len(x), f"{labels_loc.uri}")
+    if len(x) == 0:
+        raise SourceError(f"{where}: empty source (0 examples)")
+    spec = _array_spec(x, where, labels is not None)
+    fp = {"kind": "arrays", "files": _file_tokens([loc] + ([labels_loc] if labels_loc else []))}
+    name = posixpath.splitext(loc.name)[0]
+    return ArraySource(x, labels, spec, fp, name, where)
+
+
+def _file_tokens(locs: Sequence[Location]) -> list[list]:
+    """[basename, size, content token] per file: sha256 on local disk, the ETag on S3."""
+    out = []
+    for loc in locs:
+        info = storage.require_exists(loc)
+        if isinstance(loc.fs, pafs.S3FileSystem):
+            token = "etag:" + storage.s3_etags(loc).get("", "")
+        else:
+            token = "sha256:" + storage.sha256_of(loc)[0]
+        out.append([loc.name, info.size, token])
+    return out
+
+
+# --- image folders ------------------------------------------------------------------------------
+
+
+class ImageFolderSource(Source):
+    """PNG/JPEG files under a folder, sorted by path. If the images sit in sub-folders, the first
+    sub-folder level names the class and becomes the label (sorted names -> 0, 1, ...).
+
+    Every image is converted to RGB (or grayscale), and with a target size resized so that its
+    shorter side equals the size and centre-cropped to a square. Stored as uint8, (C, H, W).
+    """
+
+    kind = "image_folder"
+
+    def __init__(self, loc: Location, image_size: int | None, grayscale: bool, skip_bad: bool):
+        self.loc, self.image_size, self.grayscale, self.skip_bad = loc, image_size, grayscale, skip_bad
+        self.default_name = loc.name
+        if image_size is not None and image_size <= 0:
+            raise SourceError(f"--image-size must be positive, got {image_size}")
+        infos = [i for i in storage.list_files(loc) if i.path.lower().endswith(IMAGE_SUFFIXES)]
+        if not infos:
+            raise SourceError(f"{loc.uri}: empty source (no .png/.jpg/.jpeg files)")
+        self.files = infos
+        self.rel = [storage.relative(loc, i.path) for i in infos]
+        in_subdirs = ["/" in r for r in self.rel]
+        if any(in_subdirs) and not all(in_subdirs):
+            stray = self.rel[in_subdirs.index(False)]
+            raise SourceError(f"{storage.join_uri(loc.uri, stray)}: image outside the class sub-folders "
+                              "(put every image in a class folder, or none)")
+        self.class_names = sorted({r.split("/", 1)[0] for r in self.rel}) if all(in_subdirs) else None
+        self.labels = (np.array([self.class_names.index(r.split("/", 1)[0]) for r in self.rel], np.int64)
+                       if self.class_names else None)
+        channels = 1 if grayscale else 3
+        if image_size is None:
+            height, width = self._common_size()
+        else:
+            height = width = image_size
+        self.spec = ArraySpec((channels, height, width), "uint8", IMAGE_SCALE, IMAGE_OFFSET, (0.0, 255.0),
+                              self.labels is not None, tuple(self.class_names) if self.class_names else None)
+        self._fingerprint: dict | None = None
+
+    def _uri(self, i: int) -> str:
+        return storage.join_uri(self.loc.uri, self.rel[i])
+
+    def _common_size(self) -> tuple[int, int]:
+        """Without a target size all images must share one size; headers are enough to check."""
+        from PIL import Image
+
+        first: tuple[str, tuple[int, int]] | None = None
+        for i, info in enumerate(self.files):
+            data = storage.read_bytes(Location(self.loc.fs, info.path, ""))  # storage errors propagate
+            try:
+                with Image.open(io.BytesIO(data)) as im:
+                    size = im.size  # (width, height), from the header
+            except Exception as e:  # noqa: BLE001 - Pillow raises many types for bad files
+                if self.skip_bad:
+                    continue
+                raise SourceError(f"{self._uri(i)}: unreadable or corrupt image ({e})") from None
+            if first is None:
+                first = (self._uri(i), size)
+            elif size != first[1]:
+                raise SourceError(f"images of mixed sizes without --image-size: {first[0]} is "
+                                  f"{first[1][0]}x{first[1][1]}, {self._uri(i)} is {size[0]}x{size[1]}")
+        if first is None:
+            raise SourceError(f"{self.loc.uri}: empty source (every image is unreadable)")
+        return first[1][1], first[1][0]
+
+    def fingerprint(self) -> dict[str, Any]:
+        if self._fingerprint is None:
+            if isinstance(self.loc.fs, pafs.S3FileSystem):
+                etags = storage.s3_etags(self.loc)
+                tokens = [[r, i.size, "etag:" + etags.get(r, "")] for r, i in zip(self.rel, self.files)]
+            else:
+                tokens = [[r, i.size, "sha256:" + storage.sha256_of(Location(self.loc.fs, i.path, ""))[0]]
+                          for r, i in zip(self.rel, self.files)]
+            self._fingerprint = {
+                "kind": self.kind, "num_files": len(tokens), "files_sha256": _sha256_json(tokens),
+                "image_size": self.image_size, "grayscale": self.grayscale, "skip_bad": self.skip_bad,
+            }
+        return self._fingerprint
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def _decode(self, data: bytes, i: int) -> np.ndarray | None:
+        """One image as uint8 (C, H, W); None for a bad file when skipping."""
+        from PIL import Image
+
+        try:
+            with Image.open(io.BytesIO(data)) as im:
+                im = im.convert("L" if self.grayscale else "RGB")
+                if self.image_size is not None:
+                    im = _resize_centre_crop(im, self.image_size)
+                elif (im.height, im.width) != self.spec.shape[1:]:
+                    raise SourceError(f"images of mixed sizes without --image-size: {self._uri(i)} is "
+                                      f"{im.width}x{im.height}, expected {self.spec.shape[2]}x{self.spec.shape[1]}")
+                a = np.asarray(im, dtype=np.uint8)
+        except SourceError:
+            raise
+        except Exception as e:  # noqa: BLE001 - Pillow raises many types for bad files
+            if self.skip_bad:
+                return None
+            raise SourceError(f"{self._uri(i)}: unreadable or corrupt image ({e})") from None
+        return a[None, :, :] if a.ndim == 2 else a.transpose(2, 0, 1)
+
+    def read(self, start: int, stop: int) -> Chunk:
+        rows, keep, skipped = [], [], []
+        for i in range(start, stop):
+            with self.loc.fs.open_input_stream(self.files[i].path) as f:  # storage errors propagate
+                data = f.read()
+            a = self._decode(data, i)
+            if a is None:
+                skipped.append(self._uri(i))
+                continue
+            rows.append(a.reshape(-1))
+            keep.append(i)
+        x = np.stack(rows) if rows else np.zeros((0, self.spec.row_size), np.uint8)
+        labels = None if self.labels is None else self.labels[np.array(keep, dtype=np.int64)]
+        return Chunk(x, labels, skipped)
+
+
+def _resize_centre_crop(im, size: int):
+    """Resize so the shorter side is `size` (bicubic, antialiased), then crop the centre square."""
+    from PIL import Image
+
+    w, h = im.size
+    scale = size / min(w, h)
+    new_w, new_h = max(size, round(w * scale)), max(size, round(h * scale))
+    if (new_w, new_h) != (w, h):
+        im = im.resize((new_w, new_h), Image.Resampling.BICUBIC)
+    left, top = (new_w - size) // 2, (new_h - size) // 2
+    return im.crop((left, top, left + size, top + size))
+
+
+# --- Parquet ------------------------------------------------------------------------------------
+
+
+class ParquetSource(Source):
+    """Existing Parquet file(s) with a column ``x`` (a list of numbers per row, all the same length)
+    and optionally ``label``. Files written by ganpipe carry shape and normalisation in their schema
+    metadata; for others the shape is (row_size,) and the normalisation follows from the dtype."""
+
+    kind = "parquet"
+
+    def __init__(self, loc: Location, files: list[pafs.FileInfo]):
+        self.loc, self.default_name = loc, posixpath.splitext(loc.name)[0]
+        self.files = files
+        self.parquet_files: list[pq.ParquetFile] = []
+        # (file index, row group index, first global row, rows) for every row group
+        self.row_groups: list[tuple[int, int, int, int]] = []
+        total = 0
+        for fi, info in enumerate(files):
+            try:
+                pf = pq.ParquetFile(loc.fs.open_input_file(info.path))
+            except pa.ArrowInvalid as e:
+                raise SourceError(f"{self._uri(fi)}: not a readable Parquet file ({e})") from None
+            if "x" not in pf.schema_arrow.names:
+                raise SourceError(f"{self._uri(fi)}: no column 'x' (found: {', '.join(pf.schema_arrow.names)})")
+            self.parquet_files.append(pf)
+            for g in range(pf.metadata.num_row_groups):
+                n = pf.metadata.row_group(g).num_rows
+                self.row_groups.append((fi, g, total, n))
+                total += n
+        self.num_rows = total
+        if total == 0:
+            raise SourceError(f"{loc.uri}: empty source (0 rows)")
+        first = self.parquet_files[0].schema_arrow
+        has_labels = "label" in first.names
+        for fi, pf in enumerate(self.parquet_files):
+            if ("label" in pf.schema_arrow.names) != has_labels:
+                raise SourceError(f"{self._uri(fi)}: column 'label' present in some files but not others")
+        value_type = first.field("x").type
+        if not (pa.types.is_list(value_type) or pa.types.is_large_list(value_type)
+                or pa.types.is_fixed_size_list(value_type)):
+            raise SourceError(f"{self._uri(0)}: column 'x' must be a list of numbers, got {value_type}")
+        dtype = np.dtype(value_type.value_type.to_pandas_dtype())
+        if dtype.name not in SUPPORTED_DTYPES:
+            raise SourceError(f"{self._uri(0)}: unsupported dtype {dtype.name} in column 'x' "
+                              f"(allowed: {', '.join(SUPPORTED_DTYPES)})")
+        meta = json.loads((first.metadata or {}).get(SCHEMA_METADATA_KEY, b"null"))
+        sample = self._read_group(0)
+        row_size = len(sample.column("x")[0].values)
+        if meta:
+            self.spec = ArraySpec(tuple(meta["shape"]), meta["dtype"], meta["normalisation"]["scale"],
+                                  meta["normalisation"]["offset"],
+                                  tuple(meta["value_range"]) if meta.get("value_range") else None,
+                                  has_labels, tuple(meta["label_names"]) if meta.get("label_names") else None)
+        elif dtype == np.uint8:
+            self.spec = ArraySpec((row_size,), "uint8", IMAGE_SCALE, IMAGE_OFFSET, (0.0, 255.0), has_labels)
+        else:
+            self.spec = ArraySpec((row_size,), "float32", 1.0, 0.0, None, has_labels)
+        if self.spec.row_size != row_size:
+            raise SourceError(f"{self._uri(0)}: rows hold {row_size} values but the metadata says shape "
+                              f"{list(self.spec.shape)}")
+
+    def _uri(self, fi: int) -> str:
+        return storage.join_uri(self.loc.uri, storage.relative(self.loc, self.files[fi].path)) \
+            if self.files[fi].path != self.loc.path else self.loc.uri
+
+    def _read_group(self, k: int) -> pa.Table:
+        fi, g, _, _ = self.row_groups[k]
+        columns = ["x", "label"] if "label" in self.parquet_files[fi].schema_arrow.names else ["x"]
+        return self.parquet_files[fi].read_row_group(g, columns=columns)
+
+    def fingerprint(self) -> dict[str, Any]:
+        if isinstance(self.loc.fs, pafs.S3FileSystem):
+            etags = storage.s3_etags(self.loc)
+            tokens = [[storage.relative(self.loc, i.path), i.size,
+                       "etag:" + etags.get(storage.relative(self.loc, i.path).lstrip("."), etags.get("", ""))]
+                      for i in self.files]
+        else:
+            tokens = [[posixpath.basename(i.path), i.size,
+                       "sha256:" + storage.sha256_of(Location(self.loc.fs, i.path, ""))[0]] for i in self.files]
+        return {"kind": self.kind, "num_files": len(tokens), "files_sha256": _sha256_json(tokens)}
+
+    def __len__(self) -> int:
+        return self.num_rows
+
+    def read(self, start: int, stop: int) -> Chunk:
+        xs, ys = [], []
+        for k, (fi, _, first, n) in enumerate(self.row_groups):
+            if first + n <= start or first >= stop:
+                continue
+            table = self._read_group(k).slice(max(0, start - first), min(stop, first + n) - max(start, first))
+            col = table.column("x").combine_chunks()
+            lengths = pc.list_value_length(col).to_numpy(zero_copy_only=False)
+            if len(lengths) and (lengths != self.spec.row_size).any():
+                bad = int(np.argmax(lengths != self.spec.row_size))
+                raise SourceError(f"{self._uri(fi)}: row {first + max(0, start - first) + bad} holds "
+                                  f"{lengths[bad]} values, expected {self.spec.row_size}")
+            values = col.flatten().to_numpy(zero_copy_only=False).reshape(len(col), self.spec.row_size)
+            _check_finite(values, self._uri(fi), max(start, first))
+            xs.append(values.astype(self.spec.dtype, copy=False))
+            if self.spec.has_labels:
+                ys.append(table.column("label").to_numpy().astype(np.int64, copy=False))
+        x = np.concatenate(xs) if xs else np.zeros((0, self.spec.row_size), self.spec.dtype)
+        return Chunk(x, np.concatenate(ys) if self.spec.has_labels else None)
+
+
+# --- entry point --------------------------------------------------------------------------------
+
+
+def open_source(source: str, *, num_samples: int = 50_000, seed: int = 0, image_size: int | None = None,
+                grayscale: bool = False, skip_bad: bool = False, labels: str | None = None) -> Source:
+    """A source from its name or URI: a built-in name, or a local path / s3:// URI of an image folder,
+    a .npy/.npz file, or Parquet file(s)."""
+    if source in BUILTIN_SOURCES:
+        return builtin_source(source, num_samples, seed)
+    try:
+        loc = storage.resolve(source)
+        info = storage.require_exists(loc)
+    except StorageError as e:
+        raise SourceError(f"source: {e}") from None
+    labels_loc = None
+    if labels is not None:
+        labels_loc = storage.resolve(labels)
+        try:
+            storage.require_exists(labels_loc)
+        except StorageError as e:
+            raise SourceError(f"labels: {e}") from None
+    if info.type == pafs.FileType.File:
+        lower = loc.path.lower()
+        if lower.endswith(ARRAY_SUFFIXES):
+            return array_file_source(loc, labels_loc)
+        if labels_loc is not None:
+            raise SourceError("--labels applies to .npy/.npz sources only")
+        if lower.endswith(PARQUET_SUFFIX):
+            return ParquetSource(loc, [info])
+        raise SourceError(f"{loc.uri}: unsupported source file (expected .npy, .npz or .parquet)")
+    if labels_loc is not None:
+        raise SourceError("--labels applies to .npy/.npz sources only")
+    files = storage.list_files(loc)
+    images = [i for i in files if i.path.lower().endswith(IMAGE_SUFFIXES)]
+    parquets = [i for i in files if i.path.lower().endswith(PARQUET_SUFFIX)]
+    if images and parquets:
+        raise SourceError(f"{loc.uri}: holds both images and Parquet files; point at one kind")
+    if parquets:
+        return ParquetSource(loc, parquets)
+    if images:
+        return ImageFolderSource(loc, image_size, grayscale, skip_bad)
+    raise SourceError(f"{loc.uri}: empty source (no images, .npy/.npz or Parquet files)")
