@@ -12,7 +12,7 @@ Writer (the steps the Prefect flow in pipelines/stage.py composes):
     plan = plan_staging(source, root, name)          # fingerprint -> version, layout, shard ranges
     shards = [write_shard(plan, i) for i in range(plan.num_shards)]   # independent: parallel-safe
     manifest = commit_manifest(plan, shards)         # the commit
-    stage(...)                                       # all three, shards written by a thread pool
+    stage(source, root, name)                        # all three, shards written by a thread pool
 Reader:
     ds = open_dataset("<root>/datasets/<name>")      # latest committed; or ".../<name>/<version>"
     ds.shard_uris, ds.shard_paths, ds.filesystem, ds.manifest, ds.verify(), ds.load_arrays()
@@ -278,7 +278,14 @@ def stage(source: Source | str, root: str, name: str | None = None, *, max_worke
           progress: Callable[[int], None] | None = None, **plan_options: Any) -> "StagedDataset":
     """Stage a source without Prefect: plan, write shards on a thread pool, commit. A no-op (nothing
     is written) when the version is already committed."""
-    plan = plan_staging(source, root, name, **plan_options)
+    return execute_plan(plan_staging(source, root, name, **plan_options), max_workers=max_workers,
+                        progress=progress)
+
+
+def execute_plan(plan: StagingPlan, *, max_workers: int | None = None,
+                 progress: Callable[[int], None] | None = None) -> "StagedDataset":
+    """Write a plan's shards on a thread pool (Parquet encoding and image decoding release the GIL)
+    and commit; `progress(rows)` is called as row groups complete."""
     if not is_committed(plan.version_uri):
         lock = threading.Lock()
 
@@ -290,7 +297,7 @@ def stage(source: Source | str, root: str, name: str | None = None, *, max_worke
         with ThreadPoolExecutor(max_workers=workers) as pool:
             futures = [pool.submit(write_shard, plan, i, report if progress else None)
                        for i in range(plan.num_shards)]
-            done, pending = wait(futures, return_when=FIRST_EXCEPTION)
+            _, pending = wait(futures, return_when=FIRST_EXCEPTION)
             for f in pending:
                 f.cancel()
             for f in futures:  # re-raise the first failure, in shard order; nothing is committed
