@@ -1,0 +1,93 @@
+"""How the registry scores a generator before deciding whether it becomes the champion.
+
+An *evaluator* is any callable ``evaluator(G_ema, config) -> Evaluation``; the pipeline passes the
+project's real metrics (gan_core.evaluate) and the registry only compares ``Evaluation.value``. The
+documented default, `default_evaluator`, needs no downloaded weights:
+
+- 2-D mixtures (``ring8``, ``grid25``): mode coverage on 2,500 samples (VEEGAN / PacGAN protocol,
+  gan_core.data.mode_coverage); primary metric ``modes_covered``, higher is better.
+- everything else: the Fréchet distance between generated and real examples in raw data space
+  (``fd_raw``; Heusel et al. 2017's formula on flattened pixels or coordinates instead of Inception
+  features), lower is better. Built-in datasets supply their own reference; staged datasets pass
+  ``reference=`` (examples in model space, i.e. already normalised).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+from torch import nn
+
+from gan_core.config import GANConfig
+from gan_core.data import MIXTURES, load_builtin, mode_coverage
+from gan_core.sampling import generate
+
+EVAL_SEED = 2**31 - 1  # fixed and far from training seeds, so every version is scored on the same z
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Metrics of one generator and which of them decides the champion."""
+
+    metrics: dict[str, float]
+    primary: str  # a key of ``metrics``
+    higher_is_better: bool
+    details: dict[str, str] = field(default_factory=dict)  # e.g. {"evaluator": "..."}; stored as tags
+
+    def __post_init__(self) -> None:
+        if self.primary not in self.metrics:
+            raise ValueError(f"Evaluation.primary: got {self.primary!r}; allowed: one of {sorted(self.metrics)}")
+
+    @property
+    def value(self) -> float:
+        return float(self.metrics[self.primary])
+
+    def beats(self, other_value: float) -> bool:
+        """Strictly better than ``other_value`` (ties keep the incumbent; NaN never wins)."""
+        v = self.value
+        if math.isnan(v):
+            return False
+        if math.isnan(other_value):
+            return True
+        return v > other_value if self.higher_is_better else v < other_value
+
+
+Evaluator = Callable[[nn.Module, GANConfig], Evaluation]
+
+
+def frechet_distance(x: np.ndarray, y: np.ndarray) -> float:
+    """FD = ||mu_x - mu_y||^2 + Tr(S_x + S_y - 2 (S_x S_y)^(1/2))  (Heusel et al. 2017, eq. 6)."""
+    from scipy import linalg
+
+    x, y = np.asarray(x, np.float64).reshape(len(x), -1), np.asarray(y, np.float64).reshape(len(y), -1)
+    mu_x, mu_y = x.mean(0), y.mean(0)
+    s_x, s_y = np.atleast_2d(np.cov(x, rowvar=False)), np.atleast_2d(np.cov(y, rowvar=False))
+    covmean, _ = linalg.sqrtm(s_x @ s_y, disp=False)
+    covmean = covmean.real  # sqrtm of a product of PSD matrices: imaginary parts are round-off
+    return float(np.sum((mu_x - mu_y) ** 2) + np.trace(s_x) + np.trace(s_y) - 2 * np.trace(covmean))
+
+
+def default_evaluator(reference: np.ndarray | None = None, *, num_samples: int = 2500,
+                      seed: int = EVAL_SEED) -> Evaluator:
+    """The documented default evaluator (see the module docstring)."""
+
+    def evaluate(G: nn.Module, config: GANConfig) -> Evaluation:
+        samples = generate(G, num_samples, seed)
+        name = config.data.name
+        if name in MIXTURES and reference is None:
+            m = mode_coverage(samples, name)
+            return Evaluation(m, "modes_covered", True, {"evaluator": f"mode_coverage({name}, n={num_samples})"})
+        ref = reference
+        if ref is None:
+            try:
+                ref, _ = load_builtin(name, config.data.num_examples, config.data.data_seed)
+            except ValueError:
+                raise ValueError(f"no reference data for dataset {name!r}: pass default_evaluator(reference=...) "
+                                 f"or an evaluator of your own") from None
+        fd = frechet_distance(samples.numpy(), np.asarray(ref)[: max(num_samples, 2)])
+        return Evaluation({"fd_raw": fd}, "fd_raw", False, {"evaluator": f"frechet_distance_raw(n={num_samples})"})
+
+    return evaluate

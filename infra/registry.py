@@ -1,0 +1,336 @@
+"""The generator in the MLflow model registry, and the ``champion`` alias.
+
+    reg = register_generator(checkpoint_dir, "ganpipe-digits", run_id=run_id, normalisation=Normalisation(1/8, -1))
+    # -> logs G_ema as a pyfunc (infra/generator_model.py, models-from-code), registers a new version,
+    #    tags it, evaluates it and moves @champion only if it beats the current champion.
+
+    G = mlflow.pyfunc.load_model("models:/ganpipe-digits@champion")
+    G.predict(z)                                              # z float32 (n, z_dim)
+    G.predict(None, params={"num_samples": 16, "seed": 0})    # seed-addressed
+
+Every version carries the tags ``metric.<name>``, ``eval.primary`` / ``eval.value`` /
+``eval.higher_is_better`` / ``eval.evaluator``, ``dataset.name``, ``dataset.version``,
+``training_run_id``, ``checkpoint_uri``, ``weights_sha256``, ``code.version`` and ``champion.decision``.
+The logged model also holds the ``torch.export`` program and the ONNX file (``export/``), checked
+against eager, with outputs in the same data units as ``predict``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+import gan_core
+from gan_core.checkpoint import load_generator, read_summary
+from gan_core.config import GANConfig
+from gan_core.sampling import latents_for_range
+
+from . import tracking
+from .evaluation import Evaluation, Evaluator, default_evaluator
+from .settings import DEFAULT_EXPERIMENT, code_version, mlflow_registry_uri, mlflow_tracking_uri
+
+log = logging.getLogger(__name__)
+
+CHAMPION = "champion"
+MODEL_FORMAT = "ganpipe-generator/1"  # must equal infra.generator_model.FORMAT
+PYFUNC_FILE = Path(__file__).with_name("generator_model.py")
+LOGGED_MODEL_NAME = "generator"
+
+
+class RegistryError(RuntimeError):
+    """The registry cannot do what was asked (unknown run, no checkpoint, ...); one-line message."""
+
+
+@dataclass(frozen=True)
+class Normalisation:
+    """model value = data value * scale + offset (as in a staged dataset's manifest)."""
+
+    scale: float = 1.0
+    offset: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not (np.isfinite(self.scale) and self.scale != 0 and np.isfinite(self.offset)):
+            raise ValueError(f"normalisation: got scale={self.scale}, offset={self.offset}; allowed: finite, "
+                             f"scale != 0")
+
+    @classmethod
+    def from_manifest(cls, manifest: dict[str, Any]) -> "Normalisation":
+        norm = manifest.get("normalisation") or {}
+        return cls(float(norm.get("scale", 1.0)), float(norm.get("offset", 0.0)))
+
+    def to_dict(self) -> dict[str, float]:
+        return {"scale": float(self.scale), "offset": float(self.offset)}
+
+
+@dataclass(frozen=True)
+class Registration:
+    name: str
+    version: str
+    model_uri: str  # models:/<name>/<version>
+    logged_model_uri: str  # models:/<model_id>
+    evaluation: Evaluation
+    promoted: bool
+    champion_version: str  # the version holding the alias after this call
+    decision: str  # why the alias moved or stayed
+    exports: dict[str, str]  # format -> path inside the model ("export/generator.pt2"), or skip reason
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _client():
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=mlflow_tracking_uri(), registry_uri=mlflow_registry_uri())
+
+
+def _use_configured_uris() -> None:
+    """MLflow's fluent API (Model.log, register_model) reads process-wide URIs: point them at ours."""
+    import mlflow
+
+    mlflow.set_tracking_uri(mlflow_tracking_uri())
+    mlflow.set_registry_uri(mlflow_registry_uri())
+
+
+def model_signature(config: GANConfig):
+    """Tensor signature: z float32 (-1, z_dim) -> x float32 (-1, *shape); params num_samples, seed, start."""
+    from mlflow.models import ModelSignature
+    from mlflow.types import ParamSchema, ParamSpec, Schema, TensorSpec
+
+    return ModelSignature(
+        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, config.network.z_dim), "z")]),
+        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, *config.data.shape), "x")]),
+        params=ParamSchema([ParamSpec("num_samples", "long", 0), ParamSpec("seed", "long", 0),
+                            ParamSpec("start", "long", 0)]),
+    )
+
+
+def log_generator(G_ema: nn.Module, config: GANConfig, *, run_id: str,
+                  normalisation: Normalisation = Normalisation(), exports: dict[str, Path] | None = None,
+                  tags: dict[str, str] | None = None, name: str = LOGGED_MODEL_NAME):
+    """Log G_ema as a models-from-code pyfunc (no pickles) from run ``run_id``; returns
+    (MLflow's ``ModelInfo``, {artifact key: sha256}).
+
+    ``exports``: extra files (``{"pt2": path, "onnx": path}``) stored next to the weights and covered by
+    the same sha256 check.
+    """
+    import mlflow
+    from mlflow.models import Model
+
+    _use_configured_uris()
+    with tempfile.TemporaryDirectory(prefix="ganpipe-model-") as tmp:
+        # 1. the two files the pyfunc needs: a weights-only state dict and the config that rebuilds G
+        weights, config_file = Path(tmp) / "weights.pt", Path(tmp) / "config.json"
+        torch.save({k: v.detach().cpu() for k, v in G_ema.state_dict().items()}, weights)
+        config_file.write_text(config.to_json())
+        artifacts = {"weights": weights, "config": config_file, **(exports or {})}
+        sha = {key: _sha256(Path(p)) for key, p in artifacts.items()}
+        model_config = {"format": MODEL_FORMAT, "sha256": sha, "normalisation": normalisation.to_dict(),
+                        "device": "cpu"}
+        metadata = {"ganpipe": {"format": MODEL_FORMAT, "z_dim": config.network.z_dim,
+                                "sample_shape": list(config.data.shape), "normalisation": normalisation.to_dict(),
+                                "dataset": config.data.name}}
+        # 2. models-from-code: MLflow copies generator_model.py and gan_core/ into the model
+        example = latents_for_range(0, 0, 2, config.network.z_dim).numpy()
+        # the logged model lives in the run's experiment (Model.log alone would pick the default one)
+        client = _client()
+        logged = client.create_logged_model(client.get_run(run_id).info.experiment_id, name=name,
+                                            source_run_id=run_id, tags=tags)
+        info = Model.log(
+            artifact_path=None, name=name, flavor=mlflow.pyfunc, flavor_name="pyfunc.ModelFromCode", run_id=run_id,
+            model_id=logged.model_id, python_model=str(PYFUNC_FILE),
+            artifacts={k: str(p) for k, p in artifacts.items()},
+            code_paths=[str(Path(gan_core.__file__).parent)], model_config=model_config, metadata=metadata,
+            signature=model_signature(config), input_example=example,
+            # explicit requirements: inferring them would load the model once more in a subprocess
+            pip_requirements=[f"mlflow=={mlflow.__version__}", f"torch=={torch.__version__.split('+')[0]}",
+                              f"numpy=={np.__version__}"],
+        )
+    return info, sha
+
+
+def resolve_checkpoint(ref: str) -> tuple[str, str | None]:
+    """(checkpoint URI or directory, training run id or None) from a run id or a checkpoint reference."""
+    if Path(ref).is_dir():
+        return str(Path(ref).resolve()), None
+    if "://" in ref:
+        return ref, None
+    from mlflow.exceptions import MlflowException
+
+    try:
+        run = _client().get_run(ref)
+    except MlflowException as e:
+        raise RegistryError(f"{ref!r} is neither a checkpoint directory nor an MLflow run id ({e.message})") from None
+    uri = run.data.tags.get(tracking.TAG_LAST_CHECKPOINT)
+    if not uri:
+        raise RegistryError(f"MLflow run {ref} has no checkpoint recorded (tag {tracking.TAG_LAST_CHECKPOINT}); "
+                            f"pass the checkpoint directory instead")
+    return uri, ref
+
+
+def _local_checkpoint(uri: str, tmp: str) -> Path:
+    if Path(uri).is_dir():
+        return Path(uri)
+    if uri.startswith("file://"):
+        return Path(uri[len("file://"):])
+    import mlflow
+
+    return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp))
+
+
+def _version_tags(evaluation: Evaluation, values: dict[str, str]) -> dict[str, str]:
+    tags = {f"metric.{k}": repr(float(v)) for k, v in evaluation.metrics.items()}
+    tags.update({"eval.primary": evaluation.primary, "eval.value": repr(evaluation.value),
+                 "eval.higher_is_better": str(evaluation.higher_is_better).lower(),
+                 **{f"eval.{k}": str(v) for k, v in evaluation.details.items()}})
+    tags.update(values)
+    return tags
+
+
+def champion_value(name: str, alias: str = CHAMPION) -> tuple[str, float, str, bool] | None:
+    """(version, primary metric value, metric name, higher_is_better) of the alias holder, or None."""
+    from mlflow.exceptions import MlflowException
+
+    client = _client()
+    try:
+        mv = client.get_model_version_by_alias(name, alias)
+    except MlflowException:
+        return None
+    t = mv.tags
+    try:
+        return mv.version, float(t["eval.value"]), t["eval.primary"], t["eval.higher_is_better"] == "true"
+    except (KeyError, ValueError):
+        return mv.version, float("nan"), t.get("eval.primary", "?"), True
+
+
+def promote_if_better(name: str, version: str, evaluation: Evaluation, *, alias: str = CHAMPION,
+                      force: bool = False) -> tuple[bool, str, str]:
+    """Point ``alias`` at ``version`` if it strictly beats the holder (ties keep the holder).
+
+    Returns (promoted, champion version afterwards, decision). A holder scored with another metric is
+    not comparable: it keeps the alias unless ``force``.
+    """
+    current = champion_value(name, alias)
+    client = _client()
+    if current is None:
+        decision = f"promoted: first {alias} ({evaluation.primary}={evaluation.value:.6g})"
+    elif force:
+        decision = f"promoted: forced over v{current[0]}"
+    else:
+        cur_version, cur_value, cur_metric, _ = current
+        if cur_version == str(version):
+            return True, cur_version, f"already {alias}"
+        if cur_metric != evaluation.primary:
+            return False, cur_version, (f"kept v{cur_version}: it was scored with {cur_metric}, not "
+                                        f"{evaluation.primary} (re-register with force to replace it)")
+        if not evaluation.beats(cur_value):
+            better = "higher" if evaluation.higher_is_better else "lower"
+            return False, cur_version, (f"kept v{cur_version}: {evaluation.primary}={evaluation.value:.6g} is not "
+                                        f"{better} than {cur_value:.6g}")
+        decision = f"promoted over v{cur_version}: {evaluation.primary} {cur_value:.6g} -> {evaluation.value:.6g}"
+    client.set_registered_model_alias(name, alias, str(version))
+    return True, str(version), decision
+
+
+def _registration_run(client, experiment: str, checkpoint: str, evaluation: Evaluation) -> str:
+    """A run that records a registration made from a bare checkpoint (no training run to attach to)."""
+    from mlflow.entities import Metric
+
+    exp_id = tracking.ensure_experiment(client, experiment)
+    run = client.create_run(exp_id, run_name="register", tags={"ganpipe.kind": "registration",
+                                                               "checkpoint_uri": checkpoint})
+    client.log_batch(run.info.run_id, metrics=[Metric(f"eval/{k}", float(v), 0, 0)
+                                               for k, v in evaluation.metrics.items()])
+    return run.info.run_id
+
+
+def register_generator(checkpoint: str | Path, name: str, *, run_id: str | None = None,
+                       evaluator: Evaluator | None = None, normalisation: Normalisation | None = None,
+                       dataset_name: str | None = None, dataset_version: str | None = None,
+                       alias: str = CHAMPION, promote: bool = True, force: bool = False,
+                       export_formats: tuple[str, ...] = ("pt2", "onnx"), experiment: str = DEFAULT_EXPERIMENT,
+                       ) -> Registration:
+    """Log a checkpoint's G_ema, register it as a new version of ``name``, evaluate it, maybe promote it.
+
+    With ``run_id`` the model is logged from that training run, and the normalisation and dataset
+    default to what the run recorded; without it (e.g. tracking was down during training) a short
+    ``register`` run in ``experiment`` records the registration. ``evaluator`` defaults to
+    `default_evaluator()`.
+    """
+    import mlflow
+
+    from .export import export_generator
+
+    _use_configured_uris()
+    client = _client()
+    run_params: dict[str, str] = {}
+    if run_id is not None:
+        run_params = client.get_run(run_id).data.params
+    if normalisation is None:
+        normalisation = Normalisation(float(run_params.get(tracking.PARAM_SCALE, 1.0)),
+                                      float(run_params.get(tracking.PARAM_OFFSET, 0.0)))
+    with tempfile.TemporaryDirectory(prefix="ganpipe-register-") as tmp:
+        # 1. the checkpoint's G_ema and its config
+        ckpt_dir = _local_checkpoint(str(checkpoint), tmp)
+        G, config = load_generator(ckpt_dir)
+        summary = read_summary(ckpt_dir)
+        dataset_name = dataset_name or run_params.get(tracking.PARAM_DATASET_NAME) or config.data.name
+        dataset_version = dataset_version or run_params.get(tracking.PARAM_DATASET_VERSION) or ""
+        # 2. evaluate (the same fixed latents for every version)
+        evaluation = (evaluator or default_evaluator())(G, config)
+        # 3. export for non-Python consumers, checked against eager; shipped inside the model
+        exported = export_generator(G, Path(tmp) / "export", scale=normalisation.scale, offset=normalisation.offset,
+                                    formats=export_formats) if export_formats else {}
+        exports = {fmt: r.path for fmt, r in exported.items() if r.ok}
+        # 4. log the model, register a version with its tags
+        values = {
+            "dataset.name": dataset_name, "dataset.version": dataset_version,
+            "training_run_id": run_id or "", "checkpoint_uri": str(checkpoint),
+            "checkpoint.step": str(summary.get("step", "")), "checkpoint.kimg": str(summary.get("kimg", "")),
+            "normalisation": json.dumps(normalisation.to_dict()), "code.version": code_version(),
+        }
+        log_run_id = run_id or _registration_run(client, experiment, str(checkpoint), evaluation)
+        info, sha = log_generator(G, config, normalisation=normalisation, run_id=log_run_id, exports=exports,
+                                  tags={k: v for k, v in values.items() if v})
+        if run_id is None:
+            client.set_terminated(log_run_id)
+    values["weights_sha256"] = sha["weights"]
+    for fmt, r in exported.items():
+        values[f"export.{fmt}"] = f"ok (max abs diff {r.max_abs_diff:.2g})" if r.ok else f"skipped: {r.skipped_reason}"
+    mv = mlflow.register_model(info.model_uri, name, tags=_version_tags(evaluation, values))
+    if run_id is not None:  # the training run shows how its generator scored
+        try:
+            from mlflow.entities import Metric
+
+            step = int(summary.get("images_seen", 0))
+            client.log_batch(run_id, metrics=[Metric(f"eval/{k}", float(v), 0, step)
+                                              for k, v in evaluation.metrics.items()])
+        except Exception as e:
+            log.warning("could not log evaluation metrics to run %s: %s", run_id, e)
+    # 5. the champion decision; recorded on the version whichever way it goes
+    if promote:
+        promoted, champion, decision = promote_if_better(name, mv.version, evaluation, alias=alias, force=force)
+    else:
+        current = champion_value(name, alias)
+        promoted, champion, decision = False, current[0] if current else "", "not considered (promote=False)"
+    client.set_model_version_tag(name, mv.version, "champion.decision", decision)
+    log.info("registered %s v%s; %s", name, mv.version, decision)
+    return Registration(name=name, version=str(mv.version), model_uri=f"models:/{name}/{mv.version}",
+                        logged_model_uri=info.model_uri, evaluation=evaluation, promoted=promoted,
+                        champion_version=champion, decision=decision,
+                        exports={f: (f"artifacts/{Path(r.path).name}" if r.ok else f"skipped: {r.skipped_reason}")
+                                 for f, r in exported.items()})
