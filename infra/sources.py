@@ -18,6 +18,7 @@ import json
 import math
 import pickle
 import posixpath
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -41,6 +42,7 @@ SCHEMA_METADATA_KEY = b"ganpipe"
 # uint8 images 0..255 -> [-1, 1]: x * (1 / 127.5) - 1
 IMAGE_SCALE, IMAGE_OFFSET = 1.0 / 127.5, -1.0
 BUILTIN_SOURCES = ("digits", "ring8", "grid25")
+S3_FETCH_THREADS = 16  # concurrent GETs per image chunk on S3
 
 
 class SourceError(ValueError):
@@ -270,7 +272,7 @@ class ImageFolderSource(Source):
                        if self.class_names else None)
         channels = 1 if grayscale else 3
         if image_size is None:
-            height, width = self._common_size()
+            height, width = self._first_size()
         else:
             height = width = image_size
         self.spec = ArraySpec((channels, height, width), "uint8", IMAGE_SCALE, IMAGE_OFFSET, (0.0, 255.0),
@@ -280,28 +282,23 @@ class ImageFolderSource(Source):
     def _uri(self, i: int) -> str:
         return storage.join_uri(self.loc.uri, self.rel[i])
 
-    def _common_size(self) -> tuple[int, int]:
-        """Without a target size all images must share one size; headers are enough to check."""
+    def _first_size(self) -> tuple[int, int]:
+        """(height, width) of the first readable image. Without a target size every image must have
+        it; the others are checked as they are decoded, so the files are read only once."""
         from PIL import Image
 
-        first: tuple[str, tuple[int, int]] | None = None
         for i, info in enumerate(self.files):
             data = storage.read_bytes(Location(self.loc.fs, info.path, ""))  # storage errors propagate
             try:
                 with Image.open(io.BytesIO(data)) as im:
-                    size = im.size  # (width, height), from the header
+                    width, height = im.size  # from the header
             except Exception as e:  # noqa: BLE001 - Pillow raises many types for bad files
                 if self.skip_bad:
                     continue
                 raise SourceError(f"{self._uri(i)}: unreadable or corrupt image ({e})") from None
-            if first is None:
-                first = (self._uri(i), size)
-            elif size != first[1]:
-                raise SourceError(f"images of mixed sizes without --image-size: {first[0]} is "
-                                  f"{first[1][0]}x{first[1][1]}, {self._uri(i)} is {size[0]}x{size[1]}")
-        if first is None:
-            raise SourceError(f"{self.loc.uri}: empty source (every image is unreadable)")
-        return first[1][1], first[1][0]
+            self._size_from = self._uri(i)
+            return height, width
+        raise SourceError(f"{self.loc.uri}: empty source (every image is unreadable)")
 
     def fingerprint(self) -> dict[str, Any]:
         if self._fingerprint is None:
@@ -331,7 +328,8 @@ class ImageFolderSource(Source):
                     im = _resize_centre_crop(im, self.image_size)
                 elif (im.height, im.width) != self.spec.shape[1:]:
                     raise SourceError(f"images of mixed sizes without --image-size: {self._uri(i)} is "
-                                      f"{im.width}x{im.height}, expected {self.spec.shape[2]}x{self.spec.shape[1]}")
+                                      f"{im.width}x{im.height}, {self._size_from} is "
+                                      f"{self.spec.shape[2]}x{self.spec.shape[1]}")
                 a = np.asarray(im, dtype=np.uint8)
         except SourceError:
             raise
@@ -341,11 +339,18 @@ class ImageFolderSource(Source):
             raise SourceError(f"{self._uri(i)}: unreadable or corrupt image ({e})") from None
         return a[None, :, :] if a.ndim == 2 else a.transpose(2, 0, 1)
 
+    def _fetch(self, i: int) -> bytes:
+        return storage.read_bytes(Location(self.loc.fs, self.files[i].path, ""))  # storage errors propagate
+
     def read(self, start: int, stop: int) -> Chunk:
+        if isinstance(self.loc.fs, pafs.S3FileSystem):
+            # one GET per image: overlap their latency; map keeps the order
+            with ThreadPoolExecutor(max_workers=S3_FETCH_THREADS) as pool:
+                blobs = list(pool.map(self._fetch, range(start, stop)))
+        else:
+            blobs = [self._fetch(i) for i in range(start, stop)]
         rows, keep, skipped = [], [], []
-        for i in range(start, stop):
-            with self.loc.fs.open_input_stream(self.files[i].path) as f:  # storage errors propagate
-                data = f.read()
+        for i, data in zip(range(start, stop), blobs):
             a = self._decode(data, i)
             if a is None:
                 skipped.append(self._uri(i))
@@ -441,14 +446,15 @@ class ParquetSource(Source):
         return self.parquet_files[fi].read_row_group(g, columns=columns)
 
     def fingerprint(self) -> dict[str, Any]:
+        rels = [storage.relative(self.loc, i.path) for i in self.files]
+        rels = ["" if r == "." else r for r in rels]  # "" = the location is the file itself
         if isinstance(self.loc.fs, pafs.S3FileSystem):
             etags = storage.s3_etags(self.loc)
-            tokens = [[storage.relative(self.loc, i.path), i.size,
-                       "etag:" + etags.get(storage.relative(self.loc, i.path).lstrip("."), etags.get("", ""))]
-                      for i in self.files]
+            tokens = [[r, i.size, "etag:" + etags.get(r, "")] for r, i in zip(rels, self.files)]
         else:
-            tokens = [[posixpath.basename(i.path), i.size,
-                       "sha256:" + storage.sha256_of(Location(self.loc.fs, i.path, ""))[0]] for i in self.files]
+            tokens = [[r or posixpath.basename(i.path), i.size,
+                       "sha256:" + storage.sha256_of(Location(self.loc.fs, i.path, ""))[0]]
+                      for r, i in zip(rels, self.files)]
         return {"kind": self.kind, "num_files": len(tokens), "files_sha256": _sha256_json(tokens)}
 
     def __len__(self) -> int:
