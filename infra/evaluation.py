@@ -64,7 +64,10 @@ def frechet_distance(x: np.ndarray, y: np.ndarray) -> float:
 
     x, y = np.asarray(x, np.float64).reshape(len(x), -1), np.asarray(y, np.float64).reshape(len(y), -1)
     mu_x, mu_y = x.mean(0), y.mean(0)
-    s_x, s_y = np.atleast_2d(np.cov(x, rowvar=False)), np.atleast_2d(np.cov(y, rowvar=False))
+    # NOTE: eps on the diagonals keeps sqrtm defined for singular covariances (e.g. digits' border
+    # pixels are always 0), as pytorch-fid does when the product is singular.
+    eps = np.eye(x.shape[1]) * 1e-6
+    s_x, s_y = np.atleast_2d(np.cov(x, rowvar=False)) + eps, np.atleast_2d(np.cov(y, rowvar=False)) + eps
     covmean, _ = linalg.sqrtm(s_x @ s_y, disp=False)
     covmean = covmean.real  # sqrtm of a product of PSD matrices: imaginary parts are round-off
     return float(np.sum((mu_x - mu_y) ** 2) + np.trace(s_x) + np.trace(s_y) - 2 * np.trace(covmean))

@@ -17,9 +17,11 @@ against eager, with outputs in the same data units as ``predict``.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
+import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,12 +100,29 @@ def _client():
     return MlflowClient(tracking_uri=mlflow_tracking_uri(), registry_uri=mlflow_registry_uri())
 
 
-def _use_configured_uris() -> None:
-    """MLflow's fluent API (Model.log, register_model) reads process-wide URIs: point them at ours."""
+@contextlib.contextmanager
+def _configured_uris():
+    """MLflow's fluent API (Model.log, register_model) reads process-wide URIs: point them at ours for
+    the duration, then restore the caller's (set_tracking_uri also writes the environment variable)."""
     import mlflow
+    from mlflow.tracking._model_registry import utils as registry_utils
+    from mlflow.tracking._tracking_service import utils as tracking_utils
 
-    mlflow.set_tracking_uri(mlflow_tracking_uri())
-    mlflow.set_registry_uri(mlflow_registry_uri())
+    saved = (tracking_utils._tracking_uri, registry_utils._registry_uri,
+             os.environ.get("MLFLOW_TRACKING_URI"), os.environ.get("MLFLOW_REGISTRY_URI"))
+    tracking_uri, registry_uri = mlflow_tracking_uri(), mlflow_registry_uri()
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(registry_uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(saved[0])
+        mlflow.set_registry_uri(saved[1])
+        for key, value in (("MLFLOW_TRACKING_URI", saved[2]), ("MLFLOW_REGISTRY_URI", saved[3])):
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def model_signature(config: GANConfig):
@@ -131,8 +150,7 @@ def log_generator(G_ema: nn.Module, config: GANConfig, *, run_id: str,
     import mlflow
     from mlflow.models import Model
 
-    _use_configured_uris()
-    with tempfile.TemporaryDirectory(prefix="ganpipe-model-") as tmp:
+    with _configured_uris(), tempfile.TemporaryDirectory(prefix="ganpipe-model-") as tmp:
         # 1. the two files the pyfunc needs: a weights-only state dict and the config that rebuilds G
         weights, config_file = Path(tmp) / "weights.pt", Path(tmp) / "config.json"
         torch.save({k: v.detach().cpu() for k, v in G_ema.state_dict().items()}, weights)
@@ -212,9 +230,9 @@ def champion_value(name: str, alias: str = CHAMPION) -> tuple[str, float, str, b
         return None
     t = mv.tags
     try:
-        return mv.version, float(t["eval.value"]), t["eval.primary"], t["eval.higher_is_better"] == "true"
+        return str(mv.version), float(t["eval.value"]), t["eval.primary"], t["eval.higher_is_better"] == "true"
     except (KeyError, ValueError):
-        return mv.version, float("nan"), t.get("eval.primary", "?"), True
+        return str(mv.version), float("nan"), t.get("eval.primary", "?"), True
 
 
 def promote_if_better(name: str, version: str, evaluation: Evaluation, *, alias: str = CHAMPION,
@@ -275,7 +293,6 @@ def register_generator(checkpoint: str | Path, name: str, *, run_id: str | None 
 
     from .export import export_generator
 
-    _use_configured_uris()
     client = _client()
     run_params: dict[str, str] = {}
     if run_id is not None:
@@ -311,7 +328,8 @@ def register_generator(checkpoint: str | Path, name: str, *, run_id: str | None 
     values["weights_sha256"] = sha["weights"]
     for fmt, r in exported.items():
         values[f"export.{fmt}"] = f"ok (max abs diff {r.max_abs_diff:.2g})" if r.ok else f"skipped: {r.skipped_reason}"
-    mv = mlflow.register_model(info.model_uri, name, tags=_version_tags(evaluation, values))
+    with _configured_uris():
+        mv = mlflow.register_model(info.model_uri, name, tags=_version_tags(evaluation, values))
     if run_id is not None:  # the training run shows how its generator scored
         try:
             from mlflow.entities import Metric

@@ -1,0 +1,55 @@
+"""`ganpipe register`: (re-)register a finished run's generator in the MLflow model registry.
+
+    ganpipe register --run <MLflow run id | checkpoint dir | checkpoint URI> --name ganpipe-digits
+
+With a run id, the run's last checkpoint (tag ``ganpipe.last_checkpoint``), dataset version and
+normalisation are used; with a checkpoint, pass ``--scale/--offset`` for data that is not in model
+units. The new version becomes ``@champion`` only if it beats the current champion (ties keep it).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from pipelines.cli import UserError
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "register", help="register a finished run's generator in MLflow",
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--run", required=True, metavar="RUN_ID_OR_CHECKPOINT",
+                   help="MLflow run id of a training run, or a checkpoint directory / URI")
+    p.add_argument("--name", default="ganpipe-generator", help="registered model name (default: %(default)s)")
+    p.add_argument("--alias", default="champion", help="alias to move if the new version is better (default: %(default)s)")
+    p.add_argument("--no-promote", action="store_true", help="register without considering the alias")
+    p.add_argument("--force", action="store_true", help="move the alias even if the new version is not better")
+    p.add_argument("--scale", type=float, default=None,
+                   help="data normalisation scale: model value = data value * scale + offset (default: the run's, else 1)")
+    p.add_argument("--offset", type=float, default=None, help="data normalisation offset (default: the run's, else 0)")
+    p.add_argument("--dataset-version", default=None, help="dataset version to record (default: the run's)")
+    p.add_argument("--no-export", action="store_true", help="skip the torch.export / ONNX files")
+    p.set_defaults(func=run)
+    return p
+
+
+def run(args) -> int:
+    from infra.registry import Normalisation, RegistryError, register_generator, resolve_checkpoint
+
+    try:
+        checkpoint, run_id = resolve_checkpoint(args.run)
+        normalisation = None
+        if args.scale is not None or args.offset is not None:
+            normalisation = Normalisation(args.scale if args.scale is not None else 1.0,
+                                          args.offset if args.offset is not None else 0.0)
+        reg = register_generator(
+            checkpoint, args.name, run_id=run_id, normalisation=normalisation,
+            dataset_version=args.dataset_version, alias=args.alias, promote=not args.no_promote, force=args.force,
+            export_formats=() if args.no_export else ("pt2", "onnx"))
+    except (RegistryError, ValueError) as e:
+        raise UserError(str(e)) from None
+    ev = reg.evaluation
+    print(f"registered {reg.name} version {reg.version} ({reg.model_uri})")
+    print(f"  {ev.primary} = {ev.value:.6g} ({'higher' if ev.higher_is_better else 'lower'} is better)")
+    print(f"  {reg.decision}; @{args.alias} -> version {reg.champion_version or '-'}")
+    return 0
