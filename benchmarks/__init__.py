@@ -1,0 +1,1 @@
+"""Performance measurements that print ratios; never part of pass/fail."""
