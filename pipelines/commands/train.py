@@ -1,0 +1,55 @@
+"""`ganpipe train`: train on a staged dataset with Ray Train; no Prefect server needed, so that
+`ray job submit --address ... -- ganpipe train ...` runs on an existing cluster."""
+
+from __future__ import annotations
+
+import argparse
+
+from pipelines.cli import UserError
+
+EXAMPLES = """examples:
+  ganpipe train --dataset ~/.ganpipe/data/datasets/digits --preset digits
+  ganpipe train --dataset s3://bucket/root/datasets/digits --workers 4 --gpus --storage s3://bucket/runs
+  RAY_ADDRESS=http://head:8265 ray job submit --working-dir . -- ganpipe train --dataset ... --workers 8 --gpus
+"""
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser("train", help="train a GAN with Ray Train on a staged dataset",
+                       description="Train a GAN with Ray Train (PyTorch DDP) on a staged dataset. Connects to "
+                                   "RAY_ADDRESS when set, else starts Ray locally. Re-running the same request "
+                                   "resumes the run from its latest checkpoint.",
+                       epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dataset", required=True, help="staged dataset: <root>/datasets/<name>[/<version>] (local or s3://)")
+    p.add_argument("--preset", default="digits", help="configuration preset (tiny, digits, ring8, grid25, dcgan64)")
+    p.add_argument("--config", help="config file (TOML) with gan sections and an optional [cluster] table")
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                   help="override a config field, e.g. --set train.global_batch_size=256 (repeatable)")
+    p.add_argument("--workers", type=int, help="number of Ray Train workers (one per GPU)")
+    p.add_argument("--gpus", action="store_true", help="one GPU per worker (NCCL); default: CPU workers (gloo)")
+    p.add_argument("--storage", help="run storage: a folder or s3://bucket/prefix (default: <GANPIPE_HOME>/ray_results)")
+    p.add_argument("--run-name", help="run name (default: derived from the config and dataset version)")
+    p.add_argument("--max-failures", type=int, help="worker-group restarts from the latest checkpoint (-1 = unlimited)")
+    p.add_argument("--verify-sync", action="store_true", help="check after every update that workers hold identical weights")
+    p.set_defaults(func=run)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    from gan_core.config import ConfigError
+    from infra.datasets import DatasetError
+    from infra.ray_train import launch_training, outcome_to_json
+    from infra.storage import StorageError
+    from pipelines.settings import resolve_settings
+
+    try:
+        settings = resolve_settings(preset=args.preset, config_file=args.config, overrides=args.set,
+                                    cluster_overrides={"num_workers": args.workers, "use_gpu": args.gpus or None,
+                                                       "storage_path": args.storage, "run_name": args.run_name,
+                                                       "max_failures": args.max_failures,
+                                                       "verify_sync": args.verify_sync or None})
+        outcome = launch_training(settings.gan, args.dataset, settings.cluster)
+    except (ConfigError, DatasetError, StorageError) as e:
+        raise UserError(str(e)) from None
+    print(outcome_to_json(outcome))
+    return 0
