@@ -62,7 +62,7 @@ class GeneratorModel(mlflow.pyfunc.PythonModel):
                                       f"{cfg.get('format')!r}, expected {FORMAT!r})")
         # 1. integrity: every file must hash to what was recorded at logging time
         expected = cfg.get("sha256") or {}
-        for key in (WEIGHTS, CONFIG):
+        for key in sorted({WEIGHTS, CONFIG} | set(expected)):  # plus the exports, if any
             path = context.artifacts.get(key)
             if path is None or not Path(path).is_file():
                 raise ModelIntegrityError(f"generator model is missing its {key!r} file ({path})")

@@ -239,23 +239,27 @@ class TrainingTracker:
         return None
 
     def _render_grid(self, snapshot: Snapshot) -> Path | None:
-        from gan_core.sampling import generate, save_image_grid, save_scatter
+        """The same GRID_SEED latents at every snapshot, so the pictures show G_ema's progress."""
+        from gan_core.sampling import latents_for_range, save_image_grid, save_scatter
 
         G = self._current_generator(snapshot)
         if G is None:
             return None
+        n = GRID_SAMPLES if self.config.data.is_image else SCATTER_SAMPLES
         was_training = G.training
+        G.eval()
         try:
-            if self.config.data.is_image:
-                x = generate(G, GRID_SAMPLES, GRID_SEED, device=_device_of(G))
-                return save_image_grid(x, self._tmp / f"grid-{snapshot.images_seen:012d}.png")
-            x = generate(G, SCATTER_SAMPLES, GRID_SEED, device=_device_of(G))
-            if x.shape[1] < 2:
-                return None
-            return save_scatter(x[:, :2], self._tmp / f"grid-{snapshot.images_seen:012d}.png",
-                                title=f"G_ema at {snapshot.kimg:.1f} kimg (data space before normalisation)")
+            with torch.no_grad():
+                x = G(latents_for_range(GRID_SEED, 0, n, G.z_dim).to(_device_of(G))).float().cpu()
         finally:
             G.train(was_training)
+        path = self._tmp / f"grid-{snapshot.images_seen:012d}.png"
+        if self.config.data.is_image:
+            return save_image_grid(x, path)  # model space [-1, 1], as the grid expects
+        if x.shape[1] < 2:
+            return None
+        x = (x - self.dataset.offset) / self.dataset.scale  # back to the data's own units
+        return save_scatter(x[:, :2], path, title=f"G_ema at {snapshot.kimg:.1f} kimg")
 
     # -- the background sender -----------------------------------------------------------------------
     def _enqueue(self, op: _Op) -> None:

@@ -179,10 +179,13 @@ def test_registry_with_artifacts_on_s3(store, digits_checkpoint, s3_bucket, s3_s
     from infra.tracking import ensure_experiment
 
     monkeypatch.setenv("MLFLOW_S3_ENDPOINT_URL", s3_server)
+    s3 = boto3.client("s3")
+    for f in Path(digits_checkpoint).iterdir():  # the checkpoint itself on S3, as Ray Train stores it
+        s3.upload_file(str(f), s3_bucket, f"runs/r1/checkpoint-3/{f.name}")
     ensure_experiment(MlflowClient(), "s3-experiment", f"s3://{s3_bucket}/mlflow")
-    reg = register_generator(digits_checkpoint, "s3-gen", normalisation=DIGITS, export_formats=("pt2",),
-                             experiment="s3-experiment")
-    keys = [o["Key"] for o in boto3.client("s3").list_objects_v2(Bucket=s3_bucket)["Contents"]]
+    reg = register_generator(f"s3://{s3_bucket}/runs/r1/checkpoint-3", "s3-gen", normalisation=DIGITS,
+                             export_formats=("pt2",), experiment="s3-experiment")
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=s3_bucket)["Contents"]]
     assert any(k.endswith("artifacts/weights.pt") for k in keys), keys
     assert any(k.endswith("artifacts/generator.pt2") for k in keys), keys
 
