@@ -84,7 +84,7 @@ def test_corrupt_images_skipped_and_counted(folder_with_bad_image, tmp_path):
     assert m["num_rows"] == 40 - 1 and m["num_skipped"] == 2
     assert sorted(Path(f).name for f in m["skipped_files"]) == ["img00003.png", "zz-garbage.jpg"]
     assert len(ds.load_arrays()[0]) == 39
-    # skipping is a staging option: the strict staging of the same folder is another version
+    # skipping is part of the fingerprint: the strict staging of this folder would be another version
     assert m["source"]["skip_bad"] is True
 
 
