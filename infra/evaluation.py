@@ -10,6 +10,10 @@ documented default, `default_evaluator`, needs no downloaded weights:
   (``fd_raw``; Heusel et al. 2017's formula on flattened pixels or coordinates instead of Inception
   features), lower is better. Built-in datasets supply their own reference; staged datasets pass
   ``reference=`` (examples in model space, i.e. already normalised).
+
+`gan_core_evaluator` adapts the project's full evaluation (gan_core.evaluate: FD in a feature space
+with its real-vs-real floor, KID, precision/recall, coverage) to this interface; primary metric
+``fd``, lower is better.
 """
 
 from __future__ import annotations
@@ -92,5 +96,22 @@ def default_evaluator(reference: np.ndarray | None = None, *, num_samples: int =
                                  f"or an evaluator of your own") from None
         fd = frechet_distance(samples.numpy(), np.asarray(ref)[: max(num_samples, 2)])
         return Evaluation({"fd_raw": fd}, "fd_raw", False, {"evaluator": f"frechet_distance_raw(n={num_samples})"})
+
+    return evaluate
+
+
+def gan_core_evaluator(real_x: np.ndarray, real_labels: np.ndarray | None = None, **kwargs) -> Evaluator:
+    """The project's evaluation (``gan_core.evaluate.evaluate_generator``) as a registry evaluator.
+
+    ``real_x`` in model space (as the generator outputs); ``kwargs`` go to ``evaluate_generator``
+    (``num_samples``, ``feature_network``, ``cache_dir``, ...).
+    """
+
+    def evaluate(G: nn.Module, config: GANConfig) -> Evaluation:
+        from gan_core.evaluate import PRIMARY_METRIC, evaluate_generator
+
+        metrics = evaluate_generator(G, config, real_x, real_labels, **kwargs)
+        return Evaluation({k: float(v) for k, v in metrics.items()}, PRIMARY_METRIC, False,
+                          {"evaluator": "gan_core.evaluate.evaluate_generator"})
 
     return evaluate

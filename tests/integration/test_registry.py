@@ -197,3 +197,24 @@ def test_registry_with_artifacts_on_s3(store, digits_checkpoint, s3_bucket, s3_s
         expected = ((G_ema(torch.from_numpy(z)) - DIGITS.offset) / DIGITS.scale).numpy()
     np.testing.assert_allclose(x, expected, rtol=0, atol=1e-5)
     assert reg.version == "1"
+
+
+def test_evaluators_score_on_fixed_latents():
+    """The documented default and the adapter of the project's evaluation both give a primary metric."""
+    from gan_core.data import load_builtin
+    from gan_core.networks import build_generator
+    from infra.evaluation import default_evaluator, frechet_distance, gan_core_evaluator
+
+    cfg = get_preset("tiny")
+    torch.manual_seed(0)
+    G = build_generator(cfg).eval()
+    a, b = default_evaluator()(G, cfg), default_evaluator()(G, cfg)
+    assert a == b and a.primary == "modes_covered" and a.higher_is_better
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(4000, 3))
+    assert frechet_distance(x, x) == pytest.approx(0.0, abs=1e-6)
+    assert frechet_distance(x, x + [1.0, 0.0, 0.0]) == pytest.approx(1.0, abs=1e-3)  # ||mu shift||^2
+    pytest.importorskip("gan_core.evaluate")
+    real, labels = load_builtin("ring8", 1000, 0)
+    ev = gan_core_evaluator(real, labels, num_samples=200)(G, cfg)
+    assert ev.primary == "fd" and not ev.higher_is_better and np.isfinite(ev.value)
