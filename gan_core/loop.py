@@ -11,6 +11,9 @@
   the same number of times on each; rank 0's snapshot carries the checkpoint directory it just wrote.
 - ``should_stop()``: polled after each step; the loop then writes a checkpoint and returns.
 - ``resume_from``: a checkpoint directory; the run continues exactly where it stopped.
+- ``diagnostics``: per-tick theory diagnostics (`gan_core.diagnostics.TrainingDiagnostics`: vanishing
+  gradient and mode collapse), on by default; pass False to turn them off, or an instance built with
+  the caller's real reference data or classifier. ``tick_diagnostics(state)`` adds the caller's own.
 
 A non-finite loss raises `NonFiniteLossError` naming the step before any checkpoint containing it is
 written, so the latest checkpoint stays good.
@@ -31,6 +34,7 @@ from torch import nn
 
 from .checkpoint import restore_training_state, save_checkpoint
 from .config import GANConfig
+from .diagnostics import TrainingDiagnostics, resolve_diagnostics
 from .losses import js_estimate
 from .training import TrainingState, build_training_state, train_step
 
@@ -118,6 +122,7 @@ def train(
     checkpoint_root: str | Path | None = None,
     tick_diagnostics: Callable[[TrainingState], dict[str, float]] | None = None,
     state: TrainingState | None = None,
+    diagnostics: TrainingDiagnostics | bool = True,
 ) -> TrainResult:
     t = config.train
     # 1. state: fresh, or resumed from a checkpoint (same code path, different counters)
@@ -125,6 +130,7 @@ def train(
     if resume_from is not None:
         restore_training_state(state, resume_from)
     wrap = wrap_model or (lambda m: m)
+    diagnose = resolve_diagnostics(diagnostics, config)
     G_train, D_train = wrap(state.G), wrap(state.D)
     root = Path(checkpoint_root) if checkpoint_root is not None else Path(tempfile.mkdtemp(prefix="gan-ckpt-"))
     # 2. data: resume the stream where the checkpoint left it (k minibatches per step)
@@ -167,6 +173,8 @@ def train(
         metrics["perf/eta_s"] = steps_left * t.d_steps * t.global_batch_size / 1000.0 / rate if rate > 0 else 0.0
         metrics["progress/kimg"] = state.kimg
         metrics["progress/step"] = float(state.step)
+        if diagnose is not None and pending:
+            metrics.update(diagnose(state, metrics))  # from reduced metrics and G_ema: same on every rank
         if tick_diagnostics is not None:
             metrics.update(tick_diagnostics(state))
         # 4. rank 0 writes the checkpoint; every rank reports the snapshot

@@ -13,6 +13,8 @@ from gan_core.config import DataConfig, GANConfig, NetworkConfig, OptimizerConfi
 from gan_core.losses import LOG_4
 from gan_core.training import build_training_state, discriminator_step
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 class AffineGenerator(nn.Module):
     """A fixed generator G(z) = scale * z + shift, so p_g = N(shift, scale^2 I) is known exactly."""
@@ -52,14 +54,6 @@ def train_discriminator(G, sample_real, dim, *, steps, batch_size, lr, d_width=6
 
     return logit
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny networks on a shared 2-core machine: one intra-op thread is many times faster than two."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def sigmoid(s):

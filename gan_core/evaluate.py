@@ -1,0 +1,219 @@
+"""Evaluate a generator (G_ema) against real data, with the real-vs-real floor beside every metric.
+
+    python -m gan_core.evaluate --checkpoint runs/digits/checkpoints/checkpoint-000003000
+
+The real data are split into two disjoint halves of equal size: a reference half R and a held-back
+half H. Each metric is computed for G_ema's samples against R, and for H against R: the *floor*, what
+a perfect generator would score with the same number of samples. FD is biased upwards for finite
+samples, so only the distance to its floor means anything.
+
+Feature space, by data: the digits classifier (`gan_core.metrics.digits`) for ``digits``; a
+user-supplied TorchScript network (e.g. Inception) when given; raw values otherwise (2-D mixtures,
+vectors, and images without a feature network: a NOTE in the output says so).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .checkpoint import CheckpointError, load_generator
+from .config import GANConfig
+from .data import BUILTIN_DATASETS, MIXTURES, load_builtin, mode_coverage
+from .metrics import (DigitsClassifierFeatures, IdentityFeatures, TorchScriptFeatures, class_coverage,
+                      extract_features, frechet_distance, kernel_inception_distance,
+                      load_or_train_digits_classifier, precision_recall)
+from .metrics.features import FeatureExtractor
+from .rng import derive_seed
+from .sampling import generate
+
+PRIMARY_METRIC = "fd"  # lower is better; the registry compares generators on it
+CACHE_ENV = "GANPIPE_CACHE_DIR"
+
+
+def default_cache_dir() -> Path:
+    """Where the digits classifier's weights are cached: $GANPIPE_CACHE_DIR, else ~/.cache/ganpipe."""
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "ganpipe")
+
+
+def split_real(real_x: np.ndarray, real_labels: np.ndarray | None, seed: int = 0):
+    """Two disjoint halves of equal size, from a seeded permutation: (R_x, R_y, H_x, H_y)."""
+    perm = np.random.default_rng(derive_seed("eval-split", seed)).permutation(len(real_x))
+    half = len(real_x) // 2
+    r, h = perm[:half], perm[half:2 * half]
+    labels = None if real_labels is None else np.asarray(real_labels)
+    return (real_x[r], None if labels is None else labels[r], real_x[h], None if labels is None else labels[h])
+
+
+def feature_space(config: GANConfig, *, feature_network: str | Path | None = None,
+                  cache_dir: str | Path | None = None, device: str | torch.device = "cpu",
+                  ) -> tuple[FeatureExtractor, DigitsClassifierFeatures | None]:
+    """(feature extractor, classifier for class coverage or None) for a configuration's data."""
+    if feature_network is not None:
+        return TorchScriptFeatures(feature_network, device=device), None
+    if config.data.name == "digits":
+        model = load_or_train_digits_classifier(cache_dir or default_cache_dir()).to(device)
+        clf = DigitsClassifierFeatures(model)
+        return clf, clf
+    return IdentityFeatures(), None
+
+
+def distribution_metrics(reference: torch.Tensor, other: torch.Tensor, *, kid_subset_size: int = 1000,
+                         kid_num_subsets: int = 100, k: int = 3, seed: int = 0) -> dict[str, float]:
+    """FD, KID (mean and std over subsets) and precision/recall of ``other`` against ``reference``,
+    both already in feature space."""
+    kid, kid_std = kernel_inception_distance(other.numpy(), reference.numpy(), subset_size=kid_subset_size,
+                                             num_subsets=kid_num_subsets, seed=seed)
+    return {"fd": frechet_distance(other, reference), "kid": kid, "kid_std": kid_std,
+            **precision_recall(reference, other, k=k)}
+
+
+def evaluate_generator(G: nn.Module, config: GANConfig, real_x: np.ndarray | torch.Tensor,
+                       real_labels: np.ndarray | None = None, *, num_samples: int | None = None, seed: int = 0,
+                       feature_extractor: FeatureExtractor | None = None,
+                       classifier: DigitsClassifierFeatures | None = None, feature_network: str | Path | None = None,
+                       cache_dir: str | Path | None = None, device: str | torch.device = "cpu",
+                       kid_subset_size: int = 1000, kid_num_subsets: int = 100) -> dict[str, float]:
+    """Every metric for ``G`` (use G_ema) and, under ``floor/<name>``, the same metric for real data.
+
+    ``real_x``: real samples in the generator's value range (e.g. [-1, 1] images), ``real_labels``
+    optional class labels. ``num_samples`` generated samples (seed-addressed with ``seed``) are compared
+    with as many samples of the reference half of the real data; the default and maximum is the half's
+    size, further capped at 2,500 for the 2-D mixtures (their protocol) and 10,000 otherwise. Returns a flat dict of
+    floats, e.g. ``fd``, ``floor/fd``, ``kid``, ``precision``, ``recall``, ``classes_covered``,
+    ``modes_covered``, plus ``num_samples``.
+    """
+    real_x = real_x.detach().cpu().numpy() if isinstance(real_x, torch.Tensor) else np.asarray(real_x)
+    real_x = real_x.astype(np.float32)
+    if feature_extractor is None:
+        feature_extractor, default_classifier = feature_space(config, feature_network=feature_network,
+                                                              cache_dir=cache_dir, device=device)
+        classifier = classifier if classifier is not None else default_classifier
+    # 1. reference half R, held-back half H, and as many generated samples as H has
+    ref_x, ref_y, held_x, held_y = split_real(real_x, real_labels, seed)
+    cap = 2500 if config.data.name in MIXTURES else 10_000
+    n = min(len(ref_x), num_samples or cap)
+    if n < 4:
+        raise ValueError(f"need at least 8 real samples to split into halves, got {len(real_x)}")
+    # NOTE: all three sets have n samples: k-NN radii (precision/recall) and FD's bias depend on set size
+    ref_x, ref_y = ref_x[:n], None if ref_y is None else ref_y[:n]
+    held_x, held_y = held_x[:n], None if held_y is None else held_y[:n]
+    fake_x = generate(G, n, seed=seed, device=device)
+    # 2. features
+    f_ref = extract_features(feature_extractor, torch.from_numpy(ref_x))
+    f_held = extract_features(feature_extractor, torch.from_numpy(held_x))
+    f_fake = extract_features(feature_extractor, fake_x)
+    kid_kw = {"kid_subset_size": kid_subset_size, "kid_num_subsets": kid_num_subsets, "seed": seed}
+    out: dict[str, float] = {"num_samples": float(n)}
+    out.update(distribution_metrics(f_ref, f_fake, **kid_kw))
+    out.update({f"floor/{k}": v for k, v in distribution_metrics(f_ref, f_held, **kid_kw).items()})
+    # 3. coverage: modes of a mixture, classes of labelled data
+    if config.data.name in MIXTURES:
+        for prefix, x in (("", fake_x), ("floor/", held_x)):
+            cov = mode_coverage(x, config.data.name)
+            out.update({f"{prefix}modes_covered": cov["modes_covered"], f"{prefix}num_modes": cov["num_modes"],
+                        f"{prefix}high_quality_fraction": cov["high_quality_fraction"],
+                        f"{prefix}mode_reverse_kl": cov["reverse_kl"]})
+    if classifier is not None:
+        hist_source = ref_y if ref_y is not None else classifier.predict(torch.from_numpy(ref_x))
+        data_hist = np.bincount(np.asarray(hist_source, dtype=np.int64))
+        for prefix, x in (("", fake_x), ("floor/", torch.from_numpy(held_x))):
+            cov = class_coverage(classifier.predict(x), data_hist)
+            out.update({f"{prefix}classes_covered": cov["classes_covered"],
+                        f"{prefix}num_classes": cov["num_classes"], f"{prefix}class_kl": cov["class_kl"]})
+        if held_y is not None:
+            out["classifier_accuracy_on_held_back"] = float((classifier.predict(torch.from_numpy(held_x)) == held_y).mean())
+    out["feature_dim"] = float(f_ref.shape[1])
+    return out
+
+
+def format_report(result: dict[str, float], feature_name: str = "") -> str:
+    """A table: metric | G_ema | real-vs-real floor."""
+    names = [k for k in result if not k.startswith("floor/") and f"floor/{k}" in result]
+    width = max(len(n) for n in names) if names else 10
+    lines = [f"{'metric':<{width}}  {'G_ema':>12}  {'floor (real vs real)':>20}"]
+    for name in names:
+        lines.append(f"{name:<{width}}  {result[name]:>12.6g}  {result['floor/' + name]:>20.6g}")
+    extras = [k for k in result if not k.startswith("floor/") and k not in names]
+    for name in extras:
+        lines.append(f"{name:<{width}}  {result[name]:>12.6g}")
+    if feature_name:
+        lines.append(f"features: {feature_name}")
+    return "\n".join(lines)
+
+
+def load_real_data(config: GANConfig, real_path: str | Path | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """Real data for a checkpoint: a built-in dataset by name, or an .npy / .npz file (arrays ``x`` and
+    optional ``label`` / ``labels``) in the generator's value range."""
+    if real_path is not None:
+        path = Path(real_path)
+        if path.suffix == ".npy":
+            return np.load(path), None
+        with np.load(path) as z:
+            labels = z["label"] if "label" in z else (z["labels"] if "labels" in z else None)
+            return z["x"], labels
+    if config.data.name in BUILTIN_DATASETS:
+        return load_builtin(config.data.name, config.data.num_examples, config.data.data_seed + 1)
+    raise ValueError(f"data.name = {config.data.name!r} is not built in ({' | '.join(BUILTIN_DATASETS)}); "
+                     "pass the real data with --real FILE.npz")
+
+
+def evaluate_checkpoint(directory: str | Path, *, num_samples: int | None = None, seed: int = 0,
+                        real_path: str | Path | None = None, feature_network: str | Path | None = None,
+                        cache_dir: str | Path | None = None, device: str | torch.device = "cpu",
+                        verbose: bool = True, **kwargs: Any) -> dict[str, float]:
+    """Load G_ema and the config from a checkpoint directory, evaluate, print the table, return the dict."""
+    G, config = load_generator(directory, device)
+    real_x, real_labels = load_real_data(config, real_path)
+    extractor, classifier = feature_space(config, feature_network=feature_network, cache_dir=cache_dir, device=device)
+    result = evaluate_generator(G, config, real_x, real_labels, num_samples=num_samples, seed=seed,
+                                feature_extractor=extractor, classifier=classifier, device=device, **kwargs)
+    if verbose:
+        print(format_report(result, extractor.name))
+    return result
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m gan_core.evaluate",
+        description="Evaluate a checkpoint's G_ema: FD, KID, precision/recall, mode or class coverage, each with "
+                    "the real-vs-real floor beside it. Nothing is downloaded.",
+    )
+    p.add_argument("--checkpoint", required=True, help="checkpoint directory (holds state.pt, config.json)")
+    p.add_argument("--num-samples", type=int, help="generated samples (default: size of a real half, capped)")
+    p.add_argument("--seed", type=int, default=0, help="sampling and split seed (default 0)")
+    p.add_argument("--real", help="real data as .npy / .npz (x, label) for datasets that are not built in")
+    p.add_argument("--feature-network", help="TorchScript feature network file, e.g. Inception (never downloaded)")
+    p.add_argument("--cache-dir", help=f"where the digits classifier is cached (default ${CACHE_ENV} or "
+                                       "~/.cache/ganpipe)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--json", help="also write the metrics to this JSON file")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        result = evaluate_checkpoint(args.checkpoint, num_samples=args.num_samples, seed=args.seed,
+                                     real_path=args.real, feature_network=args.feature_network,
+                                     cache_dir=args.cache_dir, device=args.device)
+    except (CheckpointError, ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.json:
+        Path(args.json).write_text(json.dumps({k: (v if math.isfinite(v) else None) for k, v in result.items()},
+                                              indent=2, sort_keys=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

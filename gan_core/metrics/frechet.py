@@ -1,0 +1,59 @@
+"""Fréchet distance between Gaussians fitted to two feature sets (Heusel et al. 2017, "GANs Trained by
+a Two Time-Scale Update Rule Converge to a Local Nash Equilibrium", eq. 6).
+
+    FD = ||mu_1 - mu_2||^2 + Tr(S_1 + S_2 - 2 (S_1 S_2)^(1/2))
+
+With Inception pool features this is FID; here it is generic over the feature extractor (the
+digits classifier, raw coordinates, or Inception when the user supplies weights).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import scipy.linalg
+import torch
+
+
+def _as_array(x) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu().numpy()
+    x = np.asarray(x, dtype=np.float64)
+    return x.reshape(len(x), -1)
+
+
+def gaussian_statistics(features) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, covariance) of (N, d) features, float64; covariance with the unbiased 1/(N-1)."""
+    f = _as_array(features)
+    if len(f) < 2:
+        raise ValueError(f"need at least 2 samples for a covariance, got {len(f)}")
+    return f.mean(axis=0), np.atleast_2d(np.cov(f, rowvar=False))
+
+
+def frechet_distance_from_statistics(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray,
+                                     eps: float = 1e-6) -> float:
+    """||mu_1 - mu_2||^2 + Tr(S_1 + S_2 - 2 sqrtm(S_1 S_2))  (Heusel et al. 2017).
+
+    NOTE: like pytorch-fid, a singular product (scipy warns) gets eps * I added to both covariances before the
+    square root, and the tiny imaginary part that sqrtm returns from rounding is dropped.
+    """
+    mu1, mu2 = np.atleast_1d(mu1), np.atleast_1d(mu2)
+    sigma1, sigma2 = np.atleast_2d(sigma1), np.atleast_2d(sigma2)
+    diff = mu1 - mu2
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", scipy.linalg.LinAlgWarning)
+        covmean = scipy.linalg.sqrtm(sigma1 @ sigma2)
+    singular = any(issubclass(w.category, scipy.linalg.LinAlgWarning) for w in caught)
+    if singular or not np.isfinite(covmean).all():
+        offset = np.eye(sigma1.shape[0]) * eps
+        covmean = scipy.linalg.sqrtm((sigma1 + offset) @ (sigma2 + offset))
+    if np.iscomplexobj(covmean):
+        covmean = covmean.real
+    fd = float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * np.trace(covmean))
+    return max(fd, 0.0)  # rounding can give -1e-12 for identical statistics
+
+
+def frechet_distance(features_a, features_b) -> float:
+    """FD between Gaussians fitted to two (N, d) feature sets (Heusel et al. 2017)."""
+    return frechet_distance_from_statistics(*gaussian_statistics(features_a), *gaussian_statistics(features_b))

@@ -1,0 +1,27 @@
+"""Fixtures shared by the gan_core unit tests."""
+
+import pytest
+import torch
+
+
+@pytest.fixture(scope="session")
+def digits_cache(tmp_path_factory):
+    """A cache directory holding the digits classifier, trained once per session (seconds, CPU)."""
+    from gan_core.metrics.digits import load_or_train_digits_classifier
+
+    cache = tmp_path_factory.mktemp("digits-cache")
+    threads = torch.get_num_threads()
+    try:
+        load_or_train_digits_classifier(cache)
+    finally:
+        torch.set_num_threads(threads)
+    return cache
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread: tiny networks on a shared 2-core machine run many times faster than with two."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
