@@ -20,6 +20,8 @@ numbers and a fixed batch of G_ema samples:
 Every number is a pure function of the reduced metrics (identical on all ranks), of G_ema (identical
 on all ranks) and of fixed seeded latents, so every rank computes the same values without any
 collective operation, and no global RNG is touched (resume stays exact).
+NOTE: the peak of G's gradient norm lives in the diagnostics object, not in checkpoints: after a
+resume ``vanishing_gradient/grad_norm_ratio`` is relative to the peak since the resume.
 """
 
 from __future__ import annotations

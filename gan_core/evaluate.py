@@ -57,14 +57,14 @@ def split_real(real_x: np.ndarray, real_labels: np.ndarray | None, seed: int = 0
 def feature_space(config: GANConfig, *, feature_network: str | Path | None = None,
                   cache_dir: str | Path | None = None, device: str | torch.device = "cpu",
                   ) -> tuple[FeatureExtractor, DigitsClassifierFeatures | None]:
-    """(feature extractor, classifier for class coverage or None) for a configuration's data."""
-    if feature_network is not None:
-        return TorchScriptFeatures(feature_network, device=device), None
+    """(feature extractor, classifier for class coverage or None) for a configuration's data: for
+    ``digits`` the classifier gives class coverage, and also the features unless a network is given."""
+    clf = None
     if config.data.name == "digits":
-        model = load_or_train_digits_classifier(cache_dir or default_cache_dir()).to(device)
-        clf = DigitsClassifierFeatures(model)
-        return clf, clf
-    return IdentityFeatures(), None
+        clf = DigitsClassifierFeatures(load_or_train_digits_classifier(cache_dir or default_cache_dir()).to(device))
+    if feature_network is not None:
+        return TorchScriptFeatures(feature_network, device=device), clf
+    return (clf if clf is not None else IdentityFeatures()), clf
 
 
 def distribution_metrics(reference: torch.Tensor, other: torch.Tensor, *, kid_subset_size: int = 1000,
@@ -82,7 +82,7 @@ def evaluate_generator(G: nn.Module, config: GANConfig, real_x: np.ndarray | tor
                        feature_extractor: FeatureExtractor | None = None,
                        classifier: DigitsClassifierFeatures | None = None, feature_network: str | Path | None = None,
                        cache_dir: str | Path | None = None, device: str | torch.device = "cpu",
-                       kid_subset_size: int = 1000, kid_num_subsets: int = 100) -> dict[str, float]:
+                       kid_subset_size: int | None = None, kid_num_subsets: int = 100) -> dict[str, float]:
     """Every metric for ``G`` (use G_ema) and, under ``floor/<name>``, the same metric for real data.
 
     ``real_x``: real samples in the generator's value range (e.g. [-1, 1] images), ``real_labels``
@@ -112,7 +112,10 @@ def evaluate_generator(G: nn.Module, config: GANConfig, real_x: np.ndarray | tor
     f_ref = extract_features(feature_extractor, torch.from_numpy(ref_x))
     f_held = extract_features(feature_extractor, torch.from_numpy(held_x))
     f_fake = extract_features(feature_extractor, fake_x)
-    kid_kw = {"kid_subset_size": kid_subset_size, "kid_num_subsets": kid_num_subsets, "seed": seed}
+    # KID subsets of 1000 (Binkowski et al. 2018), or of half the samples when there are fewer than 2000,
+    # so that the subsets differ and kid_std says how much the estimate moves
+    subset = kid_subset_size or min(1000, max(2, n // 2))
+    kid_kw = {"kid_subset_size": subset, "kid_num_subsets": kid_num_subsets, "seed": seed}
     out: dict[str, float] = {"num_samples": float(n)}
     out.update(distribution_metrics(f_ref, f_fake, **kid_kw))
     out.update({f"floor/{k}": v for k, v in distribution_metrics(f_ref, f_held, **kid_kw).items()})
@@ -139,7 +142,7 @@ def evaluate_generator(G: nn.Module, config: GANConfig, real_x: np.ndarray | tor
 def format_report(result: dict[str, float], feature_name: str = "") -> str:
     """A table: metric | G_ema | real-vs-real floor."""
     names = [k for k in result if not k.startswith("floor/") and f"floor/{k}" in result]
-    width = max(len(n) for n in names) if names else 10
+    width = max([len(k) for k in result if not k.startswith("floor/")] + [6])
     lines = [f"{'metric':<{width}}  {'G_ema':>12}  {'floor (real vs real)':>20}"]
     for name in names:
         lines.append(f"{name:<{width}}  {result[name]:>12.6g}  {result['floor/' + name]:>20.6g}")

@@ -120,3 +120,71 @@ def test_loop_reports_diagnostics_on_every_tick_without_changing_training(tmp_pa
     for a, b in zip(on.state.G.state_dict().values(), off.state.G.state_dict().values()):
         assert torch.equal(a, b)
     assert on.last_snapshot.metrics["loss/D"] == off.last_snapshot.metrics["loss/D"]
+
+
+class DigitGenerator(nn.Module):
+    """Real digit images addressed by z: all classes, or only the images of one digit."""
+
+    def __init__(self, images):
+        super().__init__()
+        self.z_dim = 4
+        self.register_buffer("images", torch.as_tensor(images))
+
+    def forward(self, z):
+        index = (z[:, 0].abs() * 1e4).long() % len(self.images)
+        return self.images[index]
+
+
+def test_class_coverage_indicator_with_the_digits_classifier(digits_cache):
+    from gan_core.data import load_digits
+    from gan_core.metrics import load_or_train_digits_classifier
+
+    x, y = load_digits()
+    diag = TrainingDiagnostics.for_config(get_preset("digits"), classifier=load_or_train_digits_classifier(digits_cache))
+    cpu = torch.device("cpu")
+    healthy = diag(SimpleNamespace(G_ema=DigitGenerator(x), device=cpu, step=0), {})
+    collapsed = diag(SimpleNamespace(G_ema=DigitGenerator(x[y == 7]), device=cpu, step=0), {})
+    assert healthy["mode_collapse/classes_covered"] == 10 and healthy["mode_collapse/coverage"] == 1.0
+    assert collapsed["mode_collapse/classes_covered"] == 1 and collapsed["mode_collapse/coverage"] == 0.1
+    assert healthy["mode_collapse/diversity_ratio"] == pytest.approx(1.0, abs=0.1)
+    assert collapsed["mode_collapse/diversity_ratio"] < healthy["mode_collapse/diversity_ratio"]
+
+
+def _ddp_worker(rank, world_size, port, out_dir):
+    import json
+    import os
+
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    try:
+        cfg = get_preset("tiny").with_overrides({"train.total_steps": 6, "train.tick_every_steps": 3,
+                                                 "network.g_norm": "none"})
+        x, _ = sample_mixture("ring8", 256, seed=0)
+        snaps = []
+        train(cfg, batches=InMemoryBatches(x, 32, seed=0, rank=rank, world_size=world_size), rank=rank,
+              world_size=world_size, wrap_model=DistributedDataParallel, on_snapshot=lambda s: snaps.append(s.metrics),
+              checkpoint_root=f"{out_dir}/ckpt-{rank}")
+        with open(f"{out_dir}/{rank}.json", "w") as f:
+            json.dump([{k: v for k, v in m.items() if not k.startswith("perf/")} for m in snaps], f)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_diagnostics_are_identical_on_every_rank_of_a_ddp_run(tmp_path):
+    import json
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_ddp_worker, args=(2, port, str(tmp_path)), nprocs=2)
+    rank0, rank1 = (json.loads((tmp_path / f"{r}.json").read_text()) for r in (0, 1))
+    assert len(rank0) == 2 and "mode_collapse/modes_covered" in rank0[-1]
+    assert "vanishing_gradient/indicator" in rank0[-1]
+    assert rank0 == rank1
