@@ -185,7 +185,8 @@ class TrainingDiagnostics:
             if self.real_labels is not None:
                 labels = self.real_labels
             else:
-                labels = torch.cat([self.classifier(b.to(device)).argmax(1).cpu() for b in self.real_x.split(1024)]).numpy()
+                labels = torch.cat([self.classifier(b.to(device)).argmax(1).cpu()
+                                    for b in self.real_x.split(1024)]).numpy()
             self._data_class_hist = np.bincount(labels, minlength=int(labels.max()) + 1).astype(np.float64)
         cov = class_coverage(pred, self._data_class_hist)
         return {"mode_collapse/classes_covered": cov["classes_covered"],

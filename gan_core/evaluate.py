@@ -134,7 +134,8 @@ def evaluate_generator(G: nn.Module, config: GANConfig, real_x: np.ndarray | tor
             out.update({f"{prefix}classes_covered": cov["classes_covered"],
                         f"{prefix}num_classes": cov["num_classes"], f"{prefix}class_kl": cov["class_kl"]})
         if held_y is not None:
-            out["classifier_accuracy_on_held_back"] = float((classifier.predict(torch.from_numpy(held_x)) == held_y).mean())
+            predicted = classifier.predict(torch.from_numpy(held_x))
+            out["classifier_accuracy_on_held_back"] = float((predicted == held_y).mean())
     out["feature_dim"] = float(f_ref.shape[1])
     return out
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from gan_core.config import DataConfig, GANConfig, LossConfig, NetworkConfig, OptimizerConfig, TrainConfig, get_preset
+from gan_core.config import DataConfig, GANConfig, NetworkConfig, OptimizerConfig, TrainConfig, get_preset
 from gan_core.data import InMemoryBatches, mixture, sample_mixture
 from gan_core.diagnostics import TrainingDiagnostics, g_loss_gain, vanishing_gradient_indicator
 from gan_core.loop import train
@@ -140,7 +140,8 @@ def test_class_coverage_indicator_with_the_digits_classifier(digits_cache):
     from gan_core.metrics import load_or_train_digits_classifier
 
     x, y = load_digits()
-    diag = TrainingDiagnostics.for_config(get_preset("digits"), classifier=load_or_train_digits_classifier(digits_cache))
+    classifier = load_or_train_digits_classifier(digits_cache)
+    diag = TrainingDiagnostics.for_config(get_preset("digits"), classifier=classifier)
     cpu = torch.device("cpu")
     healthy = diag(SimpleNamespace(G_ema=DigitGenerator(x), device=cpu, step=0), {})
     collapsed = diag(SimpleNamespace(G_ema=DigitGenerator(x[y == 7]), device=cpu, step=0), {})

@@ -32,7 +32,8 @@ class ConstantImage(nn.Module):
 def test_ring8_checkpoint_reports_metrics_and_floors(tmp_path, capsys):
     cfg = get_preset("tiny").with_overrides({"train.total_steps": 5, "train.checkpoint_every_steps": 5})
     x, _ = sample_mixture("ring8", 256, seed=0)
-    ckpt = train(cfg, batches=InMemoryBatches(x, 32, seed=0), checkpoint_root=tmp_path, diagnostics=False).checkpoint_dir
+    run = train(cfg, batches=InMemoryBatches(x, 32, seed=0), checkpoint_root=tmp_path, diagnostics=False)
+    ckpt = run.checkpoint_dir
     result = evaluate_checkpoint(ckpt, num_samples=500, kid_num_subsets=10)
     for name in ("fd", "kid", "precision", "recall", "modes_covered", "high_quality_fraction"):
         assert name in result and f"floor/{name}" in result
@@ -62,7 +63,8 @@ def test_cli_writes_json_and_has_help(tmp_path, digits_cache):
     cfg = get_preset("digits").with_overrides({"network.g_width": 8, "network.d_width": 8,
                                                "train.global_batch_size": 32, "train.total_steps": 2})
     x, _ = load_digits()
-    ckpt = train(cfg, batches=InMemoryBatches(x, 32, seed=0), checkpoint_root=tmp_path, diagnostics=False).checkpoint_dir
+    run = train(cfg, batches=InMemoryBatches(x, 32, seed=0), checkpoint_root=tmp_path, diagnostics=False)
+    ckpt = run.checkpoint_dir
     out = tmp_path / "metrics.json"
     assert main(["--checkpoint", ckpt, "--cache-dir", str(digits_cache), "--num-samples", "200",
                  "--json", str(out)]) == 0

@@ -4,7 +4,6 @@ import math
 
 import numpy as np
 import pytest
-import scipy.linalg
 import torch
 
 from gan_core.metrics import (DigitsClassifierFeatures, IdentityFeatures, TorchScriptFeatures, class_coverage,

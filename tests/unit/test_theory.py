@@ -139,7 +139,8 @@ def test_trained_discriminator_converges_to_d_star_and_v_to_2js_minus_log4_in_1d
 def test_trained_discriminator_converges_to_d_star_on_a_2d_mixture():
     # p_data = 1/2 N((-1, 0), 0.8^2 I) + 1/2 N((1, 0), 0.8^2 I); p_g = N((0, 0.5), 1.2^2 I)
     sd, centres = 0.8, torch.tensor([[-1.0, 0.0], [1.0, 0.0]])
-    p_data = theory.mixture_density([theory.gaussian_density([-1, 0], sd ** 2), theory.gaussian_density([1, 0], sd ** 2)])
+    p_data = theory.mixture_density([theory.gaussian_density([-1, 0], sd ** 2),
+                                     theory.gaussian_density([1, 0], sd ** 2)])
     p_g = theory.gaussian_density([0.0, 0.5], 1.2 ** 2)
 
     def sample_real(n, g):
