@@ -1,11 +1,25 @@
 """One configuration tree for the pipeline: a preset, a TOML file, and `--set` overrides.
 
-    preset = "digits"            # base configuration (tiny | digits | ring8 | grid25 | dcgan64)
+    preset = "digits"            # base GAN configuration (tiny | digits | ring8 | grid25 | dcgan64)
+
+    [source]                     # what to stage (pipelines.stage.stage_dataset)
+    uri = "digits"               # built-in name, a local path or s3:// URI; "" = the preset's dataset
+    [storage]
+    root = "s3://bucket/ganpipe" # where datasets live; "" = <GANPIPE_HOME>/data
     [train]                      # any GANConfig section: data, network, loss, g_optim, d_optim, train
     total_steps = 3000
-    [cluster]                    # infra.ray_train.ClusterConfig
+    [cluster]                    # infra.ray_train.ClusterConfig, plus `address` (default: RAY_ADDRESS)
     num_workers = 2
+    [tracking]                   # MLflow (the server comes from MLFLOW_TRACKING_URI)
+    experiment = "ganpipe"
+    [registry]
+    model_name = "ganpipe-digits"
+    [evaluation]
+    num_samples = 0
+    [sampling]                   # the preview grid after registration
+    num_samples = 64
 
+Precedence: preset <- config file <- `--set section.field=value` <- explicit CLI flags.
 Validation is complete before any work starts; errors name the field, the value and what is allowed.
 """
 
@@ -13,15 +27,96 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Union, get_args, get_origin, get_type_hints
 
-from gan_core.config import ConfigError, GANConfig, get_preset
+from gan_core.config import PRESETS, ConfigError, GANConfig, get_preset
 from infra.ray_train import ClusterConfig
 
 GAN_SECTIONS = tuple(f.name for f in fields(GANConfig))
-TOP_LEVEL = ("preset",) + GAN_SECTIONS + ("cluster",)
+BUILTIN_SOURCES = ("digits", "ring8", "grid25")
+SAMPLE_FORMATS = ("png", "npy")
+
+
+# -- the pipeline's own sections ------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class SourceSettings:
+    """What `stage` reads (see `ganpipe stage --help`)."""
+
+    uri: str = ""  # digits | ring8 | grid25 | a path or s3:// URI; "" = the preset's data.name
+    name: str = ""  # dataset name; "" = the built-in's or the file/folder's name
+    num_samples: int = 0  # 2-D mixtures: number of points; 0 = the preset's data.num_examples
+    seed: int = 0  # 2-D mixtures: sampling seed
+    image_size: int = 0  # images: resize + centre-crop to this many px; 0 = keep the size
+    grayscale: bool = False  # images: one channel instead of RGB
+    skip_bad: bool = False  # images: skip unreadable files instead of failing
+    labels: str = ""  # .npy sources: a .npy file of integer labels
+
+    def __post_init__(self) -> None:
+        _check(self.num_samples >= 0, "source.num_samples", self.num_samples, "an integer >= 0")
+        _check(self.seed >= 0, "source.seed", self.seed, "an integer >= 0")
+        _check(self.image_size >= 0, "source.image_size", self.image_size, "an integer >= 0 (0 = keep the size)")
+
+
+@dataclass(frozen=True)
+class StorageSettings:
+    root: str = ""  # a local folder or s3://bucket/prefix; "" = <GANPIPE_HOME>/data
+
+
+@dataclass(frozen=True)
+class TrackingSettings:
+    enabled: bool = True  # log the training run to MLflow (MLFLOW_TRACKING_URI, else SQLite in GANPIPE_HOME)
+    experiment: str = "ganpipe"
+
+    def __post_init__(self) -> None:
+        _check(bool(self.experiment.strip()), "tracking.experiment", self.experiment, "a non-empty name")
+
+
+@dataclass(frozen=True)
+class RegistrySettings:
+    model_name: str = ""  # "" = ganpipe-<dataset name>
+    alias: str = "champion"  # moved to the new version only if it is better (ties keep the holder)
+    promote: bool = True  # consider the alias at all
+    export: bool = True  # ship torch.export / ONNX files inside the model
+
+    def __post_init__(self) -> None:
+        _check(bool(self.alias.strip()) and self.alias.replace("-", "").replace("_", "").isalnum(),
+               "registry.alias", self.alias, "letters, digits, '-' and '_'")
+
+
+@dataclass(frozen=True)
+class EvaluationSettings:
+    num_samples: int = 0  # generated samples; 0 = as many as the reference half of the real data (<= 10,000)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check(self.num_samples >= 0, "evaluation.num_samples", self.num_samples, "an integer >= 0")
+        _check(self.seed >= 0, "evaluation.seed", self.seed, "an integer >= 0")
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    """The preview drawn from the registered model after registration."""
+
+    num_samples: int = 64
+    seed: int = 0
+    format: str = "png"  # png: a grid image (a scatter plot for 2-D data); npy: the grid plus the raw array
+    out: str = ""  # a folder; "" = <GANPIPE_HOME>/samples/<model name>/v<version>
+
+    def __post_init__(self) -> None:
+        _check(1 <= self.num_samples <= 4096, "sampling.num_samples", self.num_samples, "an integer in [1, 4096]")
+        _check(self.seed >= 0, "sampling.seed", self.seed, "an integer >= 0")
+        _check(self.format in SAMPLE_FORMATS, "sampling.format", self.format, " | ".join(SAMPLE_FORMATS))
+
+
+PIPELINE_SECTIONS: dict[str, type] = {
+    "source": SourceSettings, "storage": StorageSettings, "tracking": TrackingSettings,
+    "registry": RegistrySettings, "evaluation": EvaluationSettings, "sampling": SamplingSettings,
+}
+CLUSTER_EXTRA = ("address",)  # settings-only [cluster] fields, not part of ClusterConfig
+TOP_LEVEL = ("preset",) + tuple(PIPELINE_SECTIONS) + GAN_SECTIONS + ("cluster",)
 
 
 @dataclass(frozen=True)
@@ -29,11 +124,94 @@ class Settings:
     preset: str
     gan: GANConfig
     cluster: ClusterConfig
+    source: SourceSettings = field(default_factory=SourceSettings)
+    storage: StorageSettings = field(default_factory=StorageSettings)
+    tracking: TrackingSettings = field(default_factory=TrackingSettings)
+    registry: RegistrySettings = field(default_factory=RegistrySettings)
+    evaluation: EvaluationSettings = field(default_factory=EvaluationSettings)
+    sampling: SamplingSettings = field(default_factory=SamplingSettings)
+    ray_address: str = ""  # [cluster] address; "" = RAY_ADDRESS, else a local Ray
+
+    # -- derived values (the embedded defaults live here, in one place) ------------------------------
+    @property
+    def source_uri(self) -> str:
+        return self.source.uri or self.gan.data.name
+
+    @property
+    def storage_root(self) -> str:
+        if self.storage.root:
+            return self.storage.root
+        from infra.settings import local_home
+
+        return str(local_home() / "data")
+
+    @property
+    def dataset_name(self) -> str:
+        if self.source.name:
+            return self.source.name
+        uri = self.source_uri.rstrip("/")
+        stem = uri.rsplit("/", 1)[-1]
+        return stem.split(".")[0] if "." in stem and not stem.startswith(".") else stem
+
+    @property
+    def model_name(self) -> str:
+        return self.registry.model_name or f"ganpipe-{self.dataset_name}"
+
+    def staging_options(self) -> dict[str, Any]:
+        s = self.source
+        return {"num_samples": s.num_samples or self.gan.data.num_examples, "seed": s.seed, "image_size": s.image_size or None,
+                "grayscale": s.grayscale, "skip_bad": s.skip_bad, "labels": s.labels or None}
 
     def to_dict(self) -> dict[str, Any]:
-        return {"preset": self.preset, **self.gan.to_dict(), "cluster": {f.name: getattr(self.cluster, f.name)
-                                                                          for f in fields(ClusterConfig)}}
+        out: dict[str, Any] = {"preset": self.preset}
+        for name in PIPELINE_SECTIONS:
+            out[name] = _plain(getattr(self, name))
+        out.update(self.gan.to_dict())
+        out["cluster"] = {"address": self.ray_address, **_plain(self.cluster)}
+        return out
 
+    def to_toml(self) -> str:
+        return dump_toml(self.to_dict())
+
+
+def _plain(obj: Any) -> dict[str, Any]:
+    return {f.name: getattr(obj, f.name) for f in fields(obj)}
+
+
+def _check(ok: bool, name: str, value: Any, allowed: str) -> None:
+    if not ok:
+        raise ConfigError(f"{name}: got {value!r}; allowed: {allowed}")
+
+
+def _type_name(t: Any) -> str:
+    return {str: "a string", int: "an integer", float: "a number", bool: "true | false"}.get(t, str(t))
+
+
+def _build_section(cls: type, values: dict[str, Any], section: str) -> Any:
+    """A section dataclass from a table; unknown fields and wrong types name the field and what is allowed."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"{section}: got {values!r}; allowed: a table of fields")
+    hints = get_type_hints(cls)
+    known = [f.name for f in fields(cls)]
+    kwargs: dict[str, Any] = {}
+    for key, value in values.items():
+        if key not in hints:
+            raise ConfigError(f"{section}.{key}: unknown field; allowed: {', '.join(known)}")
+        typ = hints[key]
+        if get_origin(typ) is Union:  # Optional[...]: None allowed
+            typ = next(a for a in get_args(typ) if a is not type(None))
+            if value is None:
+                kwargs[key] = None
+                continue
+        if typ is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
+            raise ConfigError(f"{section}.{key}: got {value!r}; allowed: {_type_name(typ)}")
+        kwargs[key] = value
+    return cls(**kwargs)
+
+
+# -- reading ---------------------------------------------------------------------------------------------
 
 def read_config_file(path: str | Path) -> dict[str, Any]:
     """A TOML file as a dict; a malformed file is one ConfigError naming the file and the line."""
@@ -50,10 +228,20 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML ({e})") from None
+    try:
+        check_top_level(data)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+    return data
+
+
+def check_top_level(data: dict[str, Any]) -> None:
     unknown = sorted(set(data) - set(TOP_LEVEL))
     if unknown:
-        raise ConfigError(f"{path}: {unknown[0]}: unknown field; allowed: {', '.join(TOP_LEVEL)}")
-    return data
+        raise ConfigError(f"{unknown[0]}: unknown field; allowed: {', '.join(TOP_LEVEL)}")
+    for key in TOP_LEVEL[1:]:
+        if key in data and not isinstance(data[key], dict):
+            raise ConfigError(f"{key}: got {data[key]!r}; allowed: a table ([{key}])")
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:
@@ -74,31 +262,88 @@ def _cluster_from(base: ClusterConfig, values: dict[str, Any], where: str) -> Cl
     known = {f.name for f in fields(ClusterConfig)}
     for key in values:
         if key not in known:
-            raise ConfigError(f"{where}{key}: unknown field; allowed: {', '.join(sorted(known))}")
+            raise ConfigError(f"{where}{key}: unknown field; allowed: {', '.join(sorted(known | set(CLUSTER_EXTRA)))}")
     return replace(base, **values)
 
 
 def resolve_settings(*, preset: str | None = None, config_file: str | None = None, overrides: list[str] = (),
-                     cluster_overrides: dict[str, Any] | None = None) -> Settings:
-    """preset <- config file <- --set overrides <- explicit CLI flags (None values are ignored)."""
-    data = read_config_file(config_file) if config_file else {}
+                     cluster_overrides: dict[str, Any] | None = None,
+                     config_data: dict[str, Any] | None = None) -> Settings:
+    """preset <- config file (or `config_data`, the same tree as a dict) <- --set overrides <- explicit
+    CLI flags (None values are ignored). Raises ConfigError naming the field, the value and what is allowed."""
+    if config_file and config_data is not None:
+        raise ConfigError("config: got both a file and inline data; allowed: one of them")
+    if config_file:
+        data = read_config_file(config_file)
+    else:
+        data = dict(config_data or {})
+        check_top_level(data)
     preset_name = preset if preset is not None else data.get("preset", "digits")
-    if config_file and preset is not None and "preset" in data and data["preset"] != preset:
-        preset_name = preset  # the command line wins
+    if not isinstance(preset_name, str) or preset_name not in PRESETS:
+        raise ConfigError(f"preset: got {preset_name!r}; allowed: {' | '.join(PRESETS)}")
     gan = get_preset(preset_name)
-    flat: dict[str, Any] = {}
-    for section in GAN_SECTIONS:
-        for key, value in (data.get(section) or {}).items():
-            flat[f"{section}.{key}"] = value
-    cluster_values = dict(data.get("cluster") or {})
+    # 1. gather every value as section -> {field: value}, the file first, then --set
+    tables: dict[str, dict[str, Any]] = {k: dict(data.get(k) or {}) for k in TOP_LEVEL[1:]}
     for key, value in parse_overrides(list(overrides)).items():
-        if key.startswith("cluster."):
-            cluster_values[key[len("cluster."):]] = value
+        section, _, rest = key.partition(".")
+        if key == "preset":
+            raise ConfigError("--set preset=...: use --preset NAME instead")
+        if section not in tables or not rest:
+            raise ConfigError(f"--set {key}: unknown field; allowed: SECTION.FIELD with SECTION one of "
+                              f"{', '.join(TOP_LEVEL[1:])}")
+        if section in GAN_SECTIONS:
+            tables[section][rest] = value  # nested paths (none today) are checked by with_overrides
         else:
-            flat[key] = value
+            if "." in rest:
+                raise ConfigError(f"--set {key}: unknown field; {section} has no sub-tables")
+            tables[section][rest] = value
+    # 2. the GAN tree
+    flat = {f"{section}.{k}": v for section in GAN_SECTIONS for k, v in tables[section].items()}
     if flat:
         gan = gan.with_overrides(flat)
+    # 3. cluster: ClusterConfig plus the address
+    cluster_values = tables["cluster"]
+    address = cluster_values.pop("address", "")
+    if not isinstance(address, str):
+        raise ConfigError(f"cluster.address: got {address!r}; allowed: a string such as 'ray://head:10001' or 'auto'")
     cluster = _cluster_from(ClusterConfig(), cluster_values, "cluster.")
     explicit = {k: v for k, v in (cluster_overrides or {}).items() if v is not None}
     cluster = _cluster_from(cluster, explicit, "cluster.")
-    return Settings(preset_name, gan, cluster)
+    # 4. the pipeline's own sections
+    sections = {name: _build_section(cls, tables[name], name) for name, cls in PIPELINE_SECTIONS.items()}
+    settings = Settings(preset_name, gan, cluster, ray_address=address, **sections)
+    _check_source(settings)
+    return settings
+
+
+def _check_source(settings: Settings) -> None:
+    uri = settings.source_uri
+    if "://" in uri or "/" in uri or Path(uri).suffix or uri in BUILTIN_SOURCES:
+        return
+    if not Path(uri).exists():
+        raise ConfigError(f"source.uri: got {uri!r}; allowed: {' | '.join(BUILTIN_SOURCES)}, a path or an s3:// URI "
+                          f"(set it in [source] when the preset's dataset {settings.gan.data.name!r} is not built in)")
+
+
+# -- writing ---------------------------------------------------------------------------------------------
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    return json.dumps(str(v))  # a JSON string is a valid TOML basic string
+
+
+def dump_toml(tree: dict[str, Any]) -> str:
+    """The resolved tree as TOML that `--config` reads back (None values become comments: TOML has no null)."""
+    lines = [f"{k} = {_toml_value(v)}" for k, v in tree.items() if not isinstance(v, dict)]
+    for section, table in tree.items():
+        if not isinstance(table, dict):
+            continue
+        lines += ["", f"[{section}]"]
+        for k, v in table.items():
+            lines.append(f"# {k} = (unset)" if v is None else f"{k} = {_toml_value(v)}")
+    return "\n".join(lines) + "\n"

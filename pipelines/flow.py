@@ -1,0 +1,358 @@
+"""The whole pipeline as one Prefect flow: stage -> train -> evaluate -> register -> sample a preview.
+
+    gan_pipeline(preset="digits")                                   # the embedded default
+    gan_pipeline(config={...}, overrides=["train.total_steps=500"])  # the TOML tree as a dict
+
+Each step is a named Prefect step, so the UI shows its state, logs and timing:
+
+1. `stage-dataset` (sub-flow, pipelines.stage): content-addressed and cached; staging the same input
+   again writes nothing ("already committed" in the log).
+2. `start-ray`, `train`: Ray Train via infra.ray_train. The run's name is deterministic, so a rerun
+   after a failure resumes from the latest checkpoint instead of starting over.
+3. `load-real-data`, `fetch-checkpoint`, `evaluate`: gan_core.evaluate on G_ema, every metric beside
+   its real-vs-real floor.
+4. `register`: a new MLflow model version; the alias (`champion`) moves only if the new version is
+   strictly better on the primary metric (ties keep the holder).
+5. `sample-preview`: a grid from the *registered* model, loaded the way a consumer loads it.
+6. `publish-report`: a markdown artifact with the metrics table, the grid, the version and alias, and
+   the MLflow run link.
+
+Retries sit on I/O steps only (reading data and checkpoints, publishing); training has Ray's own
+fault tolerance, and registering twice would create two versions. No maths here: the steps call infra.
+"""
+
+from __future__ import annotations
+
+import base64
+import inspect
+import math
+import os
+import re
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+
+from pipelines.settings import Settings, resolve_settings
+from pipelines.stage import STORAGE_RETRIES, STORAGE_RETRY_DELAYS_S, retry_on_storage_io, stage_dataset
+
+FLOW_NAME = "gan-pipeline"
+REPORT_METRICS = ("fd", "kid", "precision", "recall", "classes_covered", "class_kl", "modes_covered",
+                  "high_quality_fraction", "mode_reverse_kl")
+
+io_task = dict(retries=STORAGE_RETRIES, retry_delay_seconds=STORAGE_RETRY_DELAYS_S,
+               retry_condition_fn=retry_on_storage_io, cache_policy=NO_CACHE, persist_result=False)
+compute_task = dict(cache_policy=NO_CACHE, persist_result=False)
+
+
+# -- steps ------------------------------------------------------------------------------------------
+
+@task(name="start-ray", **compute_task)
+def start_ray(address: str) -> None:
+    """Connect to the cluster (`[cluster] address`, else RAY_ADDRESS) or start Ray on this host."""
+    from infra.ray_train import ensure_ray
+
+    if address:
+        os.environ["RAY_ADDRESS"] = address
+    ensure_ray()
+
+
+@task(name="train", **compute_task)
+def train(settings: Settings, dataset_uri: str):
+    """Train (or resume) on Ray Train; returns infra.ray_train.TrainOutcome."""
+    from infra import ray_train
+
+    kwargs: dict[str, Any] = {}
+    if "tracking" in inspect.signature(ray_train.launch_training).parameters:
+        kwargs["tracking"] = (ray_train.TrackingSpec(experiment=settings.tracking.experiment)
+                              if settings.tracking.enabled else None)
+    outcome = ray_train.launch_training(settings.gan, dataset_uri, settings.cluster, **kwargs)
+    if outcome.checkpoint_uri is None:
+        raise RuntimeError(f"training run {outcome.run_name} finished without a checkpoint")
+    print(f"trained {outcome.run_name}: step {outcome.metrics.get('step')}, checkpoint {outcome.checkpoint_uri}")
+    return outcome
+
+
+@task(name="load-real-data", **io_task)
+def load_real_data(dataset_uri: str):
+    """The staged examples in model units (what G outputs) and their labels, for evaluation."""
+    from infra.datasets import load_numpy, open_dataset
+
+    x, labels = load_numpy(dataset_uri, normalised=True)
+    return x, labels, open_dataset(dataset_uri).manifest
+
+
+@task(name="fetch-checkpoint", **io_task)
+def fetch_checkpoint(checkpoint_uri: str, scratch: str) -> str:
+    """A local directory holding the checkpoint (copied from S3 when it lives there)."""
+    from infra import storage
+
+    if Path(checkpoint_uri).is_dir():
+        return checkpoint_uri
+    import pyarrow.fs as pafs
+
+    loc = storage.resolve(checkpoint_uri)
+    dest = Path(scratch) / "checkpoint"
+    pafs.copy_files(loc.path, str(dest), source_filesystem=loc.fs, destination_filesystem=pafs.LocalFileSystem())
+    return str(dest)
+
+
+@task(name="evaluate", **compute_task)
+def evaluate(checkpoint_dir: str, real_x, real_labels, num_samples: int, seed: int) -> dict[str, float]:
+    """gan_core.evaluate on the checkpoint's G_ema: metrics and, under floor/, real vs real."""
+    from gan_core.checkpoint import load_generator
+    from gan_core.evaluate import CACHE_ENV, evaluate_generator, format_report
+    from infra.settings import local_home
+
+    G, config = load_generator(checkpoint_dir)
+    cache_dir = os.environ.get(CACHE_ENV) or str(local_home() / "cache")
+    metrics = evaluate_generator(G, config, real_x, real_labels, num_samples=num_samples or None, seed=seed,
+                                 cache_dir=cache_dir)
+    print(format_report(metrics))
+    return metrics
+
+
+@task(name="register", **compute_task)
+def register(settings: Settings, checkpoint_uri: str, mlflow_run_id: str | None, metrics: dict[str, float],
+             manifest: dict):
+    """A new version of the registered model; the alias moves only for a strictly better version."""
+    from gan_core.evaluate import PRIMARY_METRIC
+    from infra.evaluation import Evaluation
+    from infra.registry import Normalisation, register_generator
+
+    # the evaluate step already scored this G_ema: hand the registry that result instead of recomputing it
+    evaluation = Evaluation({k: float(v) for k, v in metrics.items()}, PRIMARY_METRIC, False,
+                            {"evaluator": "gan_core.evaluate.evaluate_generator"})
+    reg = register_generator(
+        checkpoint_uri, settings.model_name, run_id=mlflow_run_id, evaluator=lambda G, config: evaluation,
+        normalisation=Normalisation.from_manifest(manifest), dataset_name=manifest["name"],
+        dataset_version=manifest["version"], alias=settings.registry.alias, promote=settings.registry.promote,
+        export_formats=("pt2", "onnx") if settings.registry.export else (),
+        experiment=settings.tracking.experiment)
+    print(f"registered {reg.model_uri}; {reg.decision}")
+    return reg
+
+
+@task(name="sample-preview", retries=2, retry_delay_seconds=[2, 5], cache_policy=NO_CACHE, persist_result=False)
+def sample_preview(model_uri: str, manifest: dict, num_samples: int, seed: int, fmt: str, out_dir: str) -> str:
+    """Load the registered model as any consumer would (pyfunc) and draw a seed-addressed preview."""
+    import mlflow
+    import numpy as np
+    import torch
+
+    from gan_core.sampling import save_image_grid, save_scatter
+    from infra.datasets import normalise
+    from infra.settings import mlflow_registry_uri, mlflow_tracking_uri
+
+    mlflow.set_tracking_uri(mlflow_tracking_uri())
+    mlflow.set_registry_uri(mlflow_registry_uri())
+    model = mlflow.pyfunc.load_model(model_uri)
+    z_dim = model.metadata.get_input_schema().inputs[0].shape[-1]
+    x = np.asarray(model.predict(np.zeros((0, z_dim), np.float32),  # no latents: seed-addressed samples
+                                 params={"num_samples": num_samples, "seed": seed}))  # in data units
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if fmt == "npy":
+        np.save(out / "samples.npy", x)
+    model_units = torch.from_numpy(np.asarray(normalise(x, manifest), dtype=np.float32))
+    if model_units.ndim == 4:
+        path = save_image_grid(model_units, out / "samples.png")
+    else:
+        path = save_scatter(model_units, out / "samples.png", title=f"{model_uri} (seed {seed})")
+    print(f"preview: {path}")
+    return str(path)
+
+
+@task(name="publish-report", retries=2, retry_delay_seconds=[2, 5], cache_policy=NO_CACHE, persist_result=False)
+def publish_report(summary: dict[str, Any]) -> str:
+    """The run's markdown artifact in the Prefect UI."""
+    key = "gan-pipeline-" + re.sub(r"[^a-z0-9-]+", "-", summary["model_name"].lower()).strip("-")
+    create_markdown_artifact(key=key[:100], markdown=report_markdown(summary),
+                             description=f"ganpipe run of {summary['model_name']}")
+    return key[:100]
+
+
+# -- the flow ---------------------------------------------------------------------------------------
+
+@flow(name=FLOW_NAME, log_prints=True)
+def gan_pipeline(preset: str | None = None, config: dict[str, Any] | None = None,
+                 overrides: list[str] | None = None, dry_run: bool = False) -> dict[str, Any]:
+    """Stage, train, evaluate, register and preview a GAN; returns a summary (see `summary_lines`).
+
+    `config` is the TOML config tree as a dict (so that a deployment carries it), `overrides` are
+    `section.field=value` strings; `dry_run` validates and returns the resolved settings only.
+    """
+    started = time.time()
+    # 0. everything is validated before any work starts
+    settings = resolve_settings(preset=preset, config_data=config, overrides=list(overrides or []))
+    if dry_run:
+        print(settings.to_toml())
+        return {"dry_run": True, "settings": settings.to_dict()}
+    seconds: dict[str, float] = {}
+
+    def timed(step: str, fn, *args, **kwargs):
+        t0 = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            seconds[step] = round(time.perf_counter() - t0, 1)
+
+    # 1. stage (cached: a committed version is a no-op)
+    dataset_uri = timed("staging", stage_dataset, settings.source_uri, settings.storage_root,
+                        settings.source.name or None, show_progress=False, **settings.staging_options())
+    # 2. train (resumable by run name)
+    timed("ray start-up", start_ray, settings.ray_address)
+    outcome = timed("training", train, settings, dataset_uri)
+    # 3. evaluate
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="ganpipe-eval-") as scratch:
+        real_x, real_labels, manifest = load_real_data(dataset_uri)
+        checkpoint_dir = fetch_checkpoint(outcome.checkpoint_uri, scratch)
+        metrics = evaluate(checkpoint_dir, real_x, real_labels, settings.evaluation.num_samples,
+                           settings.evaluation.seed)
+    seconds["evaluation"] = round(time.perf_counter() - t0, 1)
+    # 4. register (champion rule)
+    mlflow_run_id = getattr(outcome, "mlflow_run_id", None)
+    reg = timed("registration", register, settings, outcome.checkpoint_uri, mlflow_run_id, metrics, manifest)
+    # 5. preview from the registered model
+    out_dir = settings.sampling.out or str(_home() / "samples" / reg.name / f"v{reg.version}")
+    grid = timed("sampling", sample_preview, reg.model_uri, manifest, settings.sampling.num_samples,
+                 settings.sampling.seed, settings.sampling.format, out_dir)
+    # 6. report
+    summary = {
+        "model_name": reg.name, "model_uri": reg.model_uri, "version": reg.version,
+        "alias": settings.registry.alias, "champion_version": reg.champion_version, "promoted": reg.promoted,
+        "decision": reg.decision, "alias_uri": f"models:/{reg.name}@{settings.registry.alias}",
+        "dataset_uri": dataset_uri, "dataset_version": outcome.dataset_version, "run_name": outcome.run_name,
+        "checkpoint_uri": outcome.checkpoint_uri, "train_step": outcome.metrics.get("step"),
+        "mlflow_run_id": mlflow_run_id or _model_run_id(reg.name, reg.version),
+        "metrics": {k: float(v) for k, v in metrics.items()}, "sample_grid": grid,
+        "seconds": seconds, "started_at": started,
+    }
+    summary["mlflow_run_url"] = mlflow_run_url(summary["mlflow_run_id"])
+    summary["report_key"] = publish_report(summary)
+    return summary
+
+
+def _home() -> Path:
+    from infra.settings import local_home
+
+    return local_home()
+
+
+def _model_run_id(name: str, version: str) -> str | None:
+    """The run that logged a model version (the registration run when training was not tracked)."""
+    from infra.registry import _client
+
+    try:
+        return _client().get_model_version(name, version).run_id
+    except Exception:  # the link is a convenience; the registration itself succeeded
+        return None
+
+
+# -- reporting --------------------------------------------------------------------------------------
+
+def mlflow_ui_base() -> str:
+    """Where the MLflow UI is: the tracking server itself, or `mlflow ui`'s default address."""
+    from infra.settings import mlflow_tracking_uri
+
+    uri = mlflow_tracking_uri()
+    return uri.rstrip("/") if uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
+
+
+def mlflow_run_url(run_id: str | None) -> str | None:
+    if not run_id:
+        return None
+    from infra.registry import _client
+
+    try:
+        experiment_id = _client().get_run(run_id).info.experiment_id
+    except Exception:
+        return None
+    return f"{mlflow_ui_base()}/#/experiments/{experiment_id}/runs/{run_id}"
+
+
+def ui_commands() -> dict[str, str]:
+    """Shell commands that open the MLflow and Prefect UIs on what this run wrote."""
+    import shlex
+
+    from infra.settings import mlflow_tracking_uri
+
+    uri = mlflow_tracking_uri()
+    mlflow_cmd = (f"open {uri}" if uri.startswith(("http://", "https://"))
+                  else f"mlflow ui --backend-store-uri {shlex.quote(uri)}   # then http://127.0.0.1:5000")
+    api = os.environ.get("PREFECT_API_URL")
+    if api:
+        prefect_cmd = f"open {api.rstrip('/').removesuffix('/api')}"
+    else:
+        home = os.environ.get("PREFECT_HOME", "~/.prefect")
+        prefect_cmd = f"PREFECT_HOME={shlex.quote(home)} prefect server start   # then http://127.0.0.1:4200"
+    return {"mlflow": mlflow_cmd, "prefect": prefect_cmd}
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        if math.isnan(v):
+            return "nan"
+        return f"{v:.0f}" if v.is_integer() and abs(v) < 1e6 else f"{v:.4g}"
+    return str(v)
+
+
+def metrics_rows(metrics: dict[str, float]) -> list[tuple[str, str, str]]:
+    """(metric, G_ema, real-vs-real floor) for the metrics worth a glance, in a fixed order."""
+    rows = []
+    for name in REPORT_METRICS:
+        if name in metrics:
+            floor = metrics.get(f"floor/{name}")
+            value = metrics[name]
+            if name in ("classes_covered", "modes_covered"):
+                total = metrics.get("num_classes" if name == "classes_covered" else "num_modes")
+                value = f"{_fmt(value)}/{_fmt(total)}" if total is not None else _fmt(value)
+                floor = f"{_fmt(floor)}/{_fmt(total)}" if floor is not None and total is not None else floor
+            rows.append((name, value if isinstance(value, str) else _fmt(value),
+                         "" if floor is None else (floor if isinstance(floor, str) else _fmt(floor))))
+    return rows
+
+
+def report_markdown(summary: dict[str, Any]) -> str:
+    m = summary["metrics"]
+    lines = [f"# {summary['model_name']} version {summary['version']}", ""]
+    lines += [f"**Registered** `{summary['model_uri']}`; `@{summary['alias']}` -> version "
+              f"{summary['champion_version'] or '-'} ({summary['decision']})", ""]
+    if summary.get("mlflow_run_url"):
+        lines += [f"**MLflow run**: [{summary['mlflow_run_id']}]({summary['mlflow_run_url']})", ""]
+    lines += [f"**Dataset** `{summary['dataset_uri']}`; training run `{summary['run_name']}` "
+              f"(step {summary.get('train_step')})", ""]
+    lines += ["| metric | G_ema | real vs real (floor) |", "|---|---:|---:|"]
+    lines += [f"| {name} | {v} | {f} |" for name, v, f in metrics_rows(m)]
+    if "fd" in m and m.get("floor/fd"):
+        lines += ["", f"FD is {m['fd'] / m['floor/fd']:.2f}x its real-vs-real floor "
+                      f"({int(m.get('num_samples', 0))} samples per set)."]
+    grid = Path(summary["sample_grid"])
+    lines += ["", f"## Samples (`{grid}`)", ""]
+    if grid.is_file() and grid.stat().st_size < 512 * 1024:  # small PNGs inline, so the UI shows them
+        lines.append(f"![samples](data:image/png;base64,{base64.b64encode(grid.read_bytes()).decode()})")
+    lines += ["", "| step | seconds |", "|---|---:|"]
+    lines += [f"| {k} | {v} |" for k, v in summary["seconds"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def summary_lines(summary: dict[str, Any]) -> list[str]:
+    """The short summary `ganpipe run` prints at the end."""
+    m = summary["metrics"]
+    out = [f"registered   {summary['model_uri']}   ({summary['decision']})",
+           f"champion     {summary['alias_uri']} -> version {summary['champion_version'] or '-'}",
+           f"samples      {summary['sample_grid']}", "metrics      (G_ema | real-vs-real floor)"]
+    out += [f"  {name:<22} {v:>10}  {f:>10}" for name, v, f in metrics_rows(m)]
+    if "fd" in m and m.get("floor/fd"):
+        out.append(f"  FD / floor             {m['fd'] / m['floor/fd']:>10.2f}")
+    if summary.get("mlflow_run_url"):
+        out.append(f"mlflow run   {summary['mlflow_run_url']}")
+    ui = ui_commands()
+    out += [f"MLflow UI    {ui['mlflow']}", f"Prefect UI   {ui['prefect']}"]
+    out.append("timings (s)  " + ", ".join(f"{k} {v}" for k, v in summary["seconds"].items()))
+    return out
