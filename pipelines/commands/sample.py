@@ -1,0 +1,114 @@
+"""`ganpipe sample`: batch-sample a registered generator into Parquet shards (or PNGs) plus a manifest."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+EPILOG = """\
+Sample i depends only on (model version, --seed, i): the same request gives the same values and the
+same shard bytes whatever --batch-size, --actors or --gpus. An alias (@champion) is resolved to one
+concrete version when the job starts; the manifest records it. The manifest (_manifest.json) is
+written last: a folder without it is incomplete, and running the same command again finishes it
+(shards already written are kept). Running a finished request again writes nothing.
+
+Output (--out, a local folder or s3://bucket/prefix):
+  parquet  part-NNNNN.parquet with columns index (int64) and x (float32, the data's value range)
+  png      part-NNNNN/<index>.png, one 8-bit image per sample (image models only)
+
+MLflow from MLFLOW_TRACKING_URI / MLFLOW_REGISTRY_URI, Ray from RAY_ADDRESS (else a local Ray),
+S3 from AWS_ENDPOINT_URL and the AWS credential chain.
+
+examples:
+  ganpipe sample --model models:/ganpipe-digits@champion --num-samples 100000 --seed 0 --out ./samples/d0
+  ganpipe sample --model models:/ganpipe-digits/3 --num-samples 1000000 --seed 7 \\
+      --out s3://bucket/samples/digits-v3-s7 --actors 8 --batch-size 8192
+  ganpipe sample --model models:/faces64@champion --num-samples 50000 --seed 1 --out ./faces-png \\
+      --format png --gpus 1
+  ganpipe sample --model runs:/<run_id>/generator --num-samples 64 --seed 0 --out ./preview
+"""
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "sample", help="batch-sample a registered generator",
+        description="Generate N samples from a registered generator with Ray Data (one loaded generator per "
+                    "actor, CPU or GPU) and write them as shards plus a manifest.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True, metavar="URI",
+                   help="models:/<name>@<alias>, models:/<name>/<version> or runs:/<run_id>/<path>")
+    p.add_argument("--num-samples", type=int, required=True, metavar="N", help="how many samples (indices 0..N-1)")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed S (default 0)")
+    p.add_argument("--out", required=True, metavar="URI", help="output folder: a local path or s3://bucket/prefix")
+    p.add_argument("--format", dest="fmt", choices=["parquet", "png"], default="parquet",
+                   help="parquet (default) or png (image models)")
+    p.add_argument("--batch-size", type=int, default=4096,
+                   help="latent vectors per generator forward pass (default 4096; memory only, values unchanged)")
+    p.add_argument("--actors", type=int, default=1, help="Ray actors, each with one loaded generator (default 1)")
+    p.add_argument("--gpus", type=float, default=0.0, metavar="G",
+                   help="GPUs per actor (default 0: CPU; 0.5 puts two actors on a GPU)")
+    p.add_argument("--rows-per-shard", type=int,
+                   help="samples per shard, rounded up to whole 1024-sample blocks (default: from N and the sample "
+                        "size, up to 16 MiB per shard)")
+    p.add_argument("--engine", choices=["auto", "flow", "direct"], default="auto",
+                   help="flow: run as the Prefect flow 'sample-generator' (a temporary Prefect server starts when "
+                        "PREFECT_API_URL is unset); direct: the same steps without Prefect; auto (default): flow "
+                        "when PREFECT_API_URL is set, else direct")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    from infra.batch_sampling import SamplingError, open_samples
+    from infra.storage import StorageError
+    from pipelines.cli import UserError
+
+    for flag, value, ok in (("--batch-size", args.batch_size, args.batch_size > 0),
+                            ("--actors", args.actors, args.actors > 0), ("--gpus", args.gpus, args.gpus >= 0)):
+        if not ok:
+            raise UserError(f"{flag} must be {'>= 0' if flag == '--gpus' else 'positive'}; got {value:g}")
+    try:
+        uri = _sample(args)
+        s = open_samples(uri)
+    except (SamplingError, StorageError) as e:
+        raise UserError(str(e)) from None
+    m = s.manifest
+    print(f"sampled {m['num_rows']} samples of shape {tuple(m['shape'])} from {m['model']['uri']} "
+          f"(seed {m['seed']}) in {m['num_shards']} {m['sample_format']} shards, {m['num_bytes'] / 1e6:.2f} MB",
+          file=sys.stderr)
+    print(s.uri)
+    return 0
+
+
+def _sample(args: argparse.Namespace) -> str:
+    engine = args.engine
+    if engine == "auto":
+        engine = "flow" if os.environ.get("PREFECT_API_URL") else "direct"
+    if engine == "flow":
+        from pipelines.sample import sample_generator
+
+        return sample_generator(args.model, args.num_samples, args.seed, args.out, fmt=args.fmt,
+                                batch_size=args.batch_size, actors=args.actors, gpus_per_actor=args.gpus,
+                                rows_per_shard=args.rows_per_shard, show_progress=not args.no_progress)
+
+    from infra import batch_sampling
+
+    plan = batch_sampling.plan_sampling(args.model, args.num_samples, args.seed, args.out, fmt=args.fmt,
+                                        rows_per_shard=args.rows_per_shard)
+    if batch_sampling.existing_manifest(plan) is not None:
+        print(f"{plan.out}: already committed, nothing to write", file=sys.stderr)
+        return plan.out
+    print(f"sampling {plan.num_samples} from {plan.model.uri} (requested {args.model}), seed {plan.seed}, "
+          f"{plan.num_shards} shards", file=sys.stderr)
+    report = batch_sampling.Progress(plan, bar=not args.no_progress,
+                                     log=None if not args.no_progress else lambda line: print(line, file=sys.stderr))
+    try:
+        shards = batch_sampling.generate_shards(plan, batch_size=args.batch_size, actors=args.actors,
+                                                gpus_per_actor=args.gpus, progress=report)
+    finally:
+        report.close()
+    batch_sampling.commit_samples(plan, shards, {"batch_size": args.batch_size, "actors": args.actors,
+                                                 "gpus_per_actor": args.gpus})
+    return plan.out

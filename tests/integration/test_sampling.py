@@ -1,0 +1,200 @@
+"""Batch sampling with Ray Data from a registered generator: partition-independent values and bytes,
+an interrupted job (real SIGKILL) that leaves no manifest and completes on a rerun, samples equal to
+the registered model's predict, the Prefect flow, PNG output and one-line errors for bad input."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from infra import batch_sampling
+from infra.batch_sampling import MANIFEST_NAME, PENDING_DIR, open_samples, sample
+from infra.registry import register_generator
+from tests.integration.test_registry import DIGITS, digits_checkpoint, fixed_score, store  # noqa: F401 (fixtures)
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+NAME = "sampling-gen"
+N = 100_000
+SEED = 5
+
+
+@pytest.fixture(scope="module")
+def registered(store, digits_checkpoint):  # noqa: F811 (fixtures imported above)
+    """Version 1 of NAME, the champion (a fixed score keeps the test fast)."""
+    reg = register_generator(digits_checkpoint, NAME, normalisation=DIGITS, evaluator=fixed_score(1.0),
+                             export_formats=())
+    assert reg.champion_version == "1"
+    return reg
+
+
+@pytest.fixture(scope="module")
+def run_a(registered, ray_cluster, tmp_path_factory):
+    """100,000 digits samples: batch 1024, one actor."""
+    out = tmp_path_factory.mktemp("samples") / "a"
+    s = sample(f"models:/{NAME}@champion", N, SEED, str(out), batch_size=1024, actors=1)
+    return s
+
+
+def _sha(x: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(x).tobytes()).hexdigest()
+
+
+def test_100k_samples_identical_across_batch_sizes_and_actor_counts(run_a, registered, tmp_path):
+    b = sample(f"models:/{NAME}@champion", N, SEED, str(tmp_path / "b"), batch_size=8192, actors=3)
+    ma, mb = run_a.manifest, b.manifest
+    assert ma["num_rows"] == mb["num_rows"] == N and ma["num_shards"] > 3
+    assert ma["model"]["uri"] == f"models:/{NAME}/1" and ma["model"]["version"] == "1"
+    assert ma["model"]["alias"] == "champion" and ma["options"]["actors"] == 1 and mb["options"]["actors"] == 3
+    # the same bytes, shard for shard, whatever the batch size and actor count
+    assert [(s["path"], s["rows"], s["sha256"]) for s in ma["shards"]] == \
+        [(s["path"], s["rows"], s["sha256"]) for s in mb["shards"]]
+    ia, xa = run_a.load_arrays()
+    ib, xb = b.load_arrays()
+    np.testing.assert_array_equal(ia, np.arange(N))
+    np.testing.assert_array_equal(ib, np.arange(N))
+    assert xa.shape == (N, 1, 8, 8) and xa.dtype == np.float32
+    assert _sha(xa) == _sha(xb)
+    assert 0.0 <= xa.min() and xa.max() <= 16.0  # the data's original pixel range
+    assert not (Path(run_a.uri) / PENDING_DIR).exists()
+    run_a.verify()
+
+
+def test_samples_match_the_registered_models_predict(run_a, registered):
+    import mlflow
+
+    from gan_core.sampling import latents_for_range
+
+    _, x = run_a.load_arrays()
+    model = mlflow.pyfunc.load_model(f"models:/{NAME}/1")
+    z_dim = model.metadata.metadata["ganpipe"]["z_dim"]
+    for i in (0, 1, 1023, 1024, 54_321, N - 1):
+        seeded = model.predict(np.zeros((0, z_dim), np.float32), params={"num_samples": 1, "seed": SEED, "start": i})
+        np.testing.assert_array_equal(seeded[0], x[i])
+        by_latent = model.predict(latents_for_range(SEED, i, 1, z_dim).numpy())
+        np.testing.assert_allclose(by_latent[0], x[i], rtol=0, atol=1e-5)
+    # a different seed gives different samples
+    other = model.predict(np.zeros((0, z_dim), np.float32), params={"num_samples": 4, "seed": SEED + 1, "start": 0})
+    assert not np.allclose(other, x[:4])
+
+
+def test_rerun_of_a_committed_request_is_a_noop_and_another_request_is_refused(run_a):
+    before = (Path(run_a.uri) / MANIFEST_NAME).read_bytes()
+    again = sample(f"models:/{NAME}@champion", N, SEED, run_a.uri, batch_size=2048, actors=2)
+    assert (Path(again.uri) / MANIFEST_NAME).read_bytes() == before
+    with pytest.raises(batch_sampling.SamplingError, match="different committed sample set"):
+        sample(f"models:/{NAME}@champion", N, SEED + 1, run_a.uri)
+
+
+def test_killed_job_leaves_no_manifest_and_a_rerun_completes(run_a, registered, store, ray_cluster, tmp_path):  # noqa: F811
+    """A real `ganpipe sample` process, killed with SIGKILL after a few shards, then the same command."""
+    out = tmp_path / "killed"
+    argv = ["sample", "--model", f"models:/{NAME}@champion", "--num-samples", str(N), "--seed", str(SEED),
+            "--out", str(out), "--rows-per-shard", "1024", "--batch-size", "1024", "--actors", "1",
+            "--engine", "direct", "--no-progress"]
+    env = {**os.environ, "MLFLOW_TRACKING_URI": store, "MLFLOW_REGISTRY_URI": store,
+           "RAY_ADDRESS": ray_cluster.get_runtime_context().gcs_address, "PYTHONPATH": str(REPO)}
+    env.pop("PREFECT_API_URL", None)
+    proc = subprocess.Popen([sys.executable, "-m", "pipelines.cli", *argv], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    pending = out / PENDING_DIR
+    deadline = time.monotonic() + 240
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            if pending.is_dir() and len(list(pending.glob("*.json"))) >= 3:
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, f"finished before it could be killed: {proc.stderr.read().decode()[-2000:]}"
+        assert pending.is_dir(), "no shard written within the deadline"
+        os.killpg(proc.pid, signal.SIGKILL)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    time.sleep(1.0)  # let Ray reap the dead driver's actor
+    assert not (out / MANIFEST_NAME).exists()
+    with pytest.raises(batch_sampling.SamplingError, match="no committed sample set"):
+        open_samples(str(out))
+    kept = {p.name: p.read_bytes() for p in pending.glob("*.json")}
+    assert 3 <= len(kept) < 98
+
+    from pipelines.cli import main
+
+    assert main(argv) == 0
+    done = open_samples(str(out), verify=True)
+    assert done.manifest["num_rows"] == N and done.manifest["num_shards"] == 98
+    assert not pending.exists() and not list(out.glob("*.tmp-*"))
+    idx, x = done.load_arrays()
+    _, xa = run_a.load_arrays()
+    np.testing.assert_array_equal(idx, np.arange(N))
+    assert _sha(x) == _sha(xa)  # same values as the uninterrupted run with another shard layout
+
+
+def test_flow_under_prefect(registered, ray_cluster, prefect_harness, tmp_path):
+    from pipelines.sample import sample_generator
+
+    uri = sample_generator(f"models:/{NAME}@champion", 3000, 11, str(tmp_path / "flow"), batch_size=1024, actors=2,
+                           rows_per_shard=1024)
+    s = open_samples(uri, verify=True)
+    assert s.manifest["num_shards"] == 3 and s.manifest["model"]["version"] == "1"
+    ref = sample(f"models:/{NAME}/1", 3000, 11, str(tmp_path / "direct"), batch_size=4096, actors=1,
+                 rows_per_shard=1024)
+    assert [x["sha256"] for x in s.manifest["shards"]] == [x["sha256"] for x in ref.manifest["shards"]]
+    assert s.manifest["model"]["alias"] == "champion" and ref.manifest["model"]["alias"] is None
+
+
+def test_png_output(registered, ray_cluster, tmp_path):
+    from PIL import Image
+
+    s = sample(f"models:/{NAME}@champion", 1500, 2, str(tmp_path / "png"), fmt="png", rows_per_shard=1024)
+    assert s.manifest["sample_format"] == "png" and s.manifest["num_shards"] == 2
+    files = sorted((tmp_path / "png").glob("part-*/*.png"))
+    assert len(files) == 1500 and files[1024].parent.name == "part-00001" and files[1024].name == "000001024.png"
+    ref = sample(f"models:/{NAME}@champion", 1500, 2, str(tmp_path / "pq"), rows_per_shard=1024)
+    _, x = ref.load_arrays()
+    for i in (0, 777, 1499):
+        img = np.asarray(Image.open(io.BytesIO(files[i].read_bytes())))
+        expected = np.clip(np.rint(x[i, 0] * 255 / 16), 0, 255)  # 0..16 pixels -> 0..255
+        assert img.shape == (8, 8) and img.dtype == np.uint8
+        assert np.abs(img.astype(int) - expected).max() <= 1
+
+
+@pytest.mark.parametrize("model, match", [
+    ("models:/no-such-model@champion", "no-such-model"),
+    (f"models:/{NAME}@no-such-alias", "no-such-alias"),
+    (f"models:/{NAME}/99", "99"),
+    ("generator.pt", "expected models:/"),
+])
+def test_bad_model_uri_is_a_one_line_error(registered, tmp_path, capsys, model, match):
+    from pipelines.cli import main
+
+    out = tmp_path / "bad"
+    rc = main(["sample", "--model", model, "--num-samples", "10", "--out", str(out), "--engine", "direct",
+               "--no-progress"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2, err
+    assert len(err.splitlines()) == 1 and err.startswith("error: ") and match in err, err
+    assert not out.exists()
+
+
+def test_bad_options_are_one_line_errors(registered, tmp_path, capsys):
+    from pipelines.cli import main
+
+    for extra, match in ((["--num-samples", "0"], "--num-samples"),
+                         (["--num-samples", "10", "--batch-size", "0"], "--batch-size")):
+        rc = main(["sample", "--model", f"models:/{NAME}@champion", "--out", str(tmp_path / "o"), "--engine",
+                   "direct", "--no-progress", *extra])
+        err = capsys.readouterr().err.strip()
+        assert rc == 2 and len(err.splitlines()) == 1 and match in err, err
+    assert not (tmp_path / "o" / MANIFEST_NAME).exists()
