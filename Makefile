@@ -19,6 +19,7 @@ help:
 	@echo "make run    set up .venv and run the whole pipeline on the embedded default (digits)"
 	@echo "make test   set up .venv and run every test"
 	@echo "make bench  run the benchmarks (prints ratios)"
+	@echo "make demo   the GAN engine alone on digits (no Ray, Prefect or MLflow), pictures in runs/digits"
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,7 +27,12 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev]"
 	@touch $(STAMP)
 
+# the whole pipeline on the embedded default: local Ray, Prefect's temporary server, MLflow on SQLite,
+# everything under GANPIPE_HOME (default ~/.ganpipe)
 run: $(STAMP)
+	$(VENV)/bin/ganpipe run --preset digits
+
+demo: $(STAMP)
 	$(PY) -m gan_core --preset digits --out runs/digits
 
 test: $(STAMP)

@@ -30,6 +30,7 @@ def _embedded_prefect_home() -> None:
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     home = os.path.expanduser(os.environ.get("GANPIPE_HOME") or os.path.join("~", ".ganpipe"))
     os.environ["PREFECT_HOME"] = os.path.join(home, "prefect")
+    os.makedirs(os.environ["PREFECT_HOME"], exist_ok=True)
 
 
 _embedded_prefect_home()
@@ -94,4 +95,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # `python -m pipelines.cli`: run the imported module's main, so that commands raising
+    # pipelines.cli.UserError are caught (this file's classes are __main__.UserError here)
+    from pipelines.cli import main as _main
+
+    sys.exit(_main())

@@ -1,0 +1,88 @@
+"""The `ganpipe` command line: every command's --help, one-line user errors with exit code 2, --dry-run."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from pipelines.cli import COMMANDS, main
+from pipelines.settings import resolve_settings
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def ganpipe(*args: str, home: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "GANPIPE_HOME": str(home), "RAY_USAGE_STATS_ENABLED": "0",
+           "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    env.pop("PREFECT_API_URL", None)
+    return subprocess.run([sys.executable, "-m", "pipelines.cli", *args], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=120)
+
+
+@pytest.mark.parametrize("command", [c[0] for c in COMMANDS])
+def test_every_command_has_help_with_examples(command, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main([command, "--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert f"ganpipe {command}" in out or command in out
+    if command in ("run", "evaluate", "deploy", "submit", "train", "stage"):
+        assert "examples:" in out
+
+
+def test_malformed_config_file_is_one_line_exit_2(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('preset = "digits"\n[train\ntotal_steps = 10\n')
+    r = ganpipe("run", "--config", str(bad), "--dry-run", home=tmp_path / "home")
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in r.stderr
+    assert lines[0].startswith("error: ") and "bad.toml: not valid TOML" in lines[0] and "line 2" in lines[0]
+
+
+@pytest.mark.parametrize("body, expected", [
+    ('[registry]\nmodel_nam = "x"\n', "registry.model_nam: unknown field; allowed: model_name, alias"),
+    ('[sampling]\nformat = "gif"\n', "sampling.format: got 'gif'; allowed: png | npy"),
+    ('[train]\ntotal_step = 10\n', "train.total_step: unknown field; allowed:"),
+    ('[clutser]\nnum_workers = 2\n', "clutser: unknown field; allowed: preset, source, storage"),
+    ('preset = "huge"\n', "preset: got 'huge'; allowed: tiny | digits"),
+])
+def test_unknown_or_invalid_field_is_one_line_exit_2(tmp_path, body, expected):
+    cfg = tmp_path / "cfg.toml"
+    cfg.write_text(body)
+    r = ganpipe("run", "--config", str(cfg), "--dry-run", home=tmp_path / "home")
+    assert r.returncode == 2, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+    assert expected in r.stderr
+
+
+def test_set_override_errors_and_deploy_cron_errors_are_exit_2(tmp_path, capsys):
+    assert main(["run", "--set", "cluster.num_workers=0", "--dry-run"]) == 2
+    assert "cluster.num_workers: got 0; allowed: an integer >= 1" in capsys.readouterr().err
+    assert main(["run", "--set", "nonsense", "--dry-run"]) == 2
+    assert "expected FIELD=VALUE" in capsys.readouterr().err
+    assert main(["deploy", "--name", "x", "--cron", "61 * * * *", "--preset", "tiny"]) == 2
+    assert "--cron '61 * * * *'" in capsys.readouterr().err
+    assert main(["submit", "--", "--dataset", "x", "--set", "train.total_steps=-1"]) == 2
+    assert "train.total_steps: got -1" in capsys.readouterr().err
+    assert main(["evaluate", str(tmp_path / "missing")]) == 2
+
+
+def test_dry_run_prints_a_config_that_reads_back_to_the_same_settings(tmp_path, capsys):
+    cfg = tmp_path / "nightly.toml"
+    cfg.write_text('preset = "ring8"\n[train]\ntotal_steps = 123\n[cluster]\nnum_workers = 2\n'
+                   '[registry]\nmodel_name = "rings"\n[sampling]\nnum_samples = 16\n')
+    assert main(["run", "--config", str(cfg), "--set", "loss.r1_gamma=0.5", "--dry-run"]) == 0
+    printed = capsys.readouterr().out
+    again = resolve_settings(config_data=tomllib.loads(printed))
+    expected = resolve_settings(config_file=str(cfg), overrides=["loss.r1_gamma=0.5"])
+    assert again == expected
+    assert again.gan.train.total_steps == 123 and again.cluster.num_workers == 2
+    assert again.model_name == "rings" and again.sampling.num_samples == 16 and again.gan.loss.r1_gamma == 0.5
+    # the embedded defaults: everything under GANPIPE_HOME, model named after the dataset
+    assert resolve_settings(preset="digits").model_name == "ganpipe-digits"
