@@ -73,6 +73,15 @@ class ClusterConfig:
             raise bad("run_name", "a non-empty name without '/'")
 
 
+@dataclass(frozen=True)
+class TrackingSpec:
+    """MLflow tracking of a training run (rank 0 logs; an outage only warns). The tracking URI comes
+    from MLFLOW_TRACKING_URI, else SQLite under the local home, resolved on the driver."""
+
+    experiment: str = "ganpipe"
+    tracking_uri: str | None = None
+
+
 @dataclass
 class TrainOutcome:
     """What a finished training run leaves behind."""
@@ -84,6 +93,7 @@ class TrainOutcome:
     dataset_version: str
     config: GANConfig
     seconds: float
+    mlflow_run_id: str | None = None
 
 
 # -- driver side --------------------------------------------------------------------------------------
@@ -173,6 +183,7 @@ def _choose_loading(cluster: ClusterConfig, manifest: dict) -> str:
 
 
 def launch_training(config: GANConfig, dataset_ref: str, cluster: ClusterConfig = ClusterConfig(), *,
+                    tracking: TrackingSpec | None = None,
                     extra_loop_config: dict[str, Any] | None = None) -> TrainOutcome:
     """Train `config` on the staged dataset `dataset_ref` with Ray Train; blocks until done.
 
@@ -210,6 +221,9 @@ def launch_training(config: GANConfig, dataset_ref: str, cluster: ClusterConfig 
         "threads_per_worker": cluster.threads_per_worker or max(1, int(cluster.cpus_per_worker)),
         "verify_sync": cluster.verify_sync,
         "use_gpu": cluster.use_gpu,
+        "run_name": run_name,
+        "storage_uri": storage_uri,
+        "tracking": _tracking_loop_config(tracking, ds.manifest),
         **(extra_loop_config or {}),
     }
     resources = {"CPU": cluster.cpus_per_worker}
@@ -238,9 +252,50 @@ def launch_training(config: GANConfig, dataset_ref: str, cluster: ClusterConfig 
     if result.checkpoint is not None:
         path = result.checkpoint.path
         checkpoint_uri = f"s3://{path}" if storage_fs is not None else path
+    loop_tracking = loop_config["tracking"]
     return TrainOutcome(run_name=run_name, storage_path=storage_uri, checkpoint_uri=checkpoint_uri,
                         metrics=dict(result.metrics or {}), dataset_version=ds.version, config=config,
-                        seconds=time.perf_counter() - t0)
+                        seconds=time.perf_counter() - t0,
+                        mlflow_run_id=_find_mlflow_run(loop_tracking, run_name) if loop_tracking else None)
+
+
+def _find_mlflow_run(spec: dict[str, Any], run_name: str) -> str | None:
+    """The id of the newest MLflow run named `run_name` (rank 0's tracker created or continued it)."""
+    from mlflow.tracking import MlflowClient
+
+    try:
+        client = MlflowClient(spec["tracking_uri"])
+        exp = client.get_experiment_by_name(spec["experiment"])
+        if exp is None:
+            return None
+        runs = client.search_runs([exp.experiment_id], filter_string=f"attributes.run_name = '{run_name}'",
+                                  order_by=["attributes.start_time DESC"], max_results=1)
+        return runs[0].info.run_id if runs else None
+    except Exception:  # tracking down: training results stand without it
+        return None
+
+
+def _tracking_loop_config(tracking: TrackingSpec | None, manifest: dict) -> dict[str, Any] | None:
+    if tracking is None:
+        return None
+    from infra.settings import mlflow_tracking_uri
+
+    return {"experiment": tracking.experiment, "tracking_uri": tracking.tracking_uri or mlflow_tracking_uri(),
+            "manifest": manifest}
+
+
+def _open_tracker(spec: dict[str, Any], config: GANConfig, state, run_name: str, storage_uri: str):
+    """Rank 0's MLflow tracker; the run is named after the Ray run, so a restarted worker group and a
+    re-submitted job continue the same MLflow run."""
+    from infra.storage import join_uri
+    from infra.tracking import DatasetRef, TrainingTracker
+
+    manifest = spec["manifest"]
+    return TrainingTracker(
+        config, run_name=run_name, experiment=spec["experiment"], tracking_uri=spec["tracking_uri"],
+        dataset=DatasetRef.from_manifest(manifest["name"], manifest), generator=state.G_ema,
+        checkpoint_uri=lambda d: join_uri(storage_uri, run_name, os.path.basename(os.path.normpath(d))),
+    ).start()
 
 
 # -- worker side --------------------------------------------------------------------------------------
@@ -359,6 +414,11 @@ def train_worker(loop_config: dict[str, Any]) -> None:
         state.opt_D.register_step_post_hook(sync)
         state.opt_G.register_step_post_hook(sync)
 
+    tracker = None
+    if rank == 0 and loop_config.get("tracking"):
+        tracker = _open_tracker(loop_config["tracking"], config, state, loop_config["run_name"],
+                                loop_config["storage_uri"])
+
     # 3. G and D wrapped in DDP separately; SyncBatchNorm only on GPUs (it refuses CPU modules)
     def wrap(module: torch.nn.Module) -> torch.nn.Module:
         if world_size > 1 and loop_config.get("use_gpu"):
@@ -373,6 +433,8 @@ def train_worker(loop_config: dict[str, Any]) -> None:
             metrics.update({"sync/checks": sync.checks, "sync/mismatches": sync.mismatches})
         if rank == 0:
             print(format_tick(snapshot, config.train.total_steps), flush=True)
+        if tracker is not None:
+            tracker.on_snapshot(snapshot)
         ckpt = ray.train.Checkpoint.from_directory(snapshot.checkpoint_dir) if snapshot.checkpoint_dir else None
         ray.train.report(metrics, checkpoint=ckpt,
                          checkpoint_dir_name=f"checkpoint-{snapshot.step:09d}" if ckpt else None)
@@ -380,8 +442,11 @@ def train_worker(loop_config: dict[str, Any]) -> None:
             shutil.rmtree(snapshot.checkpoint_dir, ignore_errors=True)
 
     with tempfile.TemporaryDirectory(prefix="gan-ckpt-") as scratch:
-        train(config, batches=batches, rank=rank, world_size=world_size, device=device, wrap_model=wrap,
-              on_snapshot=report, checkpoint_root=scratch, state=state)
+        # NOTE: on failure the MLflow run stays RUNNING, so the restarted group continues it
+        result = train(config, batches=batches, rank=rank, world_size=world_size, device=device,
+                       wrap_model=wrap, on_snapshot=report, checkpoint_root=scratch, state=state)
+    if tracker is not None:
+        tracker.finish(result.history)
 
 
 def outcome_to_json(outcome: TrainOutcome) -> str:
@@ -390,5 +455,5 @@ def outcome_to_json(outcome: TrainOutcome) -> str:
     return json.dumps(d, indent=2, default=str)
 
 
-__all__ = ["ClusterConfig", "TrainOutcome", "launch_training", "train_worker", "deterministic_run_name",
+__all__ = ["ClusterConfig", "TrackingSpec", "TrainOutcome", "launch_training", "train_worker", "deterministic_run_name",
            "validate_launch", "resolve_config_for_dataset", "ensure_ray", "outcome_to_json"]

@@ -17,7 +17,7 @@ import torch
 from gan_core.checkpoint import load_training_state
 from gan_core.config import ConfigError, get_preset
 from infra.datasets import stage
-from infra.ray_train import ClusterConfig, launch_training
+from infra.ray_train import ClusterConfig, TrackingSpec, launch_training
 
 pytestmark = pytest.mark.integration
 
@@ -37,15 +37,25 @@ def tiny(**overrides):
     return get_preset("tiny").with_overrides(base)
 
 
-def test_every_update_leaves_workers_bitwise_identical(ray_cluster, ring8_dataset, tmp_path):
+def test_every_update_leaves_workers_bitwise_identical(ray_cluster, ring8_dataset, tmp_path, mlflow_tracking):
     cfg = tiny(**{"train.total_steps": 10, "train.d_steps": 2, "network.g_norm": "batch",
                   "loss.r1_gamma": 1.0})
     out = launch_training(cfg, ring8_dataset, ClusterConfig(num_workers=2, storage_path=str(tmp_path),
-                                                            verify_sync=True, max_failures=0))
+                                                            verify_sync=True, max_failures=0),
+                          tracking=TrackingSpec(experiment="sync-test", tracking_uri=mlflow_tracking))
     # 2 D updates + 1 G update per step, each followed by a digest comparison across both workers
     assert out.metrics["sync/checks"] == 10 * 3
     assert out.metrics["sync/mismatches"] == 0
     assert out.metrics["step"] == 10
+    # rank 0 tracked the run in MLflow: per-tick metrics with step = images seen, the checkpoints
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(mlflow_tracking)
+    run = client.get_run(out.mlflow_run_id)
+    assert run.info.run_name == out.run_name and run.info.status == "FINISHED"
+    history = client.get_metric_history(out.mlflow_run_id, "loss/D")
+    assert [m.step for m in history] == [5 * 2 * 32, 10 * 2 * 32]  # k = 2 real minibatches per step
+    assert run.data.tags["ganpipe.last_checkpoint"].endswith(f"{out.run_name}/checkpoint-000000010")
 
 
 def test_two_workers_reproduce_one_worker(ray_cluster, ring8_dataset, tmp_path):
@@ -83,8 +93,24 @@ def _train_worker_pids() -> list[int]:
     return pids
 
 
+def _registered_steps(run_dir: Path) -> list[int]:
+    """Checkpoints Ray Train has registered for the run (its snapshot file), not folders being copied."""
+    import json
+
+    try:
+        snap = json.loads((run_dir / "checkpoint_manager_snapshot.json").read_text())
+    except (OSError, ValueError):
+        return []
+    return sorted(int(r["checkpoint_dir_name"].split("-")[1]) for r in snap.get("checkpoint_results", []))
+
+
 def _checkpoint_steps(run_dir: Path) -> list[int]:
-    return sorted(int(p.name.split("-")[1]) for p in run_dir.glob("checkpoint-*") if (p / "summary.json").exists())
+    steps = []
+    for p in run_dir.glob("checkpoint-*"):
+        suffix = p.name[len("checkpoint-"):]
+        if suffix.isdigit() and (p / "summary.json").exists():
+            steps.append(int(suffix))
+    return sorted(steps)
 
 
 def test_killed_worker_resumes_from_latest_checkpoint(ray_cluster, ring8_dataset, tmp_path):
@@ -96,22 +122,27 @@ def test_killed_worker_resumes_from_latest_checkpoint(ray_cluster, ring8_dataset
 
     def killer():
         run_dir = tmp_path / "kill-test"
-        deadline = time.time() + 240
+        deadline = time.time() + 600
         while time.time() < deadline:
-            steps = _checkpoint_steps(run_dir) if run_dir.exists() else []
+            steps = _registered_steps(run_dir)
             pids = _train_worker_pids()
-            if steps and steps[-1] >= 2 * interval and len(pids) == 2:
+            seen["last_poll"] = (steps[-1:], pids)
+            if steps and steps[-1] >= 2 * interval and len(pids) >= 2:
                 seen["latest_before_kill"] = steps[-1]
-                os.kill(pids[-1], signal.SIGKILL)
-                seen["killed"] = pids[-1]
-                return
+                for pid in reversed(_train_worker_pids()):
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                    except ProcessLookupError:  # a worker of an earlier run that just exited
+                        continue
+                    seen["killed"] = pid
+                    return
             time.sleep(0.05)
 
     t = threading.Thread(target=killer, daemon=True)
     t.start()
     out = launch_training(cfg, ring8_dataset, cluster)
     t.join(timeout=5)
-    assert "killed" in seen, "the run finished before a worker could be killed"
+    assert "killed" in seen, f"the run finished before a worker could be killed: {seen}"
     assert out.metrics["step"] == 1500
     resumed_from = out.metrics["progress/resumed_from_step"]
     # the restarted group began from a checkpoint at or after the last one seen before the kill,
@@ -133,13 +164,13 @@ def test_resubmitted_run_continues_from_its_checkpoint(ray_cluster, ring8_datase
     cmd = _ganpipe_train(ring8_dataset, str(tmp_path), 2000)
     run_dir = tmp_path / "resubmit-test"
     first = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.time() + 240
-    while time.time() < deadline and not (run_dir.exists() and _checkpoint_steps(run_dir)[-1:] >= [300]):
+    deadline = time.time() + 600
+    while time.time() < deadline and not _registered_steps(run_dir)[-1:] >= [300]:
         assert first.poll() is None, first.stdout.read()
         time.sleep(0.1)
+    done_before = _registered_steps(run_dir)[-1]
     first.send_signal(signal.SIGKILL)  # the driver dies mid-run
     first.wait()
-    done_before = _checkpoint_steps(run_dir)[-1]
     assert done_before < 2000
     second = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
     assert second.returncode == 0, second.stdout + second.stderr
@@ -168,7 +199,7 @@ os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
 import ray
 from ray.cluster_utils import Cluster
 from gan_core.config import get_preset
-from infra.ray_train import ClusterConfig, launch_training
+from infra.ray_train import ClusterConfig, TrackingSpec, launch_training
 
 dataset, storage = sys.argv[1], sys.argv[2]
 cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False})
