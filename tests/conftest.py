@@ -13,6 +13,13 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_LOGGING_TO_API_ENABLED", "false")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # subprocesses too: tiny nets run fastest on one thread
+
+import torch  # noqa: E402
+
+# The tests' networks are tiny: one intra-op thread is faster than two fighting over the 2 cores with
+# Ray workers and servers (measured: ~10x on this machine under load).
+torch.set_num_threads(1)
 
 
 def _free_port() -> int:
@@ -27,7 +34,8 @@ def ray_cluster():
     import ray
 
     if not ray.is_initialized():
-        ray.init(num_cpus=4, include_dashboard=False, log_to_driver=True,
+        # address="local": always a fresh instance, never a cluster some other process left running
+        ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=True,
                  runtime_env={"env_vars": {"RAY_USAGE_STATS_ENABLED": "0", "OMP_NUM_THREADS": "1"}})
     yield ray
     ray.shutdown()
