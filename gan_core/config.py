@@ -86,6 +86,7 @@ class NetworkConfig:
     g_norm: str = "batch"
     d_norm: str = "none"  # D sees real and fake in one batch: batch statistics would mix them
     d_spectral_norm: bool = False  # Miyato et al. 2018
+    d_pack: int = 1  # PacGAN (Lin et al. 2018): D judges d_pack samples at once; > 1 counters mode collapse
 
     def __post_init__(self) -> None:
         _check(self.arch in ARCHS, "network.arch", self.arch, " | ".join(ARCHS))
@@ -94,6 +95,8 @@ class NetworkConfig:
             _check(_is_int(v) and 0 < v <= 65536, f"network.{name}", v, "a positive integer")
         _check(self.g_norm in NORMS, "network.g_norm", self.g_norm, " | ".join(NORMS))
         _check(self.d_norm in NORMS, "network.d_norm", self.d_norm, " | ".join(NORMS))
+        _check(_is_int(self.d_pack) and 1 <= self.d_pack <= 16, "network.d_pack", self.d_pack,
+               "an integer from 1 to 16")
         _check(isinstance(self.d_spectral_norm, bool), "network.d_spectral_norm", self.d_spectral_norm,
                "true | false")
 
@@ -179,6 +182,8 @@ class GANConfig:
             c, h, w = self.data.shape
             _check(h == w and h in (8, 16, 32, 64, 128), "data.shape", self.data.shape,
                    "square images of 8, 16, 32, 64 or 128 px for network.arch = dcgan")
+        _check(self.train.global_batch_size % self.network.d_pack == 0, "train.global_batch_size",
+               self.train.global_batch_size, f"a multiple of network.d_pack = {self.network.d_pack}")
         if self.loss.kind == "wasserstein" and self.loss.gp_lambda == 0 and not self.network.d_spectral_norm:
             raise ConfigError(
                 "loss.kind: got 'wasserstein' with loss.gp_lambda = 0 and no spectral norm; allowed: set "

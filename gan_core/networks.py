@@ -139,6 +139,18 @@ def build_generator(config: GANConfig) -> nn.Module:
     return cls(config.network, config.data.shape)
 
 
+def packed_shape(shape: tuple[int, ...], pack: int) -> tuple[int, ...]:
+    """What D sees with PacGAN packing: ``pack`` examples stacked along the first (feature/channel) axis."""
+    return (shape[0] * pack,) + tuple(shape[1:])
+
+
+def pack(x: torch.Tensor, pack: int) -> torch.Tensor:
+    """(N, C, ...) -> (N / pack, pack * C, ...): consecutive examples become one input of D (Lin et al. 2018)."""
+    if pack == 1:
+        return x
+    return x.reshape(x.shape[0] // pack, pack * x.shape[1], *x.shape[2:])
+
+
 def build_discriminator(config: GANConfig) -> nn.Module:
     cls = DCGANDiscriminator if config.network.arch == "dcgan" else MLPDiscriminator
-    return cls(config.network, config.data.shape)
+    return cls(config.network, packed_shape(config.data.shape, config.network.d_pack))

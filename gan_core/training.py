@@ -18,7 +18,7 @@ from torch import nn
 from . import losses
 from .config import GANConfig
 from .ema import ema_beta, update_ema
-from .networks import build_discriminator, build_generator
+from .networks import build_discriminator, build_generator, pack
 from .rng import derive_seed, generator, rank_slice
 
 
@@ -105,11 +105,14 @@ def discriminator_step(state: TrainingState, D_train: nn.Module, real: torch.Ten
     if cfg.train.channels_last and real.dim() == 4:
         real = real.contiguous(memory_format=torch.channels_last)
     fake = fake.to(real.dtype)
+    # PacGAN: D judges groups of d_pack consecutive examples (a no-op for d_pack = 1)
+    k = cfg.network.d_pack
+    real, fake = pack(real, k), pack(fake, k)
     if lcfg.r1_gamma > 0:
         real = real.detach().requires_grad_(True)
     parts = [real, fake]
     if lcfg.gp_lambda > 0:
-        B = cfg.train.global_batch_size
+        B = cfg.train.global_batch_size // k
         eps_shape = (B,) + (1,) * (real.dim() - 1)
         eps = torch.rand(eps_shape, generator=generator(cfg.train.seed, "gp_eps", state.step, j))
         eps = eps[rank_slice(B, rank, world_size)].to(state.device)
@@ -157,7 +160,7 @@ def generator_step(state: TrainingState, G_train: nn.Module, rank: int = 0,
     state.D.requires_grad_(False)
     try:
         with _autocast(state):
-            fake_logits = state.D(G_train(z)).float()
+            fake_logits = state.D(pack(G_train(z), cfg.network.d_pack)).float()
         loss = losses.g_loss_for(cfg.loss.kind, fake_logits)
         state.opt_G.zero_grad(set_to_none=True)
         state.scaler_G.scale(loss).backward()

@@ -132,3 +132,14 @@ def test_snapshots_report_hierarchical_metrics_and_counters(tmp_path):
     for key in ("loss/D", "loss/G", "D/real", "D/fake", "js_estimate", "grad_norm/G", "grad_norm/D",
                 "perf/kimg_per_s"):
         assert key in snaps[1].metrics
+
+
+def test_pacgan_packing_feeds_d_groups_of_examples():
+    cfg = tiny(**{"network.d_pack": 2, "loss.r1_gamma": 1.0})
+    s = build_training_state(cfg)
+    assert s.D.net[1].in_features == 2 * 2  # two 2-D points per judgement
+    d0, g0 = params(s.D), params(s.G)
+    stats = discriminator_step(s, s.D, real_batch(cfg), 0)
+    generator_step(s, s.G)
+    assert changed(d0, s.D) and changed(g0, s.G)
+    assert torch.isfinite(stats["loss/D"])
