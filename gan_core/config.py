@@ -268,31 +268,26 @@ def preset_tiny() -> GANConfig:
 
 
 def preset_ring8() -> GANConfig:
-    """8 Gaussians on a circle (radius 1, sigma 0.01): the classic mode-collapse benchmark."""
+    """8 Gaussians on a circle (radius 1, sigma 0.01): the classic mode-collapse benchmark.
+
+    NOTE: D learns 5x faster than G (TTUR, Heusel et al. 2017); with equal rates D could not resolve
+    the 0.01-wide modes in the time budget and G spread along the circle.
+    """
     return GANConfig(
         data=DataConfig(name="ring8", shape=(2,), num_examples=50_000),
-        network=NetworkConfig(arch="mlp", z_dim=16, g_width=256, d_width=256, g_depth=3, d_depth=3,
+        network=NetworkConfig(arch="mlp", z_dim=4, g_width=256, d_width=256, g_depth=3, d_depth=3,
                               g_norm="none", d_norm="none"),
-        loss=LossConfig(kind="non_saturating", r1_gamma=0.1),
-        g_optim=OptimizerConfig(lr=1e-4, beta1=0.5, beta2=0.99),
-        d_optim=OptimizerConfig(lr=1e-4, beta1=0.5, beta2=0.99),
-        train=TrainConfig(global_batch_size=256, total_steps=6000, tick_every_steps=250,
-                          checkpoint_every_steps=1500, ema_kimg=2.0),
+        loss=LossConfig(kind="non_saturating"),
+        g_optim=OptimizerConfig(lr=2e-4, beta1=0.5, beta2=0.99),
+        d_optim=OptimizerConfig(lr=1e-3, beta1=0.5, beta2=0.99),
+        train=TrainConfig(global_batch_size=256, total_steps=8000, tick_every_steps=500,
+                          checkpoint_every_steps=2000, ema_kimg=1.0),
     )
 
 
 def preset_grid25() -> GANConfig:
-    """25 Gaussians on a 5x5 grid (spacing 2, sigma 0.05)."""
-    return GANConfig(
-        data=DataConfig(name="grid25", shape=(2,), num_examples=50_000),
-        network=NetworkConfig(arch="mlp", z_dim=16, g_width=256, d_width=256, g_depth=3, d_depth=3,
-                              g_norm="none", d_norm="none"),
-        loss=LossConfig(kind="non_saturating", r1_gamma=0.1),
-        g_optim=OptimizerConfig(lr=1e-4, beta1=0.5, beta2=0.99),
-        d_optim=OptimizerConfig(lr=1e-4, beta1=0.5, beta2=0.99),
-        train=TrainConfig(global_batch_size=256, total_steps=6000, tick_every_steps=250,
-                          checkpoint_every_steps=1500, ema_kimg=2.0),
-    )
+    """25 Gaussians on a 5x5 grid (spacing 2, sigma 0.05), with ring8's two-time-scale settings."""
+    return replace(preset_ring8(), data=DataConfig(name="grid25", shape=(2,), num_examples=50_000))
 
 
 def preset_digits() -> GANConfig:
