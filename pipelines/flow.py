@@ -13,7 +13,8 @@ Each step is a named Prefect step, so the UI shows its state, logs and timing:
    its real-vs-real floor.
 4. `register`: a new MLflow model version; the alias (`champion`) moves only if the new version is
    strictly better on the primary metric (ties keep the holder).
-5. `sample-preview`: a grid from the *registered* model, loaded the way a consumer loads it.
+5. `sample-generator` (sub-flow, pipelines.sample) + `render-preview`: a preview set drawn from the
+   *registered* model by the batch sampler, rendered as a grid.
 6. `publish-report`: a markdown artifact with the metrics table, the grid, the version and alias, and
    the MLflow run link.
 
@@ -54,10 +55,17 @@ compute_task = dict(cache_policy=NO_CACHE, persist_result=False)
 @task(name="start-ray", **compute_task)
 def start_ray(address: str) -> None:
     """Connect to the cluster (`[cluster] address`, else RAY_ADDRESS) or start Ray on this host."""
+    import ray
+
     from infra.ray_train import ensure_ray
 
     if address:
         os.environ["RAY_ADDRESS"] = address
+    if not os.environ.get("RAY_ADDRESS") and not ray.is_initialized():
+        # NOTE: ray.init() with no address joins whatever cluster /tmp/ray/ray_current_cluster names (another
+        # user's, or a dead one it then waits on forever); "local" always starts this run's own instance
+        ray.init(address="local", include_dashboard=False,
+                 runtime_env={"env_vars": {"RAY_USAGE_STATS_ENABLED": "0"}})
     ensure_ray()
 
 
@@ -137,23 +145,17 @@ def register(settings: Settings, checkpoint_uri: str, mlflow_run_id: str | None,
     return reg
 
 
-@task(name="sample-preview", retries=2, retry_delay_seconds=[2, 5], cache_policy=NO_CACHE, persist_result=False)
-def sample_preview(model_uri: str, manifest: dict, num_samples: int, seed: int, fmt: str, out_dir: str) -> str:
-    """Load the registered model as any consumer would (pyfunc) and draw a seed-addressed preview."""
-    import mlflow
+@task(name="render-preview", **compute_task)
+def render_preview(samples_uri: str, manifest: dict, fmt: str, out_dir: str, title: str) -> str:
+    """The preview set (data units) as a grid image, or a scatter plot for 2-D data."""
     import numpy as np
     import torch
 
     from gan_core.sampling import save_image_grid, save_scatter
+    from infra.batch_sampling import open_samples
     from infra.datasets import normalise
-    from infra.settings import mlflow_registry_uri, mlflow_tracking_uri
 
-    mlflow.set_tracking_uri(mlflow_tracking_uri())
-    mlflow.set_registry_uri(mlflow_registry_uri())
-    model = mlflow.pyfunc.load_model(model_uri)
-    z_dim = model.metadata.get_input_schema().inputs[0].shape[-1]
-    x = np.asarray(model.predict(np.zeros((0, z_dim), np.float32),  # no latents: seed-addressed samples
-                                 params={"num_samples": num_samples, "seed": seed}))  # in data units
+    _, x = open_samples(samples_uri).load_arrays()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if fmt == "npy":
@@ -162,9 +164,18 @@ def sample_preview(model_uri: str, manifest: dict, num_samples: int, seed: int, 
     if model_units.ndim == 4:
         path = save_image_grid(model_units, out / "samples.png")
     else:
-        path = save_scatter(model_units, out / "samples.png", title=f"{model_uri} (seed {seed})")
+        path = save_scatter(model_units, out / "samples.png", title=title)
     print(f"preview: {path}")
     return str(path)
+
+
+def sample_preview(model_uri: str, manifest: dict, num_samples: int, seed: int, fmt: str, out_dir: str) -> str:
+    """Sample the *registered* model with the batch sampler (pipelines.sample, a sub-flow: the version is
+    pinned, the set is seed-addressed and committed with a manifest), then render the preview."""
+    from pipelines.sample import sample_generator
+
+    samples_uri = sample_generator(model_uri, num_samples, seed, str(Path(out_dir) / "set"), fmt="parquet")
+    return render_preview(samples_uri, manifest, fmt, out_dir, f"{model_uri} (seed {seed})")
 
 
 @task(name="publish-report", retries=2, retry_delay_seconds=[2, 5], cache_policy=NO_CACHE, persist_result=False)
