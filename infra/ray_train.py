@@ -171,7 +171,8 @@ def ensure_ray() -> None:
 
     if not ray.is_initialized():
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-        ray.init(address=os.environ.get("RAY_ADDRESS") or None, include_dashboard=False,
+        # "local": a fresh instance, never whatever cluster /tmp/ray happens to name (possibly dead)
+        ray.init(address=os.environ.get("RAY_ADDRESS") or "local", include_dashboard=False,
                  runtime_env={"env_vars": {"RAY_USAGE_STATS_ENABLED": "0"}})
 
 
