@@ -14,23 +14,10 @@ from pathlib import Path
 
 import torch
 
-from .config import PRESETS, ConfigError, get_preset
+from .config import PRESETS, ConfigError, get_preset, parse_overrides
 from .data import MIXTURES, InMemoryBatches, load_builtin, mixture, mode_coverage
 from .loop import NonFiniteLossError, format_tick, train
 from .sampling import generate, save_image_grid, save_loss_curve, save_scatter
-
-
-def _parse_set(items: list[str]) -> dict[str, object]:
-    out: dict[str, object] = {}
-    for item in items:
-        if "=" not in item:
-            raise ConfigError(f"--set {item!r}: expected FIELD=VALUE, e.g. train.total_steps=100")
-        key, raw = item.split("=", 1)
-        try:
-            out[key] = json.loads(raw)
-        except json.JSONDecodeError:
-            out[key] = raw
-    return out
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        overrides = _parse_set(args.set)
+        overrides = parse_overrides(args.set)
         if args.steps is not None:
             overrides["train.total_steps"] = args.steps
         if args.seed is not None:

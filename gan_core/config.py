@@ -217,6 +217,21 @@ class GANConfig:
         return GANConfig.from_dict(d)
 
 
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """`FIELD=VALUE` strings (from --set); values are parsed as JSON when they can be (numbers,
+    booleans, lists), else kept as strings."""
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected FIELD=VALUE, e.g. train.global_batch_size=256")
+        key, raw = item.split("=", 1)
+        try:
+            out[key.strip()] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[key.strip()] = raw
+    return out
+
+
 def _to_plain(obj: Any) -> Any:
     if is_dataclass(obj):
         return {f.name: _to_plain(getattr(obj, f.name)) for f in fields(obj)}

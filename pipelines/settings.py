@@ -31,7 +31,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Union, get_args, get_origin, get_type_hints
 
-from gan_core.config import PRESETS, ConfigError, GANConfig, get_preset
+from gan_core.config import PRESETS, ConfigError, GANConfig, get_preset, parse_overrides
 from infra.ray_train import ClusterConfig
 
 GAN_SECTIONS = tuple(f.name for f in fields(GANConfig))
@@ -242,20 +242,6 @@ def check_top_level(data: dict[str, Any]) -> None:
     for key in TOP_LEVEL[1:]:
         if key in data and not isinstance(data[key], dict):
             raise ConfigError(f"{key}: got {data[key]!r}; allowed: a table ([{key}])")
-
-
-def parse_overrides(items: list[str]) -> dict[str, Any]:
-    """`FIELD=VALUE` strings; values are parsed as JSON when they can be (numbers, booleans, lists)."""
-    out: dict[str, Any] = {}
-    for item in items:
-        if "=" not in item:
-            raise ConfigError(f"--set {item!r}: expected FIELD=VALUE, e.g. train.global_batch_size=256")
-        key, raw = item.split("=", 1)
-        try:
-            out[key.strip()] = json.loads(raw)
-        except json.JSONDecodeError:
-            out[key.strip()] = raw
-    return out
 
 
 def _cluster_from(base: ClusterConfig, values: dict[str, Any], where: str) -> ClusterConfig:
