@@ -482,6 +482,12 @@ def generate_shards(plan: SamplingPlan, *, batch_size: int = DEFAULT_BATCH_SIZE,
         storage.make_dirs(plan.location())
         n_actors = _actor_count(actors, gpus_per_actor, len(todo))
         env = {k: os.environ[k] for k in FORWARDED_ENV if os.environ.get(k)}
+        # the embedded default (no MLFLOW_* set) resolves to SQLite under GANPIPE_HOME on the driver:
+        # actors must use the same store, not MLflow's own default in their working directory
+        from infra.settings import mlflow_registry_uri, mlflow_tracking_uri
+
+        env.setdefault("MLFLOW_TRACKING_URI", mlflow_tracking_uri())
+        env.setdefault("MLFLOW_REGISTRY_URI", mlflow_registry_uri())
         device = "cuda" if gpus_per_actor > 0 else "cpu"
         ds = ray.data.from_items([{"shard": i} for i in todo], override_num_blocks=len(todo))
         ds = ds.map_batches(ShardSampler, batch_size=1, compute=ray.data.ActorPoolStrategy(size=n_actors),
