@@ -63,7 +63,7 @@ def main() -> None:
         ds = stage(args.preset if args.preset in ("ring8", "grid25", "digits") else "ring8", root,
                    num_samples=config.data.num_examples)
         x, _ = load_numpy(ds.uri)
-        ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+        ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
         print(f"preset {args.preset}: {args.steps} steps, global batch {config.train.global_batch_size}, "
               f"1 torch thread per process, {os.cpu_count()} CPUs")
         base = plain_rate(config, x)
