@@ -107,18 +107,25 @@ class LossConfig:
 
     kind: ``non_saturating`` (default, -log D(G(z)) for G), ``minimax`` (the saturating
     log(1 - D(G(z))) of the paper's value function), ``hinge``, ``wasserstein``.
-    gp_lambda: WGAN-GP weight (Gulrajani et al. 2017); r1_gamma: R1 weight (Mescheder et al. 2018).
+    gp_lambda: WGAN-GP weight (Gulrajani et al. 2017); r1_gamma: R1 weight (Mescheder et al. 2018);
+    r1_gamma_final: when > 0, the R1 weight decays geometrically from r1_gamma at step 0 to this value
+    at train.total_steps (a smooth D early keeps G's gradient reaching every mode; a sharp D late
+    resolves narrow modes).
     """
 
     kind: str = "non_saturating"
     gp_lambda: float = 0.0
     r1_gamma: float = 0.0
+    r1_gamma_final: float = 0.0
 
     def __post_init__(self) -> None:
         _check(self.kind in LOSS_KINDS, "loss.kind", self.kind, " | ".join(LOSS_KINDS))
         _check(_is_number(self.gp_lambda) and self.gp_lambda >= 0, "loss.gp_lambda", self.gp_lambda,
                "a number >= 0")
         _check(_is_number(self.r1_gamma) and self.r1_gamma >= 0, "loss.r1_gamma", self.r1_gamma, "a number >= 0")
+        _check(_is_number(self.r1_gamma_final) and self.r1_gamma_final >= 0 and
+               (self.r1_gamma_final == 0 or self.r1_gamma > 0), "loss.r1_gamma_final", self.r1_gamma_final,
+               "a number >= 0 (> 0 only together with loss.r1_gamma > 0)")
 
 
 @dataclass(frozen=True)
@@ -147,6 +154,7 @@ class TrainConfig:
     ema_rampup: float = 0.05  # ema half-life <= rampup * images seen so far; 0 disables the ramp-up
     amp: str = "off"  # "bf16" or "fp16" (CUDA; fp16 uses a GradScaler)
     channels_last: bool = False  # memory format for conv nets on CUDA
+    lr_rampdown: float = 0.0  # last fraction of total_steps over which both learning rates fall to 0 (cosine)
     tick_every_steps: int = 100  # metrics are averaged and reported once per tick
     checkpoint_every_steps: int = 500
     num_checkpoints_to_keep: int = 2
@@ -160,6 +168,8 @@ class TrainConfig:
         _check(_is_number(self.ema_kimg) and self.ema_kimg >= 0, "train.ema_kimg", self.ema_kimg, "a number >= 0")
         _check(_is_number(self.ema_rampup) and self.ema_rampup >= 0, "train.ema_rampup", self.ema_rampup,
                "a number >= 0")
+        _check(_is_number(self.lr_rampdown) and 0 <= self.lr_rampdown < 1, "train.lr_rampdown", self.lr_rampdown,
+               "a number in [0, 1)")
         _check(self.amp in AMP_MODES, "train.amp", self.amp, " | ".join(AMP_MODES))
         _check(isinstance(self.channels_last, bool), "train.channels_last", self.channels_last, "true | false")
 

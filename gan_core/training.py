@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import math
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from . import losses
-from .config import GANConfig
+from .config import GANConfig, TrainConfig
 from .ema import ema_beta, update_ema
 from .networks import build_discriminator, build_generator, pack
 from .rng import derive_seed, generator, rank_slice
@@ -131,7 +132,7 @@ def discriminator_step(state: TrainingState, D_train: nn.Module, real: torch.Ten
         stats["loss/D_gp"] = gp.detach()
     if lcfg.r1_gamma > 0:
         r1 = losses.r1_penalty(real_logits, real)
-        loss = loss + 0.5 * lcfg.r1_gamma * r1
+        loss = loss + 0.5 * r1_gamma(cfg, state.step) * r1
         stats["loss/D_r1"] = r1.detach()
     # 4. update D
     state.opt_D.zero_grad(set_to_none=True)
@@ -177,11 +178,37 @@ def generator_step(state: TrainingState, G_train: nn.Module, rank: int = 0,
     return {"loss/G": loss.detach(), "grad_norm/G": grad_norm}
 
 
+def r1_gamma(config: GANConfig, step: int) -> float:
+    """The R1 weight at ``step``: constant, or geometric from loss.r1_gamma to loss.r1_gamma_final."""
+    lcfg = config.loss
+    if lcfg.r1_gamma_final <= 0:
+        return lcfg.r1_gamma
+    progress = min(step / config.train.total_steps, 1.0)
+    return lcfg.r1_gamma * (lcfg.r1_gamma_final / lcfg.r1_gamma) ** progress
+
+
+def lr_scale(train: TrainConfig, step: int) -> float:
+    """Learning-rate multiplier at ``step``: 1, then a cosine ramp to 0 over the last
+    ``train.lr_rampdown`` fraction of ``train.total_steps`` (a function of the step alone, so resumed
+    runs follow the same schedule)."""
+    if train.lr_rampdown <= 0:
+        return 1.0
+    start = train.total_steps * (1.0 - train.lr_rampdown)
+    progress = min(max((step - start) / (train.total_steps - start), 0.0), 1.0)
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
 def train_step(state: TrainingState, next_real, G_train: nn.Module, D_train: nn.Module,
                rank: int = 0, world_size: int = 1) -> dict[str, torch.Tensor]:
     """One iteration of Algorithm 1: k = train.d_steps D updates, each on a fresh real minibatch
     from ``next_real()``, then one G update. Returns statistics averaged over the D updates."""
-    k = state.config.train.d_steps
+    cfg = state.config
+    k = cfg.train.d_steps
+    if cfg.train.lr_rampdown > 0:
+        scale = lr_scale(cfg.train, state.step)
+        for opt, ocfg in ((state.opt_D, cfg.d_optim), (state.opt_G, cfg.g_optim)):
+            for group in opt.param_groups:
+                group["lr"] = ocfg.lr * scale
     d_stats: dict[str, list[torch.Tensor]] = {}
     for j in range(k):
         for key, v in discriminator_step(state, D_train, next_real(), j, rank, world_size).items():

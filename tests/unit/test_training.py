@@ -143,3 +143,33 @@ def test_pacgan_packing_feeds_d_groups_of_examples():
     generator_step(s, s.G)
     assert changed(d0, s.D) and changed(g0, s.G)
     assert torch.isfinite(stats["loss/D"])
+
+
+def test_lr_rampdown_is_a_cosine_over_the_last_fraction_and_sets_both_optimisers():
+    from gan_core.training import lr_scale
+
+    cfg = tiny(**{"train.total_steps": 100, "train.lr_rampdown": 0.5})
+    t = cfg.train
+    assert lr_scale(t, 0) == 1.0 and lr_scale(t, 50) == 1.0
+    assert lr_scale(t, 75) == pytest.approx(0.5)
+    assert lr_scale(t, 100) == pytest.approx(0.0, abs=1e-12)
+    assert lr_scale(tiny().train, 10**6) == 1.0  # off by default
+    s = build_training_state(cfg)
+    s.step = 75
+    x = real_batch(cfg)
+    train_step(s, lambda: x, s.G, s.D)
+    assert s.opt_D.param_groups[0]["lr"] == pytest.approx(0.5 * cfg.d_optim.lr)
+    assert s.opt_G.param_groups[0]["lr"] == pytest.approx(0.5 * cfg.g_optim.lr)
+
+
+def test_r1_weight_decays_geometrically_when_a_final_value_is_set():
+    from gan_core.config import ConfigError
+    from gan_core.training import r1_gamma
+
+    cfg = tiny(**{"train.total_steps": 100, "loss.r1_gamma": 1.0, "loss.r1_gamma_final": 0.01})
+    assert r1_gamma(cfg, 0) == 1.0
+    assert r1_gamma(cfg, 50) == pytest.approx(0.1)
+    assert r1_gamma(cfg, 100) == pytest.approx(0.01)
+    assert r1_gamma(tiny(**{"loss.r1_gamma": 0.5}), 50) == 0.5  # constant without a final value
+    with pytest.raises(ConfigError, match="loss.r1_gamma_final"):
+        tiny(**{"loss.r1_gamma_final": 0.1})  # a final value needs a starting one
