@@ -5,15 +5,20 @@ Prints (never asserts):
 2. throughput with Ray Data streaming ingest / the same loop fed from in-memory tensors (>= 0.9)
 3. throughput of 2 workers / 1 worker, one thread each, on this machine's cores
 
-Steady state = the last tick's rate (the first tick carries start-up and warm-up).
+Steady state = the median of the per-tick rates after the first tick (the first carries start-up and
+warm-up). Each tick's rate counts training steps only: the loop measures it before the tick's
+report and checkpoint. The Ray runs checkpoint every tick so that every tick's metrics are kept.
 
-    python -m benchmarks.bench_ray_train [--preset ring8] [--steps 600] [--tick 200]
+    python -m benchmarks.bench_ray_train [--preset ring8] [--steps 1200] [--tick 100]
 """
 
 from __future__ import annotations
 
 import argparse
+import glob
+import json
 import os
+import statistics
 import tempfile
 import time
 
@@ -31,24 +36,31 @@ def plain_rate(config, x) -> float:
     with tempfile.TemporaryDirectory() as d:
         train(config, batches=InMemoryBatches(x, config.train.global_batch_size, config.train.seed),
               on_snapshot=lambda s: rates.append(s.metrics["perf/kimg_per_s"]), checkpoint_root=d)
-    return rates[-1]
+    return steady(rates)
+
+
+def steady(rates: list[float]) -> float:
+    return statistics.median(rates[1:])
 
 
 def ray_rate(config, dataset_uri: str, workers: int, loading: str, storage: str) -> float:
     from infra.ray_train import ClusterConfig, launch_training
 
-    out = launch_training(config, dataset_uri, ClusterConfig(num_workers=workers, storage_path=storage,
-                                                             threads_per_worker=1, data_loading=loading,
-                                                             run_name=f"bench-{workers}-{loading}-{time.time_ns()}",
-                                                             max_failures=0))
-    return out.metrics["perf/kimg_per_s"]
+    run_name = f"bench-{workers}-{loading}-{time.time_ns()}"
+    launch_training(config, dataset_uri, ClusterConfig(num_workers=workers, storage_path=storage,
+                                                       threads_per_worker=1, data_loading=loading,
+                                                       run_name=run_name, max_failures=0))
+    ticks = []  # every tick wrote a checkpoint, with the tick's metrics in its summary.json
+    for path in sorted(glob.glob(os.path.join(storage, run_name, "checkpoint-*", "summary.json"))):
+        ticks.append(json.load(open(path))["metrics"]["perf/kimg_per_s"])
+    return steady(ticks)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="ring8")
-    p.add_argument("--steps", type=int, default=600)
-    p.add_argument("--tick", type=int, default=200)
+    p.add_argument("--steps", type=int, default=1200)
+    p.add_argument("--tick", type=int, default=100)
     args = p.parse_args()
 
     import ray
@@ -58,7 +70,8 @@ def main() -> None:
 
     config = get_preset(args.preset).with_overrides({
         "train.total_steps": args.steps, "train.tick_every_steps": args.tick,
-        "train.checkpoint_every_steps": args.steps, "network.g_norm": "layer"})
+        "train.checkpoint_every_steps": args.tick, "train.num_checkpoints_to_keep": args.steps // args.tick + 1,
+        "network.g_norm": "layer"})
     with tempfile.TemporaryDirectory() as root:
         ds = stage(args.preset if args.preset in ("ring8", "grid25", "digits") else "ring8", root,
                    num_samples=config.data.num_examples)

@@ -48,6 +48,7 @@ import pyarrow.parquet as pq
 from gan_core.sampling import LATENT_BLOCK
 
 from . import storage
+from .datasets import Layout, default_row_group_rows
 from .storage import Location, StorageError
 
 log = logging.getLogger(__name__)
@@ -60,8 +61,6 @@ FORMATS = ("parquet", "png")
 LAYOUT_VERSION = 1  # bump when shard encoding changes: part of every request fingerprint
 DEFAULT_TARGET_SHARD_MIB = 16.0
 MIN_SHARDS = 16  # small requests still split into enough shards to keep several actors busy
-DEFAULT_ROW_GROUP_ROWS = 4096
-ROW_GROUP_TARGET_BYTES = 16 << 20
 DEFAULT_COMPRESSION = "zstd"
 DEFAULT_BATCH_SIZE = 4096
 # Variables a sampling actor needs to reach MLflow and storage (set in the driver, perhaps after Ray
@@ -214,14 +213,6 @@ def generate_range(pm, seed: int, start: int, count: int, batch_size: int) -> np
 # --- the plan -------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Layout:
-    rows_per_shard: int
-    row_group_rows: int
-    compression: str
-    layout_version: int = LAYOUT_VERSION
-
-
 def choose_layout(num_samples: int, sample_shape: tuple[int, ...], fmt: str, *, rows_per_shard: int | None = None,
                   target_shard_mib: float = DEFAULT_TARGET_SHARD_MIB, compression: str = DEFAULT_COMPRESSION
                   ) -> Layout:
@@ -236,8 +227,8 @@ def choose_layout(num_samples: int, sample_shape: tuple[int, ...], fmt: str, *, 
         raise SamplingError(f"--rows-per-shard must be positive; got {rows_per_shard}")
     else:  # whole blocks: no block is generated twice
         rows_per_shard = LATENT_BLOCK * math.ceil(rows_per_shard / LATENT_BLOCK)
-    row_group_rows = int(min(DEFAULT_ROW_GROUP_ROWS, max(256, ROW_GROUP_TARGET_BYTES // row_bytes)))
-    return Layout(int(rows_per_shard), row_group_rows, compression if fmt == "parquet" else "png")
+    return Layout(int(rows_per_shard), default_row_group_rows(row_bytes), compression if fmt == "parquet" else "png",
+                  layout_version=LAYOUT_VERSION)
 
 
 @dataclass

@@ -71,9 +71,15 @@ def dataset_uri(root: str, name: str) -> str:
 # --- layout and version -------------------------------------------------------------------------
 
 
+def default_row_group_rows(row_bytes: int) -> int:
+    """Rows per Parquet row group: DEFAULT_ROW_GROUP_ROWS, fewer for big rows, at least 256."""
+    return int(min(DEFAULT_ROW_GROUP_ROWS, max(256, ROW_GROUP_TARGET_BYTES // row_bytes)))
+
+
 @dataclass(frozen=True)
 class Layout:
-    """How rows are cut into shards and row groups; part of the version hash."""
+    """How rows are cut into shards and row groups; part of the version hash (of staged datasets and
+    of batch-sampling requests, each with its own layout_version)."""
 
     rows_per_shard: int
     row_group_rows: int
@@ -85,7 +91,7 @@ def choose_layout(spec: ArraySpec, *, rows_per_shard: int | None = None,
                   target_shard_mib: float = DEFAULT_TARGET_SHARD_MIB, row_group_rows: int | None = None,
                   compression: str = DEFAULT_COMPRESSION) -> Layout:
     if row_group_rows is None:
-        row_group_rows = int(min(DEFAULT_ROW_GROUP_ROWS, max(256, ROW_GROUP_TARGET_BYTES // spec.row_bytes)))
+        row_group_rows = default_row_group_rows(spec.row_bytes)
     if rows_per_shard is None:
         rows_per_shard = max(1, int(target_shard_mib * (1 << 20)) // spec.row_bytes)
     if rows_per_shard <= 0 or row_group_rows <= 0:

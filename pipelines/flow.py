@@ -25,7 +25,6 @@ fault tolerance, and registering twice would create two versions. No maths here:
 from __future__ import annotations
 
 import base64
-import inspect
 import math
 import os
 import re
@@ -34,7 +33,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from prefect import flow, task
+from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
@@ -74,14 +73,12 @@ def train(settings: Settings, dataset_uri: str):
     """Train (or resume) on Ray Train; returns infra.ray_train.TrainOutcome."""
     from infra import ray_train
 
-    kwargs: dict[str, Any] = {}
-    if "tracking" in inspect.signature(ray_train.launch_training).parameters:
-        kwargs["tracking"] = (ray_train.TrackingSpec(experiment=settings.tracking.experiment)
-                              if settings.tracking.enabled else None)
-    outcome = ray_train.launch_training(settings.gan, dataset_uri, settings.cluster, **kwargs)
+    tracking = ray_train.TrackingSpec(experiment=settings.tracking.experiment) if settings.tracking.enabled else None
+    outcome = ray_train.launch_training(settings.gan, dataset_uri, settings.cluster, tracking=tracking)
     if outcome.checkpoint_uri is None:
         raise RuntimeError(f"training run {outcome.run_name} finished without a checkpoint")
-    print(f"trained {outcome.run_name}: step {outcome.metrics.get('step')}, checkpoint {outcome.checkpoint_uri}")
+    get_run_logger().info(f"trained {outcome.run_name}: step {outcome.metrics.get('step')}, "
+                          f"checkpoint {outcome.checkpoint_uri}")
     return outcome
 
 
@@ -120,7 +117,7 @@ def evaluate(checkpoint_dir: str, real_x, real_labels, num_samples: int, seed: i
     cache_dir = os.environ.get(CACHE_ENV) or str(local_home() / "cache")
     metrics = evaluate_generator(G, config, real_x, real_labels, num_samples=num_samples or None, seed=seed,
                                  cache_dir=cache_dir)
-    print(format_report(metrics))
+    get_run_logger().info(format_report(metrics))
     return metrics
 
 
@@ -141,7 +138,7 @@ def register(settings: Settings, checkpoint_uri: str, mlflow_run_id: str | None,
         dataset_version=manifest["version"], alias=settings.registry.alias, promote=settings.registry.promote,
         export_formats=("pt2", "onnx") if settings.registry.export else (),
         experiment=settings.tracking.experiment)
-    print(f"registered {reg.model_uri}; {reg.decision}")
+    get_run_logger().info(f"registered {reg.model_uri}; {reg.decision}")
     return reg
 
 
@@ -165,7 +162,7 @@ def render_preview(samples_uri: str, manifest: dict, fmt: str, out_dir: str, tit
         path = save_image_grid(model_units, out / "samples.png")
     else:
         path = save_scatter(model_units, out / "samples.png", title=title)
-    print(f"preview: {path}")
+    get_run_logger().info(f"preview: {path}")
     return str(path)
 
 
@@ -189,7 +186,7 @@ def publish_report(summary: dict[str, Any]) -> str:
 
 # -- the flow ---------------------------------------------------------------------------------------
 
-@flow(name=FLOW_NAME, log_prints=True)
+@flow(name=FLOW_NAME)
 def gan_pipeline(preset: str | None = None, config: dict[str, Any] | None = None,
                  overrides: list[str] | None = None, dry_run: bool = False) -> dict[str, Any]:
     """Stage, train, evaluate, register and preview a GAN; returns a summary (see `summary_lines`).

@@ -77,7 +77,7 @@ def summarise_samples(manifest: dict, out: str) -> None:
     )
 
 
-@flow(name="sample-generator", log_prints=True)
+@flow(name="sample-generator")
 def sample_generator(model_uri: str, num_samples: int, seed: int, out: str, *, fmt: str = "parquet",
                      batch_size: int = batch_sampling.DEFAULT_BATCH_SIZE, actors: int = 1,
                      gpus_per_actor: float = 0.0, rows_per_shard: int | None = None,
@@ -87,12 +87,12 @@ def sample_generator(model_uri: str, num_samples: int, seed: int, out: str, *, f
     # 1. pin the version: an alias moving mid-job must not mix two models
     model = resolve_model_version(model_uri)
     plan = plan_samples(model, num_samples, seed, out, fmt, rows_per_shard)
-    print(f"sampling {num_samples} from {model.uri} (requested {model_uri}), seed {seed}, into {plan.out} "
-          f"as {plan.num_shards} {fmt} shards")
+    get_run_logger().info(f"sampling {num_samples} from {model.uri} (requested {model_uri}), seed {seed}, "
+                          f"into {plan.out} as {plan.num_shards} {fmt} shards")
     # 2. already committed? then nothing to do
     manifest = find_committed(plan)
     if manifest is not None:
-        print(f"{plan.out}: already committed, nothing to write")
+        get_run_logger().info(f"{plan.out}: already committed, nothing to write")
     else:
         # 3. generate and write the shards (skipping any an interrupted run finished)
         shards = generate_and_write_shards(plan, batch_size, actors, gpus_per_actor, show_progress)

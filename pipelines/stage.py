@@ -15,7 +15,7 @@ import hashlib
 import re
 from typing import Any
 
-from prefect import flow, task
+from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import as_completed
@@ -119,7 +119,7 @@ def stage_dataset(source: str, root: str, name: str | None = None, *, num_sample
     plan = fingerprint_source(source, root, name, options)
     # 2. Already committed? Then staging is a no-op.
     if check_committed(plan):
-        print(f"{plan.version_uri}: already committed, nothing to write")
+        get_run_logger().info(f"{plan.version_uri}: already committed, nothing to write")
         manifest = read_manifest(plan.version_uri)
     else:
         # 3. Write the shards in parallel; cached ones return at once.

@@ -75,6 +75,13 @@ def test_two_workers_reproduce_one_worker(ray_cluster, ring8_dataset, tmp_path):
     assert fresh.images_seen == 20 * cfg.train.global_batch_size
 
 
+def test_streaming_without_a_spare_cpu_is_rejected_before_launch(ray_cluster, ring8_dataset, tmp_path):
+    cpus = ray_cluster.cluster_resources()["CPU"]
+    with pytest.raises(ConfigError, match="cluster.data_loading: got 'stream' .*at least 1 CPU beyond"):
+        launch_training(tiny(), ring8_dataset, ClusterConfig(num_workers=1, cpus_per_worker=cpus,
+                                                             storage_path=str(tmp_path), data_loading="stream"))
+
+
 def test_uneven_global_batch_is_rejected_before_launch(ring8_dataset, tmp_path):
     cfg = tiny(**{"train.global_batch_size": 33})
     with pytest.raises(ConfigError, match="train.global_batch_size: got 33 .*multiple of the number of workers"):
@@ -181,13 +188,40 @@ def test_resubmitted_run_continues_from_its_checkpoint(ray_cluster, ring8_datase
     assert _checkpoint_steps(run_dir)[-1] == 2000
 
 
-def test_checkpoints_on_s3(ray_cluster, ring8_dataset, s3_bucket):
+def test_checkpoints_on_s3_with_streamed_data(ray_cluster, ring8_dataset, s3_bucket):
+    """storage_path on moto's S3 server; the data streamed through Ray Data (2048 rows = 64 batches per
+    epoch), so 80 steps cross an epoch boundary."""
     import boto3
 
-    cfg = tiny(**{"train.total_steps": 10})
-    out = launch_training(cfg, ring8_dataset, ClusterConfig(num_workers=2, storage_path=f"s3://{s3_bucket}/ray",
-                                                            max_failures=0))
+    cfg = tiny(**{"train.total_steps": 80, "train.checkpoint_every_steps": 40, "train.tick_every_steps": 40})
+    out = launch_training(cfg, ring8_dataset, ClusterConfig(num_workers=1, storage_path=f"s3://{s3_bucket}/ray",
+                                                            data_loading="stream", max_failures=0))
     assert out.checkpoint_uri.startswith(f"s3://{s3_bucket}/ray/")
     keys = [o["Key"] for o in boto3.client("s3").list_objects_v2(Bucket=s3_bucket)["Contents"]]
-    assert any(k.endswith("checkpoint-000000010/state.pt") for k in keys), keys
-    assert out.metrics["step"] == 10
+    assert any(k.endswith("checkpoint-000000080/state.pt") for k in keys), keys
+    assert out.metrics["step"] == 80
+    assert out.metrics["kimg"] == pytest.approx(80 * cfg.train.global_batch_size / 1000)
+
+
+def test_two_node_cluster_survives_losing_a_node(ring8_dataset, tmp_path):
+    """Two raylets on 127.0.0.1 (ray.cluster_utils.Cluster), one worker each; the second node is removed
+    after the second registered checkpoint. Its own interpreter: a separate Ray cluster from the session's."""
+    import json
+
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env["PYTHONUNBUFFERED"] = "1"
+    proc = subprocess.run([sys.executable, str(REPO / "tests" / "integration" / "two_node_run.py"), ring8_dataset,
+                           str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=500, env=env)
+    log = proc.stdout + proc.stderr
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    assert proc.returncode == 0 and lines, log[-4000:]
+    result = json.loads(lines[0].split(" ", 1)[1])
+    placements = [ln for ln in log.splitlines() if "worker group: 2 workers on" in ln]
+    assert placements and "on 2 node(s)" in placements[0], placements  # one worker per node at first
+    assert result["removed"], "the second node was never removed"
+    assert result["nodes_alive"] == 1
+    assert result["step"] == 1500
+    # the restarted group (both workers on the head now) resumed from a checkpoint at or after the last
+    # one registered before the node went away
+    assert result["resumed_from"] >= result["latest_before_removal"] > 0
+    assert "on 1 node(s)" in placements[-1], placements

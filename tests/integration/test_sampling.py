@@ -19,7 +19,7 @@ import pytest
 from infra import batch_sampling
 from infra.batch_sampling import MANIFEST_NAME, PENDING_DIR, open_samples, sample
 from infra.registry import register_generator
-from tests.integration.test_registry import DIGITS, digits_checkpoint, fixed_score, store  # noqa: F401 (fixtures)
+from tests.integration.test_registry import DIGITS, digits_checkpoint, fixed_score  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.integration
 
