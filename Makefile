@@ -21,12 +21,10 @@ help:
 	@echo "make bench  run the benchmarks (prints ratios)"
 	@echo "make demo   the GAN engine alone on digits (no Ray, Prefect or MLflow), pictures in runs/digits"
 
-# --no-compile: Python compiles each module on first import (and caches it) instead of pip compiling
-# every file of torch, ray, mlflow and prefect up front; about a third of a fresh set-up's time.
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade "pip>=24"
-	$(PY) -m pip install --quiet --no-compile -c constraints.txt -e ".[dev]"
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev]"
 	@touch $(STAMP)
 
 # the whole pipeline on the embedded default: local Ray, Prefect's temporary server, MLflow on SQLite,
