@@ -18,6 +18,7 @@ from gan_core.checkpoint import load_training_state
 from gan_core.config import ConfigError, get_preset
 from infra.datasets import stage
 from infra.ray_train import ClusterConfig, TrackingSpec, launch_training
+from tests.ray_checkpoints import registered_steps
 
 pytestmark = pytest.mark.integration
 
@@ -100,17 +101,6 @@ def _train_worker_pids() -> list[int]:
     return pids
 
 
-def _registered_steps(run_dir: Path) -> list[int]:
-    """Checkpoints Ray Train has registered for the run (its snapshot file), not folders being copied."""
-    import json
-
-    try:
-        snap = json.loads((run_dir / "checkpoint_manager_snapshot.json").read_text())
-    except (OSError, ValueError):
-        return []
-    return sorted(int(r["checkpoint_dir_name"].split("-")[1]) for r in snap.get("checkpoint_results", []))
-
-
 def _checkpoint_steps(run_dir: Path) -> list[int]:
     steps = []
     for p in run_dir.glob("checkpoint-*"):
@@ -131,7 +121,7 @@ def test_killed_worker_resumes_from_latest_checkpoint(ray_cluster, ring8_dataset
         run_dir = tmp_path / "kill-test"
         deadline = time.time() + 600
         while time.time() < deadline:
-            steps = _registered_steps(run_dir)
+            steps = registered_steps(run_dir)
             pids = _train_worker_pids()
             seen["last_poll"] = (steps[-1:], pids)
             if steps and steps[-1] >= 2 * interval and len(pids) >= 2:
@@ -172,10 +162,10 @@ def test_resubmitted_run_continues_from_its_checkpoint(ray_cluster, ring8_datase
     run_dir = tmp_path / "resubmit-test"
     first = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 600
-    while time.time() < deadline and not _registered_steps(run_dir)[-1:] >= [300]:
+    while time.time() < deadline and not registered_steps(run_dir)[-1:] >= [300]:
         assert first.poll() is None, first.stdout.read()
         time.sleep(0.1)
-    done_before = _registered_steps(run_dir)[-1]
+    done_before = registered_steps(run_dir)[-1]
     first.send_signal(signal.SIGKILL)  # the driver dies mid-run
     first.wait()
     assert done_before < 2000
@@ -210,8 +200,8 @@ def test_two_node_cluster_survives_losing_a_node(ring8_dataset, tmp_path):
 
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env["PYTHONUNBUFFERED"] = "1"
-    proc = subprocess.run([sys.executable, str(REPO / "tests" / "integration" / "two_node_run.py"), ring8_dataset,
-                           str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=500, env=env)
+    proc = subprocess.run([sys.executable, "-m", "tests.integration.two_node_run", ring8_dataset, str(tmp_path)],
+                          cwd=REPO, capture_output=True, text=True, timeout=500, env=env)
     log = proc.stdout + proc.stderr
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     assert proc.returncode == 0 and lines, log[-4000:]

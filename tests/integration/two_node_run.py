@@ -1,7 +1,7 @@
 """Run by test_two_node_cluster_survives_losing_a_node in its own interpreter: a 2-node local Ray cluster
 (two raylets on 127.0.0.1) trains with one worker per node, and the second node is removed mid-run.
 
-    python tests/integration/two_node_run.py DATASET_URI STORAGE_DIR
+    python -m tests.integration.two_node_run DATASET_URI STORAGE_DIR   # from the repository root
 
 Prints one line `RESULT {json}` at the end.
 """
@@ -23,17 +23,10 @@ from ray.cluster_utils import Cluster  # noqa: E402
 
 from gan_core.config import get_preset  # noqa: E402
 from infra.ray_train import ClusterConfig, launch_training  # noqa: E402
+from tests.ray_checkpoints import registered_steps  # noqa: E402
 
 RUN = "two-nodes"
 TOTAL, INTERVAL = 1500, 100
-
-
-def registered_steps(run_dir: Path) -> list[int]:
-    try:
-        snap = json.loads((run_dir / "checkpoint_manager_snapshot.json").read_text())
-    except (OSError, ValueError):
-        return []
-    return sorted(int(r["checkpoint_dir_name"].split("-")[1]) for r in snap.get("checkpoint_results", []))
 
 
 def main() -> None:
