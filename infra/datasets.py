@@ -370,9 +370,9 @@ class StagedDataset:
                 raise ChecksumError(f"{shard.uri}: checksum mismatch (manifest sha256 {s['sha256'][:12]}…, "
                                     f"{s['bytes']} bytes; found {digest[:12]}…, {size} bytes)")
 
-    def read_table(self) -> pa.Table:
-        """All rows, shards in manifest order (a stable order)."""
-        tables = [pq.read_table(p, filesystem=self.filesystem) for p in self.shard_paths]
+    def read_table(self, columns: list[str] | None = None) -> pa.Table:
+        """All rows (of `columns`, default all), shards in manifest order (a stable order)."""
+        tables = [pq.read_table(p, columns=columns, filesystem=self.filesystem) for p in self.shard_paths]
         return pa.concat_tables(tables)
 
     def load_arrays(self) -> tuple[np.ndarray, np.ndarray | None]:

@@ -18,14 +18,19 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 
+EMBEDDED_PREFECT = False  # True when Prefect was configured by nobody: its database lives under GANPIPE_HOME
+
+
 def _embedded_prefect_home() -> None:
     """With no Prefect server and no Prefect home configured, keep Prefect's temporary server database
     under GANPIPE_HOME with everything else (so `prefect server start` there shows past runs).
     Must run before prefect is imported: Prefect reads its settings at import."""
+    global EMBEDDED_PREFECT
     if any(os.environ.get(k) for k in ("PREFECT_API_URL", "PREFECT_HOME", "PREFECT_PROFILES_PATH")):
         return
     if "prefect" in sys.modules:
         return
+    EMBEDDED_PREFECT = True
     # the first start migrates a fresh database: slower than Prefect's 20 s default on a busy 2-core host
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     home = os.path.expanduser(os.environ.get("GANPIPE_HOME") or os.path.join("~", ".ganpipe"))

@@ -293,8 +293,10 @@ def ui_commands() -> dict[str, str]:
     uri = mlflow_tracking_uri()
     mlflow_cmd = (f"open {uri}" if uri.startswith(("http://", "https://"))
                   else f"mlflow ui --backend-store-uri {shlex.quote(uri)}   # then http://127.0.0.1:5000")
+    from pipelines.services import temporary_api_url
+
     api = os.environ.get("PREFECT_API_URL")
-    if api:
+    if api and api != temporary_api_url():  # a temporary server is gone once the command ends
         prefect_cmd = f"open {api.rstrip('/').removesuffix('/api')}"
     else:
         home = os.environ.get("PREFECT_HOME", "~/.prefect")

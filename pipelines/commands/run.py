@@ -82,12 +82,15 @@ def run(args: argparse.Namespace) -> int:
 
     print(f"ganpipe run: preset {settings.preset}, dataset {settings.source_uri} -> {settings.storage_root}, "
           f"model {settings.model_name}", file=sys.stderr)
-    # 2. the flow (a temporary Prefect server starts here when PREFECT_API_URL is unset)
-    from pipelines.flow import gan_pipeline, summary_lines
+    # 2. the services, side by side (a temporary Prefect server when PREFECT_API_URL is unset), then the flow
+    from pipelines.services import ServiceError, start_embedded_services
 
     try:
+        start_embedded_services(settings)
+        from pipelines.flow import gan_pipeline, summary_lines
+
         summary = gan_pipeline(**flow_parameters(args))
-    except (ConfigError, DatasetError, SourceError, StorageError) as e:
+    except (ConfigError, DatasetError, SourceError, StorageError, ServiceError) as e:
         raise UserError(str(e)) from None
     # 3. where to look
     seconds = summary["seconds"]

@@ -17,7 +17,7 @@ import torch
 from gan_core.checkpoint import load_training_state
 from gan_core.config import ConfigError, get_preset
 from infra.datasets import stage
-from infra.ray_train import ClusterConfig, TrackingSpec, launch_training
+from infra.ray_train import ClusterConfig, TrackingSpec, launch_training, worker_threads
 from tests.ray_checkpoints import registered_steps
 
 pytestmark = pytest.mark.integration
@@ -83,6 +83,23 @@ def test_streaming_without_a_spare_cpu_is_rejected_before_launch(ray_cluster, ri
                                                              storage_path=str(tmp_path), data_loading="stream"))
 
 
+def test_worker_threads_share_this_hosts_cores_on_a_local_cluster(ray_cluster, monkeypatch):
+    """auto (0): on a one-node cluster, min(host cores, Ray's CPUs) shared among the workers, one core left
+    to Ray Data when streaming, capped by OMP_NUM_THREADS; an explicit count or a GPU is taken as given."""
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(3)))  # a 3-core host
+    cpus = int(ray_cluster.cluster_resources()["CPU"])
+    cores = min(3, cpus)
+    assert worker_threads(ClusterConfig(num_workers=1), "memory") == cores
+    assert worker_threads(ClusterConfig(num_workers=2), "memory") == max(1, cores // 2)
+    assert worker_threads(ClusterConfig(num_workers=1), "stream") == cores - 1
+    assert worker_threads(ClusterConfig(num_workers=8), "memory") == 1  # never below one
+    assert worker_threads(ClusterConfig(num_workers=1, threads_per_worker=5), "memory") == 5
+    assert worker_threads(ClusterConfig(num_workers=1, use_gpu=True, cpus_per_worker=2), "memory") == 2
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert worker_threads(ClusterConfig(num_workers=1), "memory") == 1
+
+
 def test_uneven_global_batch_is_rejected_before_launch(ring8_dataset, tmp_path):
     cfg = tiny(**{"train.global_batch_size": 33})
     with pytest.raises(ConfigError, match="train.global_batch_size: got 33 .*multiple of the number of workers"):
@@ -112,7 +129,7 @@ def _checkpoint_steps(run_dir: Path) -> list[int]:
 
 def test_killed_worker_resumes_from_latest_checkpoint(ray_cluster, ring8_dataset, tmp_path):
     interval = 100
-    cfg = tiny(**{"train.total_steps": 1500, "train.checkpoint_every_steps": interval,
+    cfg = tiny(**{"train.total_steps": 700, "train.checkpoint_every_steps": interval,
                   "train.tick_every_steps": 50, "train.num_checkpoints_to_keep": 50})
     cluster = ClusterConfig(num_workers=2, storage_path=str(tmp_path), max_failures=2, run_name="kill-test")
     seen: dict[str, object] = {}
@@ -140,13 +157,13 @@ def test_killed_worker_resumes_from_latest_checkpoint(ray_cluster, ring8_dataset
     out = launch_training(cfg, ring8_dataset, cluster)
     t.join(timeout=5)
     assert "killed" in seen, f"the run finished before a worker could be killed: {seen}"
-    assert out.metrics["step"] == 1500
+    assert out.metrics["step"] == 700
     resumed_from = out.metrics["progress/resumed_from_step"]
     # the restarted group began from a checkpoint at or after the last one seen before the kill,
     # so at most one checkpoint interval of work was recomputed
     assert resumed_from >= seen["latest_before_kill"]
     assert resumed_from > 0
-    assert load_training_state(out.checkpoint_uri).step == 1500
+    assert load_training_state(out.checkpoint_uri).step == 700
 
 
 def _ganpipe_train(dataset: str, storage: str, steps: int) -> list[str]:
@@ -158,7 +175,7 @@ def _ganpipe_train(dataset: str, storage: str, steps: int) -> list[str]:
 
 def test_resubmitted_run_continues_from_its_checkpoint(ray_cluster, ring8_dataset, tmp_path):
     env = {**os.environ, "RAY_ADDRESS": ray_cluster.get_runtime_context().gcs_address, "PYTHONUNBUFFERED": "1"}
-    cmd = _ganpipe_train(ring8_dataset, str(tmp_path), 2000)
+    cmd = _ganpipe_train(ring8_dataset, str(tmp_path), 1000)
     run_dir = tmp_path / "resubmit-test"
     first = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 600
@@ -168,14 +185,14 @@ def test_resubmitted_run_continues_from_its_checkpoint(ray_cluster, ring8_datase
     done_before = registered_steps(run_dir)[-1]
     first.send_signal(signal.SIGKILL)  # the driver dies mid-run
     first.wait()
-    assert done_before < 2000
+    assert done_before < 1000
     second = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
     assert second.returncode == 0, second.stdout + second.stderr
     log = second.stdout + second.stderr
     assert "resuming resubmit-test from step" in log
     resumed = int(log.split("resuming resubmit-test from step")[1].split()[0])
     assert resumed >= done_before  # steps already done are not redone
-    assert _checkpoint_steps(run_dir)[-1] == 2000
+    assert _checkpoint_steps(run_dir)[-1] == 1000
 
 
 def test_checkpoints_on_s3_with_streamed_data(ray_cluster, ring8_dataset, s3_bucket):

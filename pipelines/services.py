@@ -1,0 +1,152 @@
+"""The embedded default's services, started side by side before `ganpipe run`'s flow.
+
+With nothing configured, a run needs a Prefect API, a Ray instance and an MLflow store on this host.
+Started one after the other by the flow's first steps (Prefect's own temporary server first) they took
+about 30 + 6 + 5 s on 2 cores, and most of the Prefect part is the server's own process importing and
+migrating a fresh database. So `start_embedded_services` launches a temporary Prefect server
+(`prefect server start` on a free local port, database in PREFECT_HOME) as its very first act, starts
+Ray and creates the MLflow store while the server boots, then waits for it (measured: 23 s in all
+instead of 33 s). The server stops when the command exits, after Prefect has sent its last logs.
+Services given by address (PREFECT_API_URL or a Prefect home of the user's, RAY_ADDRESS or `[cluster]
+address`, MLFLOW_TRACKING_URI) are used as they are.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+DEFAULT_STARTUP_TIMEOUT_S = 180.0  # a fresh database on a busy 2-core host takes about 20 s
+_temporary_api_url: str | None = None
+
+
+class ServiceError(RuntimeError):
+    """A service of the embedded default did not start."""
+
+
+def temporary_api_url() -> str | None:
+    """The API URL of this process's temporary Prefect server, if it started one."""
+    return _temporary_api_url
+
+
+def _free_port() -> int:
+    with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class TemporaryPrefectServer:
+    """`prefect server start` on 127.0.0.1 (UI included, no scheduler: nothing is deployed to it) for the
+    length of one command. Its database lives in `home` (PREFECT_HOME), so `prefect server start` there
+    later shows the runs; its output goes to `<home>/temporary-server.log`."""
+
+    def __init__(self, home: str | Path, port: int | None = None):
+        self.home = Path(home)
+        self.port = port or _free_port()
+        self.process: subprocess.Popen | None = None
+        self.log_path = self.home / "temporary-server.log"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def api_url(self) -> str:
+        return f"{self.url}/api"
+
+    def start(self) -> None:
+        """Launch the server process and return at once (see `wait_ready`)."""
+        self.home.mkdir(parents=True, exist_ok=True)
+        cmd = [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(self.port),
+               "--no-scheduler", "--no-late-runs", "--analytics-off", "--log-level", "ERROR"]
+        env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+        env["PREFECT_HOME"] = str(self.home)
+        with open(self.log_path, "wb") as log:
+            self.process = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                            stdin=subprocess.DEVNULL)
+
+    def wait_ready(self, timeout_s: float = DEFAULT_STARTUP_TIMEOUT_S) -> None:
+        """Block until the API answers its health check; ServiceError, with the server's last output, when
+        the process exits or the timeout passes first."""
+        assert self.process is not None, "start() first"
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise ServiceError(f"the temporary Prefect server exited with code {self.process.returncode}; "
+                                   f"{self._log_tail()}")
+            try:
+                with urllib.request.urlopen(f"{self.api_url}/health", timeout=2) as r:
+                    if r.status == 200:
+                        return
+            except OSError:  # not listening yet (URLError, connection refused or reset, timeout)
+                pass
+            time.sleep(0.1)
+        self.stop()
+        raise ServiceError(f"the temporary Prefect server did not answer on {self.api_url} within {timeout_s:g} s "
+                           f"(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS); {self._log_tail()}")
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+    def _log_tail(self, lines: int = 5) -> str:
+        try:
+            tail = self.log_path.read_text(errors="replace").strip().splitlines()[-lines:]
+        except OSError:
+            tail = []
+        return f"last output ({self.log_path}): " + " | ".join(tail) if tail else f"no output in {self.log_path}"
+
+
+def start_ray_and_mlflow(settings) -> None:
+    """Local Ray (unless an address is configured) and the local MLflow store with the run's experiment
+    (unless MLFLOW_TRACKING_URI names one): what the flow's first steps would otherwise start."""
+    if not (settings.ray_address or os.environ.get("RAY_ADDRESS")):
+        from infra.ray_train import ensure_ray
+
+        ensure_ray()
+    if settings.tracking.enabled and not os.environ.get("MLFLOW_TRACKING_URI"):
+        from mlflow import MlflowClient
+
+        from infra.settings import mlflow_tracking_uri
+        from infra.tracking import ensure_experiment
+
+        ensure_experiment(MlflowClient(mlflow_tracking_uri()), settings.tracking.experiment)
+
+
+def start_embedded_services(settings) -> None:
+    """Start what `settings` needs on this host, side by side; returns when all are up.
+
+    The temporary Prefect server is started only where nobody configured Prefect (pipelines.cli set
+    PREFECT_HOME under GANPIPE_HOME) and before prefect is imported here: Prefect reads PREFECT_API_URL
+    at import. Otherwise Prefect's own rules apply (its temporary server when no API URL is set).
+    """
+    global _temporary_api_url
+    from pipelines import cli
+
+    server = None
+    if cli.EMBEDDED_PREFECT and not os.environ.get("PREFECT_API_URL") and "prefect" not in sys.modules:
+        server = TemporaryPrefectServer(os.environ["PREFECT_HOME"])
+        server.start()
+        # registered before prefect is imported, so it runs after Prefect's own exit handlers (atexit is
+        # last-in, first-out), which send the last logs and events to the server
+        atexit.register(server.stop)
+    start_ray_and_mlflow(settings)
+    if server is not None:
+        server.wait_ready(float(os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS")
+                                or DEFAULT_STARTUP_TIMEOUT_S))
+        os.environ["PREFECT_API_URL"] = _temporary_api_url = server.api_url
+        print(f"Prefect: temporary server with its UI on {server.url} until this command ends", file=sys.stderr)
