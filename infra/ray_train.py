@@ -172,11 +172,14 @@ def ensure_ray() -> None:
     """Connect to `RAY_ADDRESS` when set, else start Ray locally (once per process)."""
     import ray
 
+    from infra.ray_hooks import SETUP_HOOK
+
     if not ray.is_initialized():
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
         # "local": a fresh instance, never whatever cluster /tmp/ray happens to name (possibly dead)
         ray.init(address=os.environ.get("RAY_ADDRESS") or "local", include_dashboard=False,
-                 runtime_env={"env_vars": {"RAY_USAGE_STATS_ENABLED": "0"}})
+                 runtime_env={"env_vars": {"RAY_USAGE_STATS_ENABLED": "0"},
+                              "worker_process_setup_hook": SETUP_HOOK})
 
 
 def worker_threads(cluster: ClusterConfig, loading: str) -> int:

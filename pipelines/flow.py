@@ -54,17 +54,12 @@ compute_task = dict(cache_policy=NO_CACHE, persist_result=False)
 @task(name="start-ray", **compute_task)
 def start_ray(address: str) -> None:
     """Connect to the cluster (`[cluster] address`, else RAY_ADDRESS) or start Ray on this host."""
-    import ray
-
     from infra.ray_train import ensure_ray
 
     if address:
         os.environ["RAY_ADDRESS"] = address
-    if not os.environ.get("RAY_ADDRESS") and not ray.is_initialized():
-        # NOTE: ray.init() with no address joins whatever cluster /tmp/ray/ray_current_cluster names (another
-        # user's, or a dead one it then waits on forever); "local" always starts this run's own instance
-        ray.init(address="local", include_dashboard=False,
-                 runtime_env={"env_vars": {"RAY_USAGE_STATS_ENABLED": "0"}})
+    # NOTE: ray.init() with no address joins whatever cluster /tmp/ray/ray_current_cluster names (another
+    # user's, or a dead one it then waits on forever); ensure_ray starts this run's own instance instead
     ensure_ray()
 
 
