@@ -10,6 +10,12 @@ FORBIDDEN = ("ray", "prefect", "mlflow", "boto3", "botocore", "pyarrow", "moto")
 GAN_CORE = Path(__file__).resolve().parents[2] / "gan_core"
 
 
+def _last_json_line(code: str):
+    """Run `code` in a fresh interpreter; the JSON it printed last."""
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
 def test_importing_gan_core_loads_no_forbidden_package():
     code = (
         "import sys, json, importlib, pkgutil, gan_core\n"
@@ -18,8 +24,7 @@ def test_importing_gan_core_loads_no_forbidden_package():
         "        importlib.import_module(m.name)\n"
         "print(json.dumps(sorted(sys.modules)))\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
-    loaded = json.loads(out.strip().splitlines()[-1])
+    loaded = _last_json_line(code)
     bad = [m for m in loaded if m.split(".")[0] in FORBIDDEN]
     assert not bad, f"gan_core pulled in {bad}"
 
@@ -49,8 +54,7 @@ def test_ray_worker_hook_is_light_and_quiets_the_cleaner():
         "print(json.dumps({'heavy': [m for m in ('torch', 'gan_core', 'numpy') if m in sys.modules],\n"
         "                  'levels': levels, 'hook': h.SETUP_HOOK}))\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
-    result = json.loads(out.strip().splitlines()[-1])
+    result = _last_json_line(code)
     assert result["heavy"] == []
     assert result["levels"] and all(level >= 40 for level in result["levels"])  # ERROR and above only
     module, func = result["hook"].rsplit(".", 1)
