@@ -264,7 +264,6 @@ def launch_training(config: GANConfig, dataset_ref: str, cluster: ClusterConfig 
                 f"{cluster.cpus_per_worker} CPUs on a Ray cluster of {total_cpus:g} CPUs; streaming needs at "
                 "least 1 CPU beyond the workers' for Ray Data's read tasks (use data_loading = 'memory', "
                 "fewer workers or a smaller cpus_per_worker)")
-    if loading == "stream":
         ray_ds = ray.data.read_parquet(ds.shard_paths, filesystem=ds.filesystem, columns=["x"],
                                        file_extensions=["parquet"])
         passes = _stream_passes(config, ds.manifest, cluster.num_workers)
