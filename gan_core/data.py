@@ -22,6 +22,50 @@ MIXTURES = ("ring8", "grid25")
 BUILTIN_DATASETS = ("digits",) + MIXTURES
 
 
+@dataclass(frozen=True)
+class Normalisation:
+    """The affine map between a dataset's stored values and the model's inputs/outputs:
+    model value = stored value * scale + offset (digits: 0..16 -> [-1, 1] is scale 1/8, offset -1).
+
+    The one representation of normalisation in the project: staged manifests, the registered model's
+    metadata and the exports all carry it as ``{"scale": s, "offset": o}`` (`to_dict` / `from_dict`).
+    Raises ValueError for a non-finite value or scale 0 (the map must be invertible).
+    """
+
+    scale: float = 1.0
+    offset: float = 0.0
+
+    def __post_init__(self) -> None:
+        scale, offset = float(self.scale), float(self.offset)
+        if not (math.isfinite(scale) and scale != 0 and math.isfinite(offset)):
+            raise ValueError(f"normalisation: got scale={self.scale!r}, offset={self.offset!r}; allowed: finite "
+                             "numbers, scale != 0")
+        object.__setattr__(self, "scale", scale)
+        object.__setattr__(self, "offset", offset)
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> "Normalisation":
+        """From ``{"scale": s, "offset": o}`` (a manifest's ``normalisation``); None -> identity."""
+        d = d or {}
+        return cls(float(d.get("scale", 1.0)), float(d.get("offset", 0.0)))
+
+    def to_dict(self) -> dict[str, float]:
+        return {"scale": self.scale, "offset": self.offset}
+
+    def to_model(self, stored):
+        """Stored values (numpy array of any dtype, or torch tensor) -> float32 model values."""
+        if isinstance(stored, np.ndarray):
+            return (stored.astype(np.float32) * np.float32(self.scale) + np.float32(self.offset)).astype(np.float32)
+        return stored.float() * self.scale + self.offset
+
+    def to_data(self, model_values):
+        """Model values (numpy array or torch tensor) -> the data's own units, float32:
+        (y - offset) / scale."""
+        if isinstance(model_values, np.ndarray):
+            return ((model_values - np.float32(self.offset)) / np.float32(self.scale)).astype(np.float32)
+        return (model_values.float() - self.offset) / self.scale
+
+
 def load_digits() -> tuple[np.ndarray, np.ndarray]:
     """(x float32 (1797, 1, 8, 8) in [-1, 1], labels int64 (1797,)), from the copy inside scikit-learn."""
     from sklearn.datasets import load_digits as _sk_load_digits

@@ -33,6 +33,15 @@ def mlflow_registry_uri() -> str:
     return os.environ.get("MLFLOW_REGISTRY_URI") or mlflow_tracking_uri()
 
 
+def mlflow_client(tracking_uri: str | None = None, registry_uri: str | None = None):
+    """The one MLflow client factory: explicit URIs, else MLflow's own resolution (MLFLOW_TRACKING_URI /
+    MLFLOW_REGISTRY_URI, which the CLI entry point sets to the embedded default when nobody did).
+    Returns ``mlflow.MlflowClient``."""
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=tracking_uri, registry_uri=registry_uri or tracking_uri)
+
+
 def default_artifact_location(experiment: str, tracking_uri: str | None = None) -> str | None:
     """Where a new experiment keeps its artifacts when nobody chose: next to a SQLite database
     (``<db folder>/artifacts/<experiment>``), never the working directory; None for a server, which
