@@ -10,7 +10,8 @@
 - ``on_snapshot(Snapshot)``: called on *every* rank at each tick, at each checkpoint and at the end,
   the same number of times on each; rank 0's snapshot carries the checkpoint directory it just wrote.
 - ``should_stop()``: polled after each step; the loop then writes a checkpoint and returns.
-- ``resume_from``: a checkpoint directory; the run continues exactly where it stopped.
+- ``resume_from``: a checkpoint directory; the run continues exactly where it stopped (the config's
+  optimiser settings apply, see `gan_core.checkpoint.restore_training_state`).
 - ``diagnostics``: per-tick theory diagnostics (`gan_core.diagnostics.TrainingDiagnostics`: vanishing
   gradient and mode collapse), on by default; pass False to turn them off, or an instance built with
   the caller's real reference data or classifier. ``tick_diagnostics(state)`` adds the caller's own.
@@ -33,7 +34,7 @@ import torch.distributed as dist
 from torch import nn
 
 from .checkpoint import restore_training_state, save_checkpoint
-from .config import GANConfig
+from .config import GANConfig, TrainConfig
 from .diagnostics import TrainingDiagnostics, resolve_diagnostics
 from .losses import js_estimate
 from .training import TrainingState, build_training_state, train_step
@@ -89,6 +90,22 @@ def _open_batches(batches: Callable[[int], Iterable] | Iterable, start: int) -> 
     return iter(batches)
 
 
+def _real_minibatches(batches: Callable[[int], Iterable] | Iterable, state: TrainingState,
+                      train: TrainConfig) -> Callable[[], torch.Tensor]:
+    """``next_real()``: this worker's next real minibatch, from a stream opened where ``state`` left it
+    (train.d_steps minibatches per completed step). Raises DataExhaustedError when the stream ends."""
+    stream = _open_batches(batches, state.step * train.d_steps)
+
+    def next_real() -> torch.Tensor:
+        try:
+            return _as_tensor(next(stream))
+        except StopIteration:
+            raise DataExhaustedError(f"the batch stream ended at step {state.step}; it must repeat over "
+                                     f"epochs (training needs {train.total_steps} steps)") from None
+
+    return next_real
+
+
 def _reduce_mean(stacked: torch.Tensor, world_size: int) -> torch.Tensor:
     """Mean over ranks, so every rank reports (and checks) the same numbers."""
     if world_size > 1 and dist.is_available() and dist.is_initialized():
@@ -96,6 +113,100 @@ def _reduce_mean(stacked: torch.Tensor, world_size: int) -> torch.Tensor:
         dist.all_reduce(stacked, op=dist.ReduceOp.SUM)
         stacked /= world_size
     return stacked
+
+
+@dataclass
+class _Tick:
+    """The steps since the last snapshot: their statistics stay on the device until the tick closes."""
+
+    first_step: int  # state.step when the tick opened
+    images_at_start: int
+    started: float = field(default_factory=time.perf_counter)
+    pending: dict[str, list[torch.Tensor]] = field(default_factory=dict)
+
+    def add(self, stats: dict[str, torch.Tensor]) -> None:
+        for key, v in stats.items():
+            self.pending.setdefault(key, []).append(v)
+
+
+def _reduce_tick(tick: _Tick, world_size: int) -> dict[str, float]:
+    """The tick's statistics averaged over its steps and over ranks (one host sync per tick), plus the
+    JS estimate. Raises NonFiniteLossError naming the first step with a NaN/Inf (a loss if one is)."""
+    if not tick.pending:
+        return {}
+    names = sorted(tick.pending)
+    table = _reduce_mean(torch.stack([torch.stack(tick.pending[n]).float().cpu() for n in names]), world_size)
+    finite = torch.isfinite(table)
+    if not bool(finite.all()):
+        bad_step = int((~finite).any(dim=0).nonzero()[0])
+        bad = [n for n, ok in zip(names, finite[:, bad_step].tolist()) if not ok]
+        name = next((n for n in bad if n.startswith("loss/")), bad[0])
+        raise NonFiniteLossError(tick.first_step + bad_step + 1, name, float(table[names.index(name), bad_step]))
+    metrics = {n: float(v) for n, v in zip(names, table.mean(dim=1))}
+    metrics["js_estimate"] = float(js_estimate(metrics.pop("value")))
+    return metrics
+
+
+def _progress_metrics(tick: _Tick, state: TrainingState, train: TrainConfig) -> dict[str, float]:
+    """Throughput over the tick (kimg/s), the estimated seconds left, and the counters."""
+    elapsed = time.perf_counter() - tick.started
+    rate = (state.images_seen - tick.images_at_start) / 1000.0 / elapsed if elapsed > 0 else float("nan")
+    steps_left = train.total_steps - state.step
+    return {
+        "perf/kimg_per_s": rate,
+        "perf/eta_s": steps_left * train.d_steps * train.global_batch_size / 1000.0 / rate if rate > 0 else 0.0,
+        "progress/kimg": state.kimg,
+        "progress/step": float(state.step),
+    }
+
+
+class _Checkpoints:
+    """Rank 0's checkpoint directories under ``root`` (a temp dir if None), keeping the newest ``keep``."""
+
+    def __init__(self, root: str | Path | None, keep: int):
+        self.root = Path(root) if root is not None else Path(tempfile.mkdtemp(prefix="gan-ckpt-"))
+        self.keep = keep
+        self.written = sorted(p for p in self.root.glob("checkpoint-*") if p.is_dir())  # a resumed run's too
+
+    def write(self, state: TrainingState, metrics: dict[str, float]) -> str:
+        path = save_checkpoint(state, self.root / f"checkpoint-{state.step:09d}", metrics)
+        self.written.append(path)
+        while len(self.written) > self.keep:
+            shutil.rmtree(self.written.pop(0), ignore_errors=True)
+        return str(path)
+
+
+@dataclass
+class _TickReporter:
+    """Closes each tick: its metrics, rank 0's checkpoint, the snapshot to every rank's callback."""
+
+    state: TrainingState
+    train: TrainConfig
+    world_size: int
+    diagnose: TrainingDiagnostics | None
+    tick_diagnostics: Callable[[TrainingState], dict[str, float]] | None
+    on_snapshot: Callable[[Snapshot], None] | None
+    checkpoints: _Checkpoints | None  # None on ranks > 0
+    result: TrainResult
+
+    def close(self, tick: _Tick, *, write_checkpoint: bool, is_final: bool) -> None:
+        state = self.state
+        # 1. reduce and check the statistics first: a NaN/Inf raises before any checkpoint holds it
+        metrics = _reduce_tick(tick, self.world_size)
+        metrics.update(_progress_metrics(tick, state, self.train))
+        if self.diagnose is not None and tick.pending:
+            metrics.update(self.diagnose(state, metrics))  # from reduced metrics and G_ema: same on every rank
+        if self.tick_diagnostics is not None:
+            metrics.update(self.tick_diagnostics(state))
+        # 2. rank 0 writes the checkpoint; every rank reports the snapshot (the same number of times)
+        ckpt = None
+        if write_checkpoint and self.checkpoints is not None:
+            ckpt = self.result.checkpoint_dir = self.checkpoints.write(state, metrics)
+        snap = Snapshot(state.step, state.images_seen, metrics, ckpt, is_final)
+        self.result.last_snapshot = snap
+        self.result.history.append({"step": state.step, "kimg": state.kimg, **metrics})
+        if self.on_snapshot is not None:
+            self.on_snapshot(snap)
 
 
 def format_tick(s: Snapshot, total_steps: int) -> str:
@@ -124,88 +235,38 @@ def train(
     state: TrainingState | None = None,
     diagnostics: TrainingDiagnostics | bool = True,
 ) -> TrainResult:
+    """Run Algorithm 1 to ``config.train.total_steps`` (or until ``should_stop()``); the arguments are
+    described in the module docstring. ``state`` is a prepared state to train instead of a fresh one.
+
+    Raises NonFiniteLossError (a NaN/Inf statistic), DataExhaustedError (the batch stream ended) and
+    CheckpointError (an unusable ``resume_from``).
+    """
     t = config.train
     # 1. state: fresh, or resumed from a checkpoint (same code path, different counters)
     state = state if state is not None else build_training_state(config, device)
     if resume_from is not None:
-        restore_training_state(state, resume_from)
-    wrap = wrap_model or (lambda m: m)
+        restore_training_state(state, resume_from, log_changes=rank == 0)
     diagnose = resolve_diagnostics(diagnostics, config)
+    wrap = wrap_model or (lambda m: m)
     G_train, D_train = wrap(state.G), wrap(state.D)
-    root = Path(checkpoint_root) if checkpoint_root is not None else Path(tempfile.mkdtemp(prefix="gan-ckpt-"))
-    # 2. data: resume the stream where the checkpoint left it (k minibatches per step)
-    stream = _open_batches(batches, state.step * t.d_steps)
-
-    def next_real() -> torch.Tensor:
-        try:
-            return _as_tensor(next(stream))
-        except StopIteration:
-            raise DataExhaustedError(f"the batch stream ended at step {state.step}; it must repeat over "
-                                     f"epochs (training needs {t.total_steps} steps)") from None
-
-    pending: dict[str, list[torch.Tensor]] = {}
-    pending_first_step = state.step
-    written: list[Path] = sorted(p for p in root.glob("checkpoint-*") if p.is_dir()) if rank == 0 else []
-    result = TrainResult(state, None, None)
-    tick_start_time, tick_start_images = time.perf_counter(), state.images_seen
-
-    def flush(write_checkpoint: bool, is_final: bool) -> None:
-        nonlocal pending, pending_first_step, tick_start_time, tick_start_images
-        # 3. reduce the tick's per-step statistics (one host sync per tick) and check them for NaN/Inf
-        metrics: dict[str, float] = {}
-        if pending:
-            names = sorted(pending)
-            table = _reduce_mean(torch.stack([torch.stack(pending[n]).float().cpu() for n in names]), world_size)
-            finite = torch.isfinite(table)
-            if not bool(finite.all()):
-                bad_step = int((~finite).any(dim=0).nonzero()[0])
-                bad = [n for n, ok in zip(names, finite[:, bad_step].tolist()) if not ok]
-                name = next((n for n in bad if n.startswith("loss/")), bad[0])
-                raise NonFiniteLossError(pending_first_step + bad_step + 1, name,
-                                         float(table[names.index(name), bad_step]))
-            metrics = {n: float(v) for n, v in zip(names, table.mean(dim=1))}
-            metrics["js_estimate"] = float(js_estimate(metrics.pop("value")))
-        elapsed = time.perf_counter() - tick_start_time
-        images = state.images_seen - tick_start_images
-        rate = images / 1000.0 / elapsed if elapsed > 0 else float("nan")
-        metrics["perf/kimg_per_s"] = rate
-        steps_left = t.total_steps - state.step
-        metrics["perf/eta_s"] = steps_left * t.d_steps * t.global_batch_size / 1000.0 / rate if rate > 0 else 0.0
-        metrics["progress/kimg"] = state.kimg
-        metrics["progress/step"] = float(state.step)
-        if diagnose is not None and pending:
-            metrics.update(diagnose(state, metrics))  # from reduced metrics and G_ema: same on every rank
-        if tick_diagnostics is not None:
-            metrics.update(tick_diagnostics(state))
-        # 4. rank 0 writes the checkpoint; every rank reports the snapshot
-        ckpt = None
-        if write_checkpoint and rank == 0:
-            path = save_checkpoint(state, root / f"checkpoint-{state.step:09d}", metrics)
-            written.append(path)
-            while len(written) > t.num_checkpoints_to_keep:
-                shutil.rmtree(written.pop(0), ignore_errors=True)
-            ckpt = str(path)
-            result.checkpoint_dir = ckpt
-        snap = Snapshot(state.step, state.images_seen, metrics, ckpt, is_final)
-        result.last_snapshot = snap
-        result.history.append({"step": state.step, "kimg": state.kimg, **metrics})
-        if on_snapshot is not None:
-            on_snapshot(snap)
-        pending, pending_first_step = {}, state.step
-        tick_start_time, tick_start_images = time.perf_counter(), state.images_seen
-
-    # 5. Algorithm 1 until total_steps (or a stop request)
+    # 2. data: resume the stream where the checkpoint left it
+    next_real = _real_minibatches(batches, state, t)
+    # 3. per tick: reduced metrics, rank 0's checkpoint, a snapshot on every rank
+    checkpoints = _Checkpoints(checkpoint_root, t.num_checkpoints_to_keep) if rank == 0 else None
+    reporter = _TickReporter(state, t, world_size, diagnose, tick_diagnostics, on_snapshot, checkpoints,
+                             TrainResult(state, None, None))
+    tick = _Tick(state.step, state.images_seen)
+    # 4. Algorithm 1 until total_steps (or a stop request)
     state.G.train()
     state.D.train()
     while state.step < t.total_steps:
-        stats = train_step(state, next_real, G_train, D_train, rank, world_size)
-        for key, v in stats.items():
-            pending.setdefault(key, []).append(v)
+        tick.add(train_step(state, next_real, G_train, D_train, rank, world_size))
         done = state.step >= t.total_steps
         stop = (not done) and should_stop is not None and should_stop()
         checkpoint_due = done or stop or state.step % t.checkpoint_every_steps == 0
         if checkpoint_due or state.step % t.tick_every_steps == 0:
-            flush(write_checkpoint=checkpoint_due, is_final=done or stop)
+            reporter.close(tick, write_checkpoint=checkpoint_due, is_final=done or stop)
+            tick = _Tick(state.step, state.images_seen)
         if stop:
             break
-    return result
+    return reporter.result

@@ -1,6 +1,7 @@
 """Algorithm 1 of Goodfellow et al. 2014: k discriminator updates, then one generator update.
 
-`TrainingState` holds the unwrapped networks, the optimisers and the counters; `discriminator_step`
+`TrainingState` holds the unwrapped networks, the optimisers, their learning-rate schedules and the
+counters; `discriminator_step`
 and `generator_step` are the two halves of one iteration. The networks being updated are passed in
 *wrapped* form (e.g. DDP) by the caller; the other network is used unwrapped, because its gradients
 are not wanted and a DDP module whose parameters receive no gradient would stall the all-reduce.
@@ -17,7 +18,7 @@ import torch
 from torch import nn
 
 from . import losses
-from .config import GANConfig, TrainConfig
+from .config import GANConfig, OptimizerConfig, TrainConfig
 from .ema import ema_beta, update_ema
 from .networks import build_discriminator, build_generator, pack
 from .rng import derive_seed, generator, rank_slice
@@ -25,7 +26,11 @@ from .rng import derive_seed, generator, rank_slice
 
 @dataclass
 class TrainingState:
-    """Everything a checkpoint holds: networks, optimisers, AMP scalers and counters."""
+    """Everything a checkpoint holds: networks, optimisers, their schedules, AMP scalers and counters.
+
+    Invariant: ``sched_G.last_epoch == sched_D.last_epoch == step``, so each optimiser's lr is the one
+    for the next step, ``optim.lr * lr_scale(config.train, step)``.
+    """
 
     config: GANConfig
     G: nn.Module
@@ -33,6 +38,8 @@ class TrainingState:
     G_ema: nn.Module
     opt_G: torch.optim.Optimizer
     opt_D: torch.optim.Optimizer
+    sched_G: torch.optim.lr_scheduler.LambdaLR
+    sched_D: torch.optim.lr_scheduler.LambdaLR
     scaler_G: torch.amp.GradScaler
     scaler_D: torch.amp.GradScaler
     device: torch.device
@@ -44,8 +51,36 @@ class TrainingState:
         return self.images_seen / 1000.0
 
 
+def lr_scale(train: TrainConfig, step: int) -> float:
+    """Learning-rate multiplier at ``step``: 1, then a cosine ramp to 0 over the last
+    ``train.lr_rampdown`` fraction of ``train.total_steps`` (a function of the step alone, so resumed
+    runs follow the same schedule)."""
+    if train.lr_rampdown <= 0:
+        return 1.0
+    start = train.total_steps * (1.0 - train.lr_rampdown)
+    progress = min(max((step - start) / (train.total_steps - start), 0.0), 1.0)
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def lr_schedule(opt: torch.optim.Optimizer, optim: OptimizerConfig, train: TrainConfig,
+                step: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Put ``optim``'s settings into ``opt`` and return its schedule, positioned at ``step``.
+
+    Sets every param group's betas to (optim.beta1, optim.beta2) and its base rate ("initial_lr",
+    LambdaLR's ``base_lrs``) to optim.lr; the returned scheduler has ``last_epoch == step`` and has set
+    lr = optim.lr * lr_scale(train, step). `train_step` advances it once per step. The optimiser's
+    per-parameter state (Adam's moments and step counts) is left as it is.
+    """
+    for group in opt.param_groups:
+        group["betas"] = (optim.beta1, optim.beta2)
+        group["initial_lr"] = optim.lr
+    # LambdaLR's constructor takes one step: from last_epoch = step - 1 to step (-1 is a fresh start)
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_scale(train, s), last_epoch=step - 1)
+
+
 def build_training_state(config: GANConfig, device: str | torch.device = "cpu") -> TrainingState:
-    """Fresh networks (initialised from train.seed, leaving the global RNG untouched) and optimisers."""
+    """Fresh networks (initialised from train.seed, leaving the global RNG untouched), optimisers and
+    their lr schedules at step 0."""
     device = torch.device(device)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(derive_seed(config.train.seed, "init"))
@@ -58,10 +93,12 @@ def build_training_state(config: GANConfig, device: str | torch.device = "cpu") 
     g, d = config.g_optim, config.d_optim
     opt_G = torch.optim.Adam(G.parameters(), lr=g.lr, betas=(g.beta1, g.beta2))
     opt_D = torch.optim.Adam(D.parameters(), lr=d.lr, betas=(d.beta1, d.beta2))
+    sched_G = lr_schedule(opt_G, g, config.train, step=0)
+    sched_D = lr_schedule(opt_D, d, config.train, step=0)
     use_scaler = config.train.amp == "fp16"
     scaler_G = torch.amp.GradScaler(device.type, enabled=use_scaler)
     scaler_D = torch.amp.GradScaler(device.type, enabled=use_scaler)
-    return TrainingState(config, G, D, G_ema, opt_G, opt_D, scaler_G, scaler_D, device)
+    return TrainingState(config, G, D, G_ema, opt_G, opt_D, sched_G, sched_D, scaler_G, scaler_D, device)
 
 
 def _autocast(state: TrainingState):
@@ -187,32 +224,19 @@ def r1_gamma(config: GANConfig, step: int) -> float:
     return lcfg.r1_gamma * (lcfg.r1_gamma_final / lcfg.r1_gamma) ** progress
 
 
-def lr_scale(train: TrainConfig, step: int) -> float:
-    """Learning-rate multiplier at ``step``: 1, then a cosine ramp to 0 over the last
-    ``train.lr_rampdown`` fraction of ``train.total_steps`` (a function of the step alone, so resumed
-    runs follow the same schedule)."""
-    if train.lr_rampdown <= 0:
-        return 1.0
-    start = train.total_steps * (1.0 - train.lr_rampdown)
-    progress = min(max((step - start) / (train.total_steps - start), 0.0), 1.0)
-    return 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
 def train_step(state: TrainingState, next_real, G_train: nn.Module, D_train: nn.Module,
                rank: int = 0, world_size: int = 1) -> dict[str, torch.Tensor]:
     """One iteration of Algorithm 1: k = train.d_steps D updates, each on a fresh real minibatch
-    from ``next_real()``, then one G update. Returns statistics averaged over the D updates."""
-    cfg = state.config
-    k = cfg.train.d_steps
-    if cfg.train.lr_rampdown > 0:
-        scale = lr_scale(cfg.train, state.step)
-        for opt, ocfg in ((state.opt_D, cfg.d_optim), (state.opt_G, cfg.g_optim)):
-            for group in opt.param_groups:
-                group["lr"] = ocfg.lr * scale
+    from ``next_real()``, then one G update, then both lr schedules advance to the new step. Returns
+    statistics averaged over the D updates (0-dim tensors, not synchronised to the host)."""
+    k = state.config.train.d_steps
     d_stats: dict[str, list[torch.Tensor]] = {}
     for j in range(k):
         for key, v in discriminator_step(state, D_train, next_real(), j, rank, world_size).items():
             d_stats.setdefault(key, []).append(v)
     stats = {key: torch.stack(vs).mean() for key, vs in d_stats.items()}
     stats.update(generator_step(state, G_train, rank, world_size))
+    # after the optimiser steps (as LambdaLR expects): the learning rates for the next step
+    state.sched_D.step()
+    state.sched_G.step()
     return stats

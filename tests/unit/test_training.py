@@ -154,12 +154,19 @@ def test_lr_rampdown_is_a_cosine_over_the_last_fraction_and_sets_both_optimisers
     assert lr_scale(t, 75) == pytest.approx(0.5)
     assert lr_scale(t, 100) == pytest.approx(0.0, abs=1e-12)
     assert lr_scale(tiny().train, 10**6) == 1.0  # off by default
-    s = build_training_state(cfg)
-    s.step = 75
-    x = real_batch(cfg)
-    train_step(s, lambda: x, s.G, s.D)
-    assert s.opt_D.param_groups[0]["lr"] == pytest.approx(0.5 * cfg.d_optim.lr)
-    assert s.opt_G.param_groups[0]["lr"] == pytest.approx(0.5 * cfg.g_optim.lr)
+    # the rate each update actually uses: step s trains at optim.lr * lr_scale(s), in both optimisers
+    short = tiny(**{"train.total_steps": 4, "train.lr_rampdown": 0.5, "d_optim.lr": 1e-3})
+    s = build_training_state(short)
+    used = {"D": [], "G": []}
+    s.opt_D.register_step_pre_hook(lambda opt, *a: used["D"].append(opt.param_groups[0]["lr"]))
+    s.opt_G.register_step_pre_hook(lambda opt, *a: used["G"].append(opt.param_groups[0]["lr"]))
+    x = real_batch(short)
+    for _ in range(4):
+        train_step(s, lambda: x, s.G, s.D)
+    assert [lr_scale(short.train, step) for step in range(4)] == [1.0, 1.0, 1.0, pytest.approx(0.5)]
+    assert used["D"] == pytest.approx([1e-3 * lr_scale(short.train, step) for step in range(4)])
+    assert used["G"] == pytest.approx([short.g_optim.lr * lr_scale(short.train, step) for step in range(4)])
+    assert s.sched_D.last_epoch == s.sched_G.last_epoch == s.step == 4
 
 
 def test_r1_weight_decays_geometrically_when_a_final_value_is_set():
