@@ -22,8 +22,6 @@ import statistics
 import tempfile
 import time
 
-os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-
 
 def plain_rate(config, x) -> float:
     import torch

@@ -11,14 +11,16 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field, fields, is_dataclass, replace
-from typing import Any, get_args, get_origin, get_type_hints
+from types import UnionType
+from typing import Any, Union, get_args, get_origin, get_type_hints
 
 
 class ConfigError(ValueError):
     """A configuration value is invalid. The message names the field, the value and what is allowed."""
 
 
-def _check(ok: bool, name: str, value: Any, allowed: str) -> None:
+def check(ok: bool, name: str, value: Any, allowed: str) -> None:
+    """Raise ConfigError("<name>: got <value>; allowed: <allowed>") unless `ok`: every field rule's message."""
     if not ok:
         raise ConfigError(f"{name}: got {value!r}; allowed: {allowed}")
 
@@ -51,16 +53,16 @@ class DataConfig:
     data_seed: int = 0  # seed of that draw (the training seed is train.seed)
 
     def __post_init__(self) -> None:
-        _check(isinstance(self.name, str) and self.name != "", "data.name", self.name, "a non-empty string")
+        check(isinstance(self.name, str) and self.name != "", "data.name", self.name, "a non-empty string")
         shape = tuple(self.shape) if isinstance(self.shape, (list, tuple)) else self.shape
-        _check(
+        check(
             isinstance(shape, tuple) and len(shape) in (1, 3) and all(_is_int(s) and s > 0 for s in shape),
             "data.shape", self.shape, "(D,) for vectors or (C, H, W) for images, positive integers",
         )
         object.__setattr__(self, "shape", shape)
-        _check(_is_int(self.num_examples) and self.num_examples > 0, "data.num_examples", self.num_examples,
+        check(_is_int(self.num_examples) and self.num_examples > 0, "data.num_examples", self.num_examples,
                "a positive integer")
-        _check(_is_int(self.data_seed) and self.data_seed >= 0, "data.data_seed", self.data_seed,
+        check(_is_int(self.data_seed) and self.data_seed >= 0, "data.data_seed", self.data_seed,
                "a non-negative integer")
 
     @property
@@ -89,15 +91,15 @@ class NetworkConfig:
     d_pack: int = 1  # PacGAN (Lin et al. 2018): D judges d_pack samples at once; > 1 counters mode collapse
 
     def __post_init__(self) -> None:
-        _check(self.arch in ARCHS, "network.arch", self.arch, " | ".join(ARCHS))
+        check(self.arch in ARCHS, "network.arch", self.arch, " | ".join(ARCHS))
         for name in ("z_dim", "g_width", "d_width", "g_depth", "d_depth"):
             v = getattr(self, name)
-            _check(_is_int(v) and 0 < v <= 65536, f"network.{name}", v, "a positive integer")
-        _check(self.g_norm in NORMS, "network.g_norm", self.g_norm, " | ".join(NORMS))
-        _check(self.d_norm in NORMS, "network.d_norm", self.d_norm, " | ".join(NORMS))
-        _check(_is_int(self.d_pack) and 1 <= self.d_pack <= 16, "network.d_pack", self.d_pack,
+            check(_is_int(v) and 0 < v <= 65536, f"network.{name}", v, "a positive integer")
+        check(self.g_norm in NORMS, "network.g_norm", self.g_norm, " | ".join(NORMS))
+        check(self.d_norm in NORMS, "network.d_norm", self.d_norm, " | ".join(NORMS))
+        check(_is_int(self.d_pack) and 1 <= self.d_pack <= 16, "network.d_pack", self.d_pack,
                "an integer from 1 to 16")
-        _check(isinstance(self.d_spectral_norm, bool), "network.d_spectral_norm", self.d_spectral_norm,
+        check(isinstance(self.d_spectral_norm, bool), "network.d_spectral_norm", self.d_spectral_norm,
                "true | false")
 
 
@@ -119,11 +121,11 @@ class LossConfig:
     r1_gamma_final: float = 0.0
 
     def __post_init__(self) -> None:
-        _check(self.kind in LOSS_KINDS, "loss.kind", self.kind, " | ".join(LOSS_KINDS))
-        _check(_is_number(self.gp_lambda) and self.gp_lambda >= 0, "loss.gp_lambda", self.gp_lambda,
+        check(self.kind in LOSS_KINDS, "loss.kind", self.kind, " | ".join(LOSS_KINDS))
+        check(_is_number(self.gp_lambda) and self.gp_lambda >= 0, "loss.gp_lambda", self.gp_lambda,
                "a number >= 0")
-        _check(_is_number(self.r1_gamma) and self.r1_gamma >= 0, "loss.r1_gamma", self.r1_gamma, "a number >= 0")
-        _check(_is_number(self.r1_gamma_final) and self.r1_gamma_final >= 0 and
+        check(_is_number(self.r1_gamma) and self.r1_gamma >= 0, "loss.r1_gamma", self.r1_gamma, "a number >= 0")
+        check(_is_number(self.r1_gamma_final) and self.r1_gamma_final >= 0 and
                (self.r1_gamma_final == 0 or self.r1_gamma > 0), "loss.r1_gamma_final", self.r1_gamma_final,
                "a number >= 0 (> 0 only together with loss.r1_gamma > 0)")
 
@@ -137,9 +139,9 @@ class OptimizerConfig:
     beta2: float = 0.999
 
     def __post_init__(self) -> None:
-        _check(_is_number(self.lr) and 0 < self.lr < 1, "lr", self.lr, "a number in (0, 1)")
-        _check(_is_number(self.beta1) and 0 <= self.beta1 < 1, "beta1", self.beta1, "a number in [0, 1)")
-        _check(_is_number(self.beta2) and 0 <= self.beta2 < 1, "beta2", self.beta2, "a number in [0, 1)")
+        check(_is_number(self.lr) and 0 < self.lr < 1, "lr", self.lr, "a number in (0, 1)")
+        check(_is_number(self.beta1) and 0 <= self.beta1 < 1, "beta1", self.beta1, "a number in [0, 1)")
+        check(_is_number(self.beta2) and 0 <= self.beta2 < 1, "beta2", self.beta2, "a number in [0, 1)")
 
 
 @dataclass(frozen=True)
@@ -163,15 +165,15 @@ class TrainConfig:
         for name in ("global_batch_size", "d_steps", "total_steps", "tick_every_steps", "checkpoint_every_steps",
                      "num_checkpoints_to_keep"):
             v = getattr(self, name)
-            _check(_is_int(v) and v > 0, f"train.{name}", v, "a positive integer")
-        _check(_is_int(self.seed) and 0 <= self.seed < 2**63, "train.seed", self.seed, "an integer in [0, 2**63)")
-        _check(_is_number(self.ema_kimg) and self.ema_kimg >= 0, "train.ema_kimg", self.ema_kimg, "a number >= 0")
-        _check(_is_number(self.ema_rampup) and self.ema_rampup >= 0, "train.ema_rampup", self.ema_rampup,
+            check(_is_int(v) and v > 0, f"train.{name}", v, "a positive integer")
+        check(_is_int(self.seed) and 0 <= self.seed < 2**63, "train.seed", self.seed, "an integer in [0, 2**63)")
+        check(_is_number(self.ema_kimg) and self.ema_kimg >= 0, "train.ema_kimg", self.ema_kimg, "a number >= 0")
+        check(_is_number(self.ema_rampup) and self.ema_rampup >= 0, "train.ema_rampup", self.ema_rampup,
                "a number >= 0")
-        _check(_is_number(self.lr_rampdown) and 0 <= self.lr_rampdown < 1, "train.lr_rampdown", self.lr_rampdown,
+        check(_is_number(self.lr_rampdown) and 0 <= self.lr_rampdown < 1, "train.lr_rampdown", self.lr_rampdown,
                "a number in [0, 1)")
-        _check(self.amp in AMP_MODES, "train.amp", self.amp, " | ".join(AMP_MODES))
-        _check(isinstance(self.channels_last, bool), "train.channels_last", self.channels_last, "true | false")
+        check(self.amp in AMP_MODES, "train.amp", self.amp, " | ".join(AMP_MODES))
+        check(isinstance(self.channels_last, bool), "train.channels_last", self.channels_last, "true | false")
 
 
 @dataclass(frozen=True)
@@ -187,12 +189,12 @@ class GANConfig:
 
     def __post_init__(self) -> None:
         if self.network.arch == "dcgan":
-            _check(self.data.is_image, "network.arch", self.network.arch,
+            check(self.data.is_image, "network.arch", self.network.arch,
                    "mlp for vector data (data.shape has one entry); dcgan needs (C, H, W)")
             c, h, w = self.data.shape
-            _check(h == w and h in (8, 16, 32, 64, 128), "data.shape", self.data.shape,
+            check(h == w and h in (8, 16, 32, 64, 128), "data.shape", self.data.shape,
                    "square images of 8, 16, 32, 64 or 128 px for network.arch = dcgan")
-        _check(self.train.global_batch_size % self.network.d_pack == 0, "train.global_batch_size",
+        check(self.train.global_batch_size % self.network.d_pack == 0, "train.global_batch_size",
                self.train.global_batch_size, f"a multiple of network.d_pack = {self.network.d_pack}")
         if self.loss.kind == "wasserstein" and self.loss.gp_lambda == 0 and not self.network.d_spectral_norm:
             raise ConfigError(
@@ -201,14 +203,14 @@ class GANConfig:
 
     # -- conversion -------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        return _to_plain(self)
+        return to_plain(self)
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "GANConfig":
-        return _from_plain(cls, d, "")
+        return from_dict(cls, d)
 
     def with_overrides(self, overrides: dict[str, Any]) -> "GANConfig":
         """Return a copy with dotted-path overrides applied, e.g. {"train.total_steps": 10}."""
@@ -218,8 +220,9 @@ class GANConfig:
             node = d
             for i, p in enumerate(parts[:-1]):
                 if not isinstance(node.get(p), dict):
+                    sections = [k for k, v in node.items() if isinstance(v, dict)]
                     raise ConfigError(f"{'.'.join(parts[:i + 1])}: unknown section; allowed: "
-                                      f"{', '.join(k for k, v in node.items() if isinstance(v, dict))}")
+                                      f"{', '.join(sections) if sections else 'none (it is a field)'}")
                 node = node[p]
             if parts[-1] not in node:
                 raise ConfigError(f"{path}: unknown field; allowed: {', '.join(sorted(node))}")
@@ -242,39 +245,62 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
     return out
 
 
-def _to_plain(obj: Any) -> Any:
+def to_plain(obj: Any) -> Any:
+    """A config dataclass (tree) as plain dicts and lists: what TOML and JSON hold."""
     if is_dataclass(obj):
-        return {f.name: _to_plain(getattr(obj, f.name)) for f in fields(obj)}
+        return {f.name: to_plain(getattr(obj, f.name)) for f in fields(obj)}
     if isinstance(obj, tuple):
-        return [_to_plain(v) for v in obj]
+        return [to_plain(v) for v in obj]
     return obj
 
 
-def _from_plain(cls: type, d: Any, prefix: str) -> Any:
+_TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true | false"}
+
+
+def _coerce(typ: Any, value: Any, where: str) -> Any:
+    """`value` as a field of type `typ` (str, int, float, bool, Optional[...], tuple[...] or a nested
+    config dataclass); ConfigError naming `where` otherwise. Only lossless conversions: int -> float,
+    list -> tuple."""
+    if get_origin(typ) in (Union, UnionType):
+        args = [a for a in get_args(typ) if a is not type(None)]
+        if value is None and len(args) < len(get_args(typ)):
+            return None
+        typ = args[0]
+    if is_dataclass(typ):
+        return from_dict(typ, value, where + ".")
+    if get_origin(typ) is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: got {value!r}; allowed: a list")
+        return tuple(value)
+    if typ is float and _is_int(value):
+        return float(value)
+    if typ in _TYPE_NAMES and (not isinstance(value, typ) or (typ is not bool and isinstance(value, bool))):
+        raise ConfigError(f"{where}: got {value!r}; allowed: {_TYPE_NAMES[typ]}")
+    return value
+
+
+def from_dict(cls: type, d: Any, prefix: str = "") -> Any:
+    """Build the config dataclass `cls` from a table (TOML, JSON, --set values), recursively.
+
+    The one validation mechanism of every configuration section in the project (the engine's, the
+    cluster's and the pipeline's): unknown fields and wrong types are refused here, field rules in each
+    class's ``__post_init__``; every ConfigError names the dotted field (``prefix`` + name), the value
+    and what is allowed. Missing fields take the class defaults.
+    """
     where = prefix.rstrip(".") or "config"
     if not isinstance(d, dict):
         raise ConfigError(f"{where}: got {d!r}; allowed: a table of fields")
     hints = get_type_hints(cls)
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(d) - known)
+    known = [f.name for f in fields(cls)]
+    unknown = [k for k in d if k not in known]
     if unknown:
-        raise ConfigError(f"{prefix}{unknown[0]}: unknown field; allowed: {', '.join(sorted(known))}")
-    kwargs: dict[str, Any] = {}
-    for name, value in d.items():
-        typ = hints[name]
-        if is_dataclass(typ):
-            kwargs[name] = _from_plain(typ, value, f"{prefix}{name}.")
-        elif get_origin(typ) is tuple and isinstance(value, list):
-            kwargs[name] = tuple(value)
-        elif typ is float and _is_int(value):
-            kwargs[name] = float(value)
-        else:
-            kwargs[name] = value
+        raise ConfigError(f"{prefix}{unknown[0]}: unknown field; allowed: {', '.join(known)}")
+    kwargs = {name: _coerce(hints[name], value, f"{prefix}{name}") for name, value in d.items()}
     try:
         return cls(**kwargs)
     except ConfigError as e:
         msg = str(e)
-        # OptimizerConfig does not know whether it is G's or D's: prefix its bare field names.
+        # a section does not know where it sits (OptimizerConfig is G's or D's): prefix its bare names
         if prefix and not msg.startswith(prefix) and msg.split(":")[0] in known:
             msg = prefix + msg
         raise ConfigError(msg) from None
@@ -378,5 +404,5 @@ def get_preset(name: str) -> GANConfig:
 
 __all__ = [
     "ConfigError", "DataConfig", "NetworkConfig", "LossConfig", "OptimizerConfig", "TrainConfig", "GANConfig",
-    "PRESETS", "get_preset", "replace",
+    "PRESETS", "get_preset", "replace", "check", "from_dict", "to_plain", "parse_overrides",
 ]

@@ -32,18 +32,27 @@ import time
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-from gan_core.config import ConfigError, GANConfig
+from gan_core.config import ConfigError, GANConfig, check
+from gan_core.data import Normalisation
+
+from .ray_cluster import ensure_ray
 
 DATA_LOADING = ("auto", "memory", "stream")
+PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
 MAX_STREAM_PASSES = 1000  # beyond this many epochs per execution the stream restarts (and pays a stall)
 MEMORY_LOADING_MAX_BYTES = 2 * 1024**3  # "auto" keeps datasets up to 2 GiB of Parquet in worker memory
 
 
 @dataclass(frozen=True)
 class ClusterConfig:
-    """Where and how training runs. Service addresses come from the tools' own variables
-    (`RAY_ADDRESS`); `storage_path` is a local folder or `s3://bucket/prefix`."""
+    """Where and how training runs: the `[cluster]` section of the settings.
 
+    `address` is the Ray cluster (default: `RAY_ADDRESS`, else a local instance started here);
+    `storage_path` is a local folder or `s3://bucket/prefix`. Validated on construction (ConfigError
+    naming `cluster.<field>`), like every configuration section (gan_core.config.from_dict).
+    """
+
+    address: str = ""  # e.g. "ray://head:10001" or "auto"; "" = RAY_ADDRESS, else a local Ray
     num_workers: int = 1
     use_gpu: bool = False
     cpus_per_worker: float = 1.0
@@ -56,24 +65,25 @@ class ClusterConfig:
     placement_strategy: str = "PACK"  # "SPREAD": one worker per node where possible
 
     def __post_init__(self) -> None:
-        def bad(name: str, allowed: str) -> ConfigError:
-            return ConfigError(f"cluster.{name}: got {getattr(self, name)!r}; allowed: {allowed}")
+        def is_int(v: Any) -> bool:
+            return isinstance(v, int) and not isinstance(v, bool)
 
-        if not (isinstance(self.num_workers, int) and self.num_workers >= 1):
-            raise bad("num_workers", "an integer >= 1")
-        if not (isinstance(self.cpus_per_worker, (int, float)) and self.cpus_per_worker > 0):
-            raise bad("cpus_per_worker", "a number > 0")
-        if not (isinstance(self.threads_per_worker, int) and self.threads_per_worker >= 0):
-            raise bad("threads_per_worker", "an integer >= 0")
-        if not (isinstance(self.max_failures, int) and self.max_failures >= -1):
-            raise bad("max_failures", "an integer >= -1 (-1 = unlimited)")
-        if self.placement_strategy not in ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"):
-            raise bad("placement_strategy", "PACK | SPREAD | STRICT_PACK | STRICT_SPREAD")
-        if self.data_loading not in DATA_LOADING:
-            raise bad("data_loading", " | ".join(DATA_LOADING))
-        if self.run_name is not None and not (isinstance(self.run_name, str) and self.run_name.strip()
-                                              and "/" not in self.run_name):
-            raise bad("run_name", "a non-empty name without '/'")
+        check(isinstance(self.address, str), "cluster.address", self.address,
+              "a string such as 'ray://head:10001' or 'auto'")
+        check(is_int(self.num_workers) and self.num_workers >= 1, "cluster.num_workers", self.num_workers,
+              "an integer >= 1")
+        check(isinstance(self.cpus_per_worker, (int, float)) and not isinstance(self.cpus_per_worker, bool)
+              and self.cpus_per_worker > 0, "cluster.cpus_per_worker", self.cpus_per_worker, "a number > 0")
+        check(is_int(self.threads_per_worker) and self.threads_per_worker >= 0, "cluster.threads_per_worker",
+              self.threads_per_worker, "an integer >= 0 (0 = auto)")
+        check(is_int(self.max_failures) and self.max_failures >= -1, "cluster.max_failures", self.max_failures,
+              "an integer >= -1 (-1 = unlimited)")
+        check(self.placement_strategy in PLACEMENT_STRATEGIES, "cluster.placement_strategy",
+              self.placement_strategy, " | ".join(PLACEMENT_STRATEGIES))
+        check(self.data_loading in DATA_LOADING, "cluster.data_loading", self.data_loading, " | ".join(DATA_LOADING))
+        check(self.run_name is None or (isinstance(self.run_name, str) and bool(self.run_name.strip())
+                                        and "/" not in self.run_name),
+              "cluster.run_name", self.run_name, "a non-empty name without '/'")
 
 
 @dataclass(frozen=True)
@@ -168,20 +178,6 @@ def _portable_s3_filesystem():
     return pafs.S3FileSystem(**kwargs)
 
 
-def ensure_ray() -> None:
-    """Connect to `RAY_ADDRESS` when set, else start Ray locally (once per process)."""
-    import ray
-
-    from infra.ray_hooks import SETUP_HOOK
-
-    if not ray.is_initialized():
-        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-        # "local": a fresh instance, never whatever cluster /tmp/ray happens to name (possibly dead)
-        ray.init(address=os.environ.get("RAY_ADDRESS") or "local", include_dashboard=False,
-                 runtime_env={"env_vars": {"RAY_USAGE_STATS_ENABLED": "0"},
-                              "worker_process_setup_hook": SETUP_HOOK})
-
-
 def worker_threads(cluster: ClusterConfig, loading: str) -> int:
     """Torch intra-op threads per worker: `threads_per_worker`, or with 0 (auto) the worker's CPUs, and on
     a single-node cluster (Ray started on this host) this host's cores shared among the workers, less one
@@ -227,105 +223,130 @@ def _stream_passes(config: GANConfig, manifest: dict, num_workers: int) -> int:
     return min(MAX_STREAM_PASSES, math.ceil(needed_per_worker / rows_per_worker) + 1)  # + 1: a spare pass
 
 
-def launch_training(config: GANConfig, dataset_ref: str, cluster: ClusterConfig = ClusterConfig(), *,
-                    tracking: TrackingSpec | None = None,
-                    extra_loop_config: dict[str, Any] | None = None) -> TrainOutcome:
-    """Train `config` on the staged dataset `dataset_ref` with Ray Train; blocks until done.
+@dataclass(frozen=True)
+class WorkerPlan:
+    """What every worker receives (pickled by Ray as it is): the resolved objects, never a re-parse."""
 
-    Re-submitting the same (config, dataset, run_name) resumes from the run's latest checkpoint.
-    """
-    import ray.data
-    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
+    config: GANConfig  # resolved, with `data` filled in from the dataset
+    shape: tuple[int, ...]  # one example, as stored
+    dtype: str  # stored dtype of column x
+    normalisation: Normalisation  # stored -> model values
+    data_loading: str  # "memory" | "stream" (auto resolved)
+    threads_per_worker: int
+    verify_sync: bool
+    use_gpu: bool
+    run_name: str
+    storage_uri: str
+    tracking: TrackingSpec | None  # with tracking_uri resolved on the driver
+    manifest: dict[str, Any]  # the dataset's manifest, for the MLflow run's params and artifact
 
+
+def plan_training(config: GANConfig, dataset_ref: str, cluster: ClusterConfig, tracking: TrackingSpec | None):
+    """Part 1 of a launch: everything that can be resolved and checked before any cluster work starts.
+    Returns (WorkerPlan without the thread count, the opened dataset, storage path and filesystem for Ray).
+    Raises ConfigError / DatasetError / StorageError with one-line messages."""
     from infra.datasets import open_dataset
+    from infra.settings import mlflow_tracking_uri
 
-    t0 = time.perf_counter()
-    # 1. resolve and validate everything before touching the cluster
     ds = open_dataset(dataset_ref)
     config = resolve_config_for_dataset(config, ds.manifest)
     validate_launch(config, cluster)
-    run_name = cluster.run_name or deterministic_run_name(config, ds.version)
     storage_uri = cluster.storage_path or default_storage_path()
     storage_path, storage_fs = _storage_for_ray(storage_uri)
-    loading = _choose_loading(cluster, ds.manifest)
-    # 2. Ray, and the dataset as a Ray Dataset over the manifest's shard list
-    ensure_ray()
+    if tracking is not None and not tracking.tracking_uri:
+        tracking = replace(tracking, tracking_uri=mlflow_tracking_uri())
+    plan = WorkerPlan(
+        config=config, shape=tuple(ds.manifest["shape"]), dtype=ds.manifest["dtype"],
+        normalisation=Normalisation.from_dict(ds.manifest["normalisation"]),
+        data_loading=_choose_loading(cluster, ds.manifest), threads_per_worker=cluster.threads_per_worker,
+        verify_sync=cluster.verify_sync, use_gpu=cluster.use_gpu,
+        run_name=cluster.run_name or deterministic_run_name(config, ds.version), storage_uri=storage_uri,
+        tracking=tracking, manifest=ds.manifest)
+    return plan, ds, storage_path, storage_fs
+
+
+def _ray_dataset(plan: WorkerPlan, ds, cluster: ClusterConfig):
+    """Part 2: the staged dataset as a Ray Dataset (the whole table, or a stream over the shard list)."""
+    import ray
+    import ray.data
+
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = True  # a stable row order: the seed alone decides batches
     ctx.enable_progress_bars = False  # training prints its own per-tick progress lines
-    if loading == "stream":
-        # streamed reads run as Ray tasks beside the workers: with every CPU held by a worker they never
-        # start and training waits forever
-        total_cpus = ray.cluster_resources().get("CPU", 0.0)
-        if total_cpus < cluster.num_workers * cluster.cpus_per_worker + 1:
-            raise ConfigError(
-                f"cluster.data_loading: got 'stream' with {cluster.num_workers} workers x "
-                f"{cluster.cpus_per_worker} CPUs on a Ray cluster of {total_cpus:g} CPUs; streaming needs at "
-                "least 1 CPU beyond the workers' for Ray Data's read tasks (use data_loading = 'memory', "
-                "fewer workers or a smaller cpus_per_worker)")
-        ray_ds = ray.data.read_parquet(ds.shard_paths, filesystem=ds.filesystem, columns=["x"],
-                                       file_extensions=["parquet"])
-        passes = _stream_passes(config, ds.manifest, cluster.num_workers)
-        if passes > 1:
-            ray_ds = ray_ds.union(*[ray_ds] * (passes - 1))
-    else:
+    if plan.data_loading == "memory":
         # small enough for every worker's memory: read once here, in the manifest's shard order, and hand
         # the blocks to the object store. NOTE: read_parquet(...).materialize() cost 12 s of Ray Data
         # start-up (read-task worker processes) on 2 CPUs for a 3 MB dataset; from_arrow runs no tasks
-        ray_ds = ray.data.from_arrow(ds.read_table(columns=["x"]))
-    loop_config = {
-        "config": config.to_dict(),
-        "manifest": {k: ds.manifest[k] for k in ("name", "version", "shape", "dtype", "normalisation")},
-        "data_loading": loading,
-        "threads_per_worker": worker_threads(cluster, loading),
-        "verify_sync": cluster.verify_sync,
-        "use_gpu": cluster.use_gpu,
-        "run_name": run_name,
-        "storage_uri": storage_uri,
-        "tracking": _tracking_loop_config(tracking, ds.manifest),
-        **(extra_loop_config or {}),
-    }
-    resources = {"CPU": cluster.cpus_per_worker}
-    if cluster.use_gpu:
-        resources["GPU"] = 1
-    trainer = TorchTrainer(
+        return ray.data.from_arrow(ds.read_table(columns=["x"]))
+    # streamed reads run as Ray tasks beside the workers: with every CPU held by a worker they never
+    # start and training waits forever
+    total_cpus = ray.cluster_resources().get("CPU", 0.0)
+    if total_cpus < cluster.num_workers * cluster.cpus_per_worker + 1:
+        raise ConfigError(
+            f"cluster.data_loading: got 'stream' with {cluster.num_workers} workers x {cluster.cpus_per_worker} "
+            f"CPUs on a Ray cluster of {total_cpus:g} CPUs; streaming needs at least 1 CPU beyond the workers' "
+            "for Ray Data's read tasks (use data_loading = 'memory', fewer workers or a smaller cpus_per_worker)")
+    ray_ds = ray.data.read_parquet(ds.shard_paths, filesystem=ds.filesystem, columns=["x"],
+                                   file_extensions=["parquet"])
+    passes = _stream_passes(plan.config, ds.manifest, cluster.num_workers)
+    return ray_ds.union(*[ray_ds] * (passes - 1)) if passes > 1 else ray_ds
+
+
+def _trainer(plan: WorkerPlan, ray_ds, cluster: ClusterConfig, storage_path: str, storage_fs):
+    """Part 3: the TorchTrainer: one worker per GPU (or CPU slot), the run's durable name and storage,
+    checkpoint retention (Ray's CheckpointConfig is its one owner) and fault tolerance."""
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    resources = {"CPU": cluster.cpus_per_worker, **({"GPU": 1} if cluster.use_gpu else {})}
+    return TorchTrainer(
         train_worker,
-        train_loop_config=loop_config,
+        train_loop_config={"plan": plan},
         scaling_config=ScalingConfig(num_workers=cluster.num_workers, use_gpu=cluster.use_gpu,
-                                     resources_per_worker=resources,
-                                     placement_strategy=cluster.placement_strategy),
+                                     resources_per_worker=resources, placement_strategy=cluster.placement_strategy),
         run_config=RunConfig(
-            name=run_name,
-            storage_path=storage_path,
-            storage_filesystem=storage_fs,
-            checkpoint_config=CheckpointConfig(num_to_keep=config.train.num_checkpoints_to_keep),
-            failure_config=FailureConfig(max_failures=cluster.max_failures),
-        ),
+            name=plan.run_name, storage_path=storage_path, storage_filesystem=storage_fs,
+            checkpoint_config=CheckpointConfig(num_to_keep=plan.config.train.num_checkpoints_to_keep),
+            failure_config=FailureConfig(max_failures=cluster.max_failures)),
         datasets={"train": ray_ds},
         # memory: every worker reads the whole (small) dataset and slices global batches itself
-        dataset_config=DataConfig(datasets_to_split=[] if loading == "memory" else "all"),
+        dataset_config=DataConfig(datasets_to_split=[] if plan.data_loading == "memory" else "all"),
     )
+
+
+def launch_training(config: GANConfig, dataset_ref: str, cluster: ClusterConfig = ClusterConfig(), *,
+                    tracking: TrackingSpec | None = None) -> TrainOutcome:
+    """Train `config` on the staged dataset `dataset_ref` with Ray Train; blocks until done.
+
+    Re-submitting the same (config, dataset, run_name) resumes from the run's latest checkpoint.
+    Raises ConfigError / DatasetError / StorageError (one line) before any cluster work for a bad request.
+    """
+    t0 = time.perf_counter()
+    # 1. resolve and validate everything before touching the cluster
+    plan, ds, storage_path, storage_fs = plan_training(config, dataset_ref, cluster, tracking)
+    # 2. Ray, then what depends on the cluster: threads per worker and the Ray Dataset
+    ensure_ray(cluster.address)
+    plan = replace(plan, threads_per_worker=worker_threads(cluster, plan.data_loading))
+    trainer = _trainer(plan, _ray_dataset(plan, ds, cluster), cluster, storage_path, storage_fs)
     # 3. run (or resume) and describe the result
     result = trainer.fit()
     checkpoint_uri = None
     if result.checkpoint is not None:
         path = result.checkpoint.path
         checkpoint_uri = f"s3://{path}" if storage_fs is not None else path
-    loop_tracking = loop_config["tracking"]
-    return TrainOutcome(run_name=run_name, storage_path=storage_uri, checkpoint_uri=checkpoint_uri,
-                        metrics=dict(result.metrics or {}), dataset_version=ds.version, config=config,
+    return TrainOutcome(run_name=plan.run_name, storage_path=plan.storage_uri, checkpoint_uri=checkpoint_uri,
+                        metrics=dict(result.metrics or {}), dataset_version=ds.version, config=plan.config,
                         seconds=time.perf_counter() - t0,
-                        mlflow_run_id=_find_mlflow_run(loop_tracking, run_name) if loop_tracking else None)
+                        mlflow_run_id=_find_mlflow_run(plan.tracking, plan.run_name) if plan.tracking else None)
 
 
-def _find_mlflow_run(spec: dict[str, Any], run_name: str) -> str | None:
+def _find_mlflow_run(spec: TrackingSpec, run_name: str) -> str | None:
     """The id of the newest MLflow run named `run_name` (rank 0's tracker created or continued it)."""
-    from mlflow.tracking import MlflowClient
+    from infra.settings import mlflow_client
 
     try:
-        client = MlflowClient(spec["tracking_uri"])
-        exp = client.get_experiment_by_name(spec["experiment"])
+        client = mlflow_client(spec.tracking_uri)
+        exp = client.get_experiment_by_name(spec.experiment)
         if exp is None:
             return None
         runs = client.search_runs([exp.experiment_id], filter_string=f"attributes.run_name = '{run_name}'",
@@ -335,53 +356,44 @@ def _find_mlflow_run(spec: dict[str, Any], run_name: str) -> str | None:
         return None
 
 
-def _tracking_loop_config(tracking: TrackingSpec | None, manifest: dict) -> dict[str, Any] | None:
-    if tracking is None:
-        return None
-    from infra.settings import mlflow_tracking_uri
-
-    return {"experiment": tracking.experiment, "tracking_uri": tracking.tracking_uri or mlflow_tracking_uri(),
-            "manifest": manifest}
-
-
-def _open_tracker(spec: dict[str, Any], config: GANConfig, state, run_name: str, storage_uri: str):
+def _open_tracker(plan: WorkerPlan, state):
     """Rank 0's MLflow tracker; the run is named after the Ray run, so a restarted worker group and a
     re-submitted job continue the same MLflow run."""
     from infra.storage import join_uri
     from infra.tracking import DatasetRef, TrainingTracker
 
-    manifest = spec["manifest"]
     return TrainingTracker(
-        config, run_name=run_name, experiment=spec["experiment"], tracking_uri=spec["tracking_uri"],
-        dataset=DatasetRef.from_manifest(manifest["name"], manifest), generator=state.G_ema,
-        checkpoint_uri=lambda d: join_uri(storage_uri, run_name, os.path.basename(os.path.normpath(d))),
+        plan.config, run_name=plan.run_name, experiment=plan.tracking.experiment,
+        tracking_uri=plan.tracking.tracking_uri, dataset=DatasetRef.from_manifest(plan.manifest["name"], plan.manifest),
+        generator=state.G_ema,
+        checkpoint_uri=lambda d: join_uri(plan.storage_uri, plan.run_name, os.path.basename(os.path.normpath(d))),
     ).start()
 
 
 # -- worker side --------------------------------------------------------------------------------------
 
-def _table_to_tensor(table, manifest: dict):
+def _table_to_tensor(table, plan: WorkerPlan):
     """A pyarrow table with column x (fixed-size lists) -> float32 model inputs (rows, *shape)."""
     import numpy as np
     import torch
 
     col = table.column("x").combine_chunks()
     flat = col.flatten().to_numpy(zero_copy_only=False)
-    x = torch.from_numpy(np.ascontiguousarray(flat).reshape((len(col),) + tuple(manifest["shape"])))
-    n = manifest["normalisation"]
-    return x.float() * float(n["scale"]) + float(n["offset"])
+    x = torch.from_numpy(np.ascontiguousarray(flat).reshape((len(col),) + plan.shape))
+    return plan.normalisation.to_model(x)
 
 
-def _memory_batches(shard, config: GANConfig, manifest: dict, rank: int, world_size: int):
+def _memory_batches(shard, plan: WorkerPlan, rank: int, world_size: int):
     """The whole dataset in this worker's memory, cut into seed-ordered global batches (rank slice)."""
     import pyarrow as pa
     import torch
 
     from gan_core.data import InMemoryBatches
 
+    t = plan.config.train
     tables = list(shard.iter_batches(batch_format="pyarrow", batch_size=None, prefetch_batches=0))
-    x = _table_to_tensor(pa.concat_tables(tables), manifest) if tables else torch.empty(0)
-    return InMemoryBatches(x, config.train.global_batch_size, config.train.seed, rank, world_size)
+    x = _table_to_tensor(pa.concat_tables(tables), plan) if tables else torch.empty(0)
+    return InMemoryBatches(x, t.global_batch_size, t.seed, rank, world_size)
 
 
 STREAM_CHUNK_BYTES = 32 * 1024**2  # rows pulled from Ray Data at a time: large reads amortise its per-batch cost
@@ -389,14 +401,14 @@ STREAM_CHUNK_BATCHES = 64  # at most this many per-worker batches per chunk
 STREAM_PREFETCH_CHUNKS = 4  # chunks read ahead by a background thread, across epoch boundaries
 
 
-def _stream_chunk_rows(per_worker: int, manifest: dict) -> int:
+def _stream_chunk_rows(per_worker: int, plan: WorkerPlan) -> int:
     import numpy as np
 
-    row_bytes = int(np.prod(manifest["shape"])) * np.dtype(manifest["dtype"]).itemsize
+    row_bytes = int(np.prod(plan.shape)) * np.dtype(plan.dtype).itemsize
     return per_worker * max(1, min(STREAM_CHUNK_BATCHES, STREAM_CHUNK_BYTES // max(1, row_bytes * per_worker)))
 
 
-def _stream_batches(shard, config: GANConfig, manifest: dict, rank: int, world_size: int):
+def _stream_batches(shard, plan: WorkerPlan, rank: int, world_size: int):
     """This worker's split of the dataset, streamed epoch after epoch.
 
     A background thread pulls large chunks from Ray Data (up to STREAM_CHUNK_BATCHES minibatches or
@@ -412,8 +424,9 @@ def _stream_batches(shard, config: GANConfig, manifest: dict, rank: int, world_s
 
     from gan_core.rng import generator
 
-    per_worker = config.train.global_batch_size // world_size
-    chunk_rows = _stream_chunk_rows(per_worker, manifest)
+    seed = plan.config.train.seed
+    per_worker = plan.config.train.global_batch_size // world_size
+    chunk_rows = _stream_chunk_rows(per_worker, plan)
 
     def stream(start: int):
         # NOTE: a Ray Data stream cannot seek; a resumed run starts a fresh epoch pass.
@@ -435,10 +448,9 @@ def _stream_batches(shard, config: GANConfig, manifest: dict, rank: int, world_s
                     rows = 0
                     for c, table in enumerate(shard.iter_batches(batch_size=chunk_rows, batch_format="pyarrow",
                                                                  prefetch_batches=1)):
-                        x = _table_to_tensor(table, manifest)
+                        x = _table_to_tensor(table, plan)
                         rows += len(x)
-                        put(x[torch.randperm(len(x), generator=generator(config.train.seed, "stream", rank,
-                                                                          epoch, c))])
+                        put(x[torch.randperm(len(x), generator=generator(seed, "stream", rank, epoch, c))])
                         if stop.is_set():
                             return
                     if rows < per_worker:
@@ -497,62 +509,75 @@ def _say(line: str) -> None:
     sys.stdout.flush()
 
 
-def train_worker(loop_config: dict[str, Any]) -> None:
-    """The per-worker function: a short adapter around gan_core's loop."""
-    import ray
-    import ray.data
+def _restore(state, rank: int) -> int:
+    """The run's latest checkpoint (after a worker-group restart or a re-submission), if any, into
+    `state`; returns the step training starts from."""
     import ray.train
-    import torch
-    from ray.train.torch import get_device, prepare_model
 
     from gan_core.checkpoint import restore_training_state
-    from gan_core.loop import format_tick, train
-    from gan_core.training import build_training_state
 
-    logging.getLogger("ray.train").setLevel(logging.WARNING)  # per-report INFO lines drown the ticks
-    ray.data.DataContext.get_current().enable_progress_bars = False
-    ctx = ray.train.get_context()
-    rank, world_size = ctx.get_world_rank(), ctx.get_world_size()
-    config = GANConfig.from_dict(loop_config["config"])
-    manifest = loop_config["manifest"]
-    torch.set_num_threads(int(loop_config["threads_per_worker"]))
-    device = get_device()
-    # 1. data: through Ray Data, as this worker's share of every global batch
-    shard = ray.train.get_dataset_shard("train")
-    make = _memory_batches if loop_config["data_loading"] == "memory" else _stream_batches
-    batches = make(shard, config, manifest, rank, world_size)
-    # 2. state: fresh, or the latest checkpoint of this run (after a failure or a re-submission)
-    state = build_training_state(config, device)
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
-            restore_training_state(state, d)
+            restore_training_state(state, d, log_changes=rank == 0)
         if rank == 0:
-            _say(f"resuming {ctx.get_experiment_name()} from step {state.step} ({state.kimg:.1f} kimg)")
-    start_step = state.step
+            _say(f"resuming {ray.train.get_context().get_experiment_name()} from step {state.step} "
+                 f"({state.kimg:.1f} kimg)")
+    return state.step
+
+
+def _announce(plan: WorkerPlan, rank: int, world_size: int) -> None:
+    """One line from rank 0: where the workers landed, their threads and data mode (an all-gather, so
+    every rank calls it)."""
+    import ray
+    import torch
+
     node_id = ray.get_runtime_context().get_node_id()
     nodes: list[str | None] = [node_id]
-    if world_size > 1:  # where the workers landed: one line, from rank 0
+    if world_size > 1:
         import torch.distributed as dist
 
         nodes = [None] * world_size
         dist.all_gather_object(nodes, node_id)
     if rank == 0:
         _say(f"worker group: {world_size} workers on {len(set(nodes))} node(s), "
-             f"{torch.get_num_threads()} torch threads each, data {loop_config['data_loading']}")
-    sync = _ParameterSync(state, world_size) if loop_config.get("verify_sync") and world_size > 1 else None
+             f"{torch.get_num_threads()} torch threads each, data {plan.data_loading}")
+
+
+def train_worker(loop_config: dict[str, Any]) -> None:
+    """The per-worker function: a short adapter around gan_core's loop. `loop_config["plan"]` is the
+    driver's WorkerPlan, as resolved there."""
+    import ray.data
+    import ray.train
+    import torch
+    from ray.train.torch import get_device, prepare_model
+
+    from gan_core.loop import format_tick, train
+    from gan_core.training import build_training_state
+
+    plan: WorkerPlan = loop_config["plan"]
+    config = plan.config
+    logging.getLogger("ray.train").setLevel(logging.WARNING)  # per-report INFO lines drown the ticks
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    ctx = ray.train.get_context()
+    rank, world_size = ctx.get_world_rank(), ctx.get_world_size()
+    torch.set_num_threads(plan.threads_per_worker)
+    # 1. data: through Ray Data, as this worker's share of every global batch
+    make = _memory_batches if plan.data_loading == "memory" else _stream_batches
+    batches = make(ray.train.get_dataset_shard("train"), plan, rank, world_size)
+    # 2. state: fresh, or the latest checkpoint of this run
+    state = build_training_state(config, get_device())
+    start_step = _restore(state, rank)
+    _announce(plan, rank, world_size)
+    sync = _ParameterSync(state, world_size) if plan.verify_sync and world_size > 1 else None
     if sync is not None:
         state.opt_D.register_step_post_hook(sync)
         state.opt_G.register_step_post_hook(sync)
-
-    tracker = None
-    if rank == 0 and loop_config.get("tracking"):
-        tracker = _open_tracker(loop_config["tracking"], config, state, loop_config["run_name"],
-                                loop_config["storage_uri"])
+    tracker = _open_tracker(plan, state) if rank == 0 and plan.tracking is not None else None
 
     # 3. G and D wrapped in DDP separately; SyncBatchNorm only on GPUs (it refuses CPU modules)
     def wrap(module: torch.nn.Module) -> torch.nn.Module:
-        if world_size > 1 and loop_config.get("use_gpu"):
+        if world_size > 1 and plan.use_gpu:
             module = torch.nn.SyncBatchNorm.convert_sync_batchnorm(module)
         return prepare_model(module, parallel_strategy_kwargs={"broadcast_buffers": False})
 
@@ -574,7 +599,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
 
     with tempfile.TemporaryDirectory(prefix="gan-ckpt-") as scratch:
         # NOTE: on failure the MLflow run stays RUNNING, so the restarted group continues it
-        result = train(config, batches=batches, rank=rank, world_size=world_size, device=device,
+        result = train(config, batches=batches, rank=rank, world_size=world_size, device=get_device(),
                        wrap_model=wrap, on_snapshot=report, checkpoint_root=scratch, state=state)
     if tracker is not None:
         tracker.finish(result.history)
@@ -586,5 +611,5 @@ def outcome_to_json(outcome: TrainOutcome) -> str:
     return json.dumps(d, indent=2, default=str)
 
 
-__all__ = ["ClusterConfig", "TrackingSpec", "TrainOutcome", "launch_training", "train_worker", "deterministic_run_name",
-           "validate_launch", "resolve_config_for_dataset", "ensure_ray", "outcome_to_json"]
+__all__ = ["ClusterConfig", "TrackingSpec", "TrainOutcome", "WorkerPlan", "launch_training", "plan_training",
+           "train_worker", "deterministic_run_name", "validate_launch", "resolve_config_for_dataset", "outcome_to_json"]

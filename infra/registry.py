@@ -17,11 +17,8 @@ against eager, with outputs in the same data units as ``predict``.
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import json
 import logging
-import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,11 +31,12 @@ from torch import nn
 import gan_core
 from gan_core.checkpoint import load_generator, read_summary
 from gan_core.config import GANConfig
+from gan_core.data import Normalisation
 from gan_core.sampling import latents_for_range
 
-from . import tracking
+from . import storage, tracking
 from .evaluation import Evaluation, Evaluator, default_evaluator
-from .settings import DEFAULT_EXPERIMENT, code_version, mlflow_registry_uri, mlflow_tracking_uri
+from .settings import DEFAULT_EXPERIMENT, code_version, mlflow_client
 
 log = logging.getLogger(__name__)
 
@@ -50,27 +48,6 @@ LOGGED_MODEL_NAME = "generator"
 
 class RegistryError(RuntimeError):
     """The registry cannot do what was asked (unknown run, no checkpoint, ...); one-line message."""
-
-
-@dataclass(frozen=True)
-class Normalisation:
-    """model value = data value * scale + offset (as in a staged dataset's manifest)."""
-
-    scale: float = 1.0
-    offset: float = 0.0
-
-    def __post_init__(self) -> None:
-        if not (np.isfinite(self.scale) and self.scale != 0 and np.isfinite(self.offset)):
-            raise ValueError(f"normalisation: got scale={self.scale}, offset={self.offset}; allowed: finite, "
-                             f"scale != 0")
-
-    @classmethod
-    def from_manifest(cls, manifest: dict[str, Any]) -> "Normalisation":
-        norm = manifest.get("normalisation") or {}
-        return cls(float(norm.get("scale", 1.0)), float(norm.get("offset", 0.0)))
-
-    def to_dict(self) -> dict[str, float]:
-        return {"scale": float(self.scale), "offset": float(self.offset)}
 
 
 @dataclass(frozen=True)
@@ -87,42 +64,7 @@ class Registration:
 
 
 def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _client():
-    from mlflow import MlflowClient
-
-    return MlflowClient(tracking_uri=mlflow_tracking_uri(), registry_uri=mlflow_registry_uri())
-
-
-@contextlib.contextmanager
-def _configured_uris():
-    """MLflow's fluent API (Model.log, register_model) reads process-wide URIs: point them at ours for
-    the duration, then restore the caller's (set_tracking_uri also writes the environment variable)."""
-    import mlflow
-    from mlflow.tracking._model_registry import utils as registry_utils
-    from mlflow.tracking._tracking_service import utils as tracking_utils
-
-    saved = (tracking_utils._tracking_uri, registry_utils._registry_uri,
-             os.environ.get("MLFLOW_TRACKING_URI"), os.environ.get("MLFLOW_REGISTRY_URI"))
-    tracking_uri, registry_uri = mlflow_tracking_uri(), mlflow_registry_uri()
-    mlflow.set_tracking_uri(tracking_uri)
-    mlflow.set_registry_uri(registry_uri)
-    try:
-        yield
-    finally:
-        mlflow.set_tracking_uri(saved[0])
-        mlflow.set_registry_uri(saved[1])
-        for key, value in (("MLFLOW_TRACKING_URI", saved[2]), ("MLFLOW_REGISTRY_URI", saved[3])):
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+    return storage.sha256_of(storage.resolve(str(path)))[0]
 
 
 def model_signature(config: GANConfig):
@@ -150,7 +92,7 @@ def log_generator(G_ema: nn.Module, config: GANConfig, *, run_id: str,
     import mlflow
     from mlflow.models import Model
 
-    with _configured_uris(), tempfile.TemporaryDirectory(prefix="ganpipe-model-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="ganpipe-model-") as tmp:
         # 1. the two files the pyfunc needs: a weights-only state dict and the config that rebuilds G
         weights, config_file = Path(tmp) / "weights.pt", Path(tmp) / "config.json"
         torch.save({k: v.detach().cpu() for k, v in G_ema.state_dict().items()}, weights)
@@ -165,7 +107,7 @@ def log_generator(G_ema: nn.Module, config: GANConfig, *, run_id: str,
         # 2. models-from-code: MLflow copies generator_model.py and gan_core/ into the model
         example = latents_for_range(0, 0, 2, config.network.z_dim).numpy()
         # the logged model lives in the run's experiment (Model.log alone would pick the default one)
-        client = _client()
+        client = mlflow_client()
         logged = client.create_logged_model(client.get_run(run_id).info.experiment_id, name=name,
                                             source_run_id=run_id, tags=tags)
         info = Model.log(
@@ -190,7 +132,7 @@ def resolve_checkpoint(ref: str) -> tuple[str, str | None]:
     from mlflow.exceptions import MlflowException
 
     try:
-        run = _client().get_run(ref)
+        run = mlflow_client().get_run(ref)
     except MlflowException as e:
         raise RegistryError(f"{ref!r} is neither a checkpoint directory nor an MLflow run id ({e.message})") from None
     uri = run.data.tags.get(tracking.TAG_LAST_CHECKPOINT)
@@ -223,7 +165,7 @@ def champion_value(name: str, alias: str = CHAMPION) -> tuple[str, float, str, b
     """(version, primary metric value, metric name, higher_is_better) of the alias holder, or None."""
     from mlflow.exceptions import MlflowException
 
-    client = _client()
+    client = mlflow_client()
     try:
         mv = client.get_model_version_by_alias(name, alias)
     except MlflowException:
@@ -243,7 +185,7 @@ def promote_if_better(name: str, version: str, evaluation: Evaluation, *, alias:
     not comparable: it keeps the alias unless ``force``.
     """
     current = champion_value(name, alias)
-    client = _client()
+    client = mlflow_client()
     if current is None:
         decision = f"promoted: first {alias} ({evaluation.primary}={evaluation.value:.6g})"
     elif force:
@@ -276,6 +218,30 @@ def _registration_run(client, experiment: str, checkpoint: str, evaluation: Eval
     return run.info.run_id
 
 
+def _version_values(checkpoint: str, summary: dict, run_id: str | None, run_params: dict[str, str],
+                    config: GANConfig, normalisation: Normalisation, dataset_name: str | None,
+                    dataset_version: str | None) -> dict[str, str]:
+    """The provenance tags of a new version: dataset, training run, checkpoint, normalisation, code."""
+    return {
+        "dataset.name": dataset_name or run_params.get(tracking.PARAM_DATASET_NAME) or config.data.name,
+        "dataset.version": dataset_version or run_params.get(tracking.PARAM_DATASET_VERSION) or "",
+        "training_run_id": run_id or "", "checkpoint_uri": checkpoint,
+        "checkpoint.step": str(summary.get("step", "")), "checkpoint.kimg": str(summary.get("kimg", "")),
+        "normalisation": json.dumps(normalisation.to_dict()), "code.version": code_version(),
+    }
+
+
+def _log_eval_to_training_run(client, run_id: str, evaluation: Evaluation, summary: dict) -> None:
+    """The training run shows how its generator scored (best effort: the version is registered)."""
+    from mlflow.entities import Metric
+
+    try:
+        step = int(summary.get("images_seen", 0))
+        client.log_batch(run_id, metrics=[Metric(f"eval/{k}", float(v), 0, step) for k, v in evaluation.metrics.items()])
+    except Exception as e:
+        log.warning("could not log evaluation metrics to run %s: %s", run_id, e)
+
+
 def register_generator(checkpoint: str | Path, name: str, *, run_id: str | None = None,
                        evaluator: Evaluator | None = None, normalisation: Normalisation | None = None,
                        dataset_name: str | None = None, dataset_version: str | None = None,
@@ -287,16 +253,14 @@ def register_generator(checkpoint: str | Path, name: str, *, run_id: str | None 
     With ``run_id`` the model is logged from that training run, and the normalisation and dataset
     default to what the run recorded; without it (e.g. tracking was down during training) a short
     ``register`` run in ``experiment`` records the registration. ``evaluator`` defaults to
-    `default_evaluator()`.
+    `default_evaluator()`. MLflow's URIs are its own (MLFLOW_TRACKING_URI / MLFLOW_REGISTRY_URI).
     """
     import mlflow
 
     from .export import export_generator
 
-    client = _client()
-    run_params: dict[str, str] = {}
-    if run_id is not None:
-        run_params = client.get_run(run_id).data.params
+    client = mlflow_client()
+    run_params: dict[str, str] = client.get_run(run_id).data.params if run_id is not None else {}
     if normalisation is None:
         normalisation = Normalisation(float(run_params.get(tracking.PARAM_SCALE, 1.0)),
                                       float(run_params.get(tracking.PARAM_OFFSET, 0.0)))
@@ -305,41 +269,28 @@ def register_generator(checkpoint: str | Path, name: str, *, run_id: str | None 
         ckpt_dir = _local_checkpoint(str(checkpoint), tmp)
         G, config = load_generator(ckpt_dir)
         summary = read_summary(ckpt_dir)
-        dataset_name = dataset_name or run_params.get(tracking.PARAM_DATASET_NAME) or config.data.name
-        dataset_version = dataset_version or run_params.get(tracking.PARAM_DATASET_VERSION) or ""
+        values = _version_values(str(checkpoint), summary, run_id, run_params, config, normalisation, dataset_name,
+                                 dataset_version)
         # 2. evaluate (the same fixed latents for every version)
         evaluation = (evaluator or default_evaluator())(G, config)
         # 3. export for non-Python consumers, checked against eager; shipped inside the model
         exported = export_generator(G, Path(tmp) / "export", scale=normalisation.scale, offset=normalisation.offset,
                                     formats=export_formats) if export_formats else {}
-        exports = {fmt: r.path for fmt, r in exported.items() if r.ok}
-        # 4. log the model, register a version with its tags
-        values = {
-            "dataset.name": dataset_name, "dataset.version": dataset_version,
-            "training_run_id": run_id or "", "checkpoint_uri": str(checkpoint),
-            "checkpoint.step": str(summary.get("step", "")), "checkpoint.kimg": str(summary.get("kimg", "")),
-            "normalisation": json.dumps(normalisation.to_dict()), "code.version": code_version(),
-        }
+        # 4. log the model from the training run (or a registration run)
         log_run_id = run_id or _registration_run(client, experiment, str(checkpoint), evaluation)
-        info, sha = log_generator(G, config, normalisation=normalisation, run_id=log_run_id, exports=exports,
+        info, sha = log_generator(G, config, normalisation=normalisation, run_id=log_run_id,
+                                  exports={fmt: r.path for fmt, r in exported.items() if r.ok},
                                   tags={k: v for k, v in values.items() if v})
         if run_id is None:
             client.set_terminated(log_run_id)
+    # 5. register a version with its tags
     values["weights_sha256"] = sha["weights"]
     for fmt, r in exported.items():
         values[f"export.{fmt}"] = f"ok (max abs diff {r.max_abs_diff:.2g})" if r.ok else f"skipped: {r.skipped_reason}"
-    with _configured_uris():
-        mv = mlflow.register_model(info.model_uri, name, tags=_version_tags(evaluation, values))
-    if run_id is not None:  # the training run shows how its generator scored
-        try:
-            from mlflow.entities import Metric
-
-            step = int(summary.get("images_seen", 0))
-            client.log_batch(run_id, metrics=[Metric(f"eval/{k}", float(v), 0, step)
-                                              for k, v in evaluation.metrics.items()])
-        except Exception as e:
-            log.warning("could not log evaluation metrics to run %s: %s", run_id, e)
-    # 5. the champion decision; recorded on the version whichever way it goes
+    mv = mlflow.register_model(info.model_uri, name, tags=_version_tags(evaluation, values))
+    if run_id is not None:
+        _log_eval_to_training_run(client, run_id, evaluation, summary)
+    # 6. the champion decision; recorded on the version whichever way it goes
     if promote:
         promoted, champion, decision = promote_if_better(name, mv.version, evaluation, alias=alias, force=force)
     else:

@@ -14,31 +14,37 @@ import importlib
 import os
 import sys
 
-os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
+def set_embedded_defaults() -> str | None:
+    """The embedded default, resolved once at the edge: the process environment that every tool reads.
 
-EMBEDDED_PREFECT = False  # True when Prefect was configured by nobody: its database lives under GANPIPE_HOME
+    - telemetry off (there is nowhere to send it);
+    - MLflow: `MLFLOW_TRACKING_URI` = SQLite under GANPIPE_HOME when nobody set one, so that MLflow's own
+      resolution (its fluent API, every client, Ray workers started later) finds the same store;
+    - Prefect: with no server and no Prefect home configured, the temporary server's database lives under
+      GANPIPE_HOME with everything else (so `prefect server start` there shows past runs). Must run before
+      prefect is imported: Prefect reads its settings at import.
 
+    Returns that Prefect home when it was set here (the run command then starts the temporary server
+    itself, see pipelines.services), else None. This and pipelines.services are the only places that
+    write os.environ.
+    """
+    from infra.settings import local_home, mlflow_tracking_uri
 
-def _embedded_prefect_home() -> None:
-    """With no Prefect server and no Prefect home configured, keep Prefect's temporary server database
-    under GANPIPE_HOME with everything else (so `prefect server start` there shows past runs).
-    Must run before prefect is imported: Prefect reads its settings at import."""
-    global EMBEDDED_PREFECT
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("MLFLOW_TRACKING_URI", mlflow_tracking_uri())
     if any(os.environ.get(k) for k in ("PREFECT_API_URL", "PREFECT_HOME", "PREFECT_PROFILES_PATH")):
-        return
+        return None
     if "prefect" in sys.modules:
-        return
-    EMBEDDED_PREFECT = True
+        return None
     # the first start migrates a fresh database: slower than Prefect's 20 s default on a busy 2-core host
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
-    home = os.path.expanduser(os.environ.get("GANPIPE_HOME") or os.path.join("~", ".ganpipe"))
-    os.environ["PREFECT_HOME"] = os.path.join(home, "prefect")
-    os.makedirs(os.environ["PREFECT_HOME"], exist_ok=True)
+    home = local_home() / "prefect"
+    home.mkdir(parents=True, exist_ok=True)
+    os.environ["PREFECT_HOME"] = str(home)
+    return str(home)
 
-
-_embedded_prefect_home()
 
 # (command, module, one-line help); a module that does not exist yet makes the command say so.
 COMMANDS = [
@@ -84,11 +90,13 @@ def _not_yet(name: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    embedded_prefect_home = set_embedded_defaults()
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    args.embedded_prefect_home = embedded_prefect_home
     try:
         return int(args.func(args) or 0)
     except UserError as e:

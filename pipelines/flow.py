@@ -54,13 +54,9 @@ compute_task = dict(cache_policy=NO_CACHE, persist_result=False)
 @task(name="start-ray", **compute_task)
 def start_ray(address: str) -> None:
     """Connect to the cluster (`[cluster] address`, else RAY_ADDRESS) or start Ray on this host."""
-    from infra.ray_train import ensure_ray
+    from infra.ray_cluster import ensure_ray
 
-    if address:
-        os.environ["RAY_ADDRESS"] = address
-    # NOTE: ray.init() with no address joins whatever cluster /tmp/ray/ray_current_cluster names (another
-    # user's, or a dead one it then waits on forever); ensure_ray starts this run's own instance instead
-    ensure_ray()
+    ensure_ray(address)
 
 
 @task(name="train", **compute_task)
@@ -122,14 +118,15 @@ def register(settings: Settings, checkpoint_uri: str, mlflow_run_id: str | None,
     """A new version of the registered model; the alias moves only for a strictly better version."""
     from gan_core.evaluate import PRIMARY_METRIC
     from infra.evaluation import Evaluation
-    from infra.registry import Normalisation, register_generator
+    from gan_core.data import Normalisation
+    from infra.registry import register_generator
 
     # the evaluate step already scored this G_ema: hand the registry that result instead of recomputing it
     evaluation = Evaluation({k: float(v) for k, v in metrics.items()}, PRIMARY_METRIC, False,
                             {"evaluator": "gan_core.evaluate.evaluate_generator"})
     reg = register_generator(
         checkpoint_uri, settings.model_name, run_id=mlflow_run_id, evaluator=lambda G, config: evaluation,
-        normalisation=Normalisation.from_manifest(manifest), dataset_name=manifest["name"],
+        normalisation=Normalisation.from_dict(manifest["normalisation"]), dataset_name=manifest["name"],
         dataset_version=manifest["version"], alias=settings.registry.alias, promote=settings.registry.promote,
         export_formats=("pt2", "onnx") if settings.registry.export else (),
         experiment=settings.tracking.experiment)
@@ -181,17 +178,22 @@ def publish_report(summary: dict[str, Any]) -> str:
 
 # -- the flow ---------------------------------------------------------------------------------------
 
-@flow(name=FLOW_NAME)
+# NOTE: validate_parameters=False: `settings` is the CLI's resolved object, passed as it is (pydantic would
+# rebuild it); a deployment's parameters are the request (preset, config, overrides), resolved here once.
+@flow(name=FLOW_NAME, validate_parameters=False)
 def gan_pipeline(preset: str | None = None, config: dict[str, Any] | None = None,
-                 overrides: list[str] | None = None, dry_run: bool = False) -> dict[str, Any]:
+                 overrides: list[str] | None = None, dry_run: bool = False,
+                 settings: Settings | None = None) -> dict[str, Any]:
     """Stage, train, evaluate, register and preview a GAN; returns a summary (see `summary_lines`).
 
-    `config` is the TOML config tree as a dict (so that a deployment carries it), `overrides` are
-    `section.field=value` strings; `dry_run` validates and returns the resolved settings only.
+    Either `settings`, resolved by the caller (`ganpipe run`), or the request a deployment carries:
+    `preset`, `config` (the TOML config tree as a dict) and `overrides` (`section.field=value` strings),
+    resolved here. `dry_run` validates and returns the resolved settings only.
     """
     started = time.time()
-    # 0. everything is validated before any work starts
-    settings = resolve_settings(preset=preset, config_data=config, overrides=list(overrides or []))
+    # 0. everything is validated before any work starts (once: by the caller, or here for a deployment)
+    if settings is None:
+        settings = resolve_settings(preset=preset, config_data=config, overrides=list(overrides or []))
     if dry_run:
         print(settings.to_toml())
         return {"dry_run": True, "settings": settings.to_dict()}
@@ -208,7 +210,7 @@ def gan_pipeline(preset: str | None = None, config: dict[str, Any] | None = None
     dataset_uri = timed("staging", stage_dataset, settings.source_uri, settings.storage_root,
                         settings.source.name or None, show_progress=False, **settings.staging_options())
     # 2. train (resumable by run name)
-    timed("ray start-up", start_ray, settings.ray_address)
+    timed("ray start-up", start_ray, settings.cluster.address)
     outcome = timed("training", train, settings, dataset_uri)
     # 3. evaluate
     t0 = time.perf_counter()
@@ -249,10 +251,10 @@ def _home() -> Path:
 
 def _model_run_id(name: str, version: str) -> str | None:
     """The run that logged a model version (the registration run when training was not tracked)."""
-    from infra.registry import _client
+    from infra.settings import mlflow_client
 
     try:
-        return _client().get_model_version(name, version).run_id
+        return mlflow_client().get_model_version(name, version).run_id
     except Exception:  # the link is a convenience; the registration itself succeeded
         return None
 
@@ -261,37 +263,36 @@ def _model_run_id(name: str, version: str) -> str | None:
 
 def mlflow_ui_base() -> str:
     """Where the MLflow UI is: the tracking server itself, or `mlflow ui`'s default address."""
-    from infra.settings import mlflow_tracking_uri
+    from infra.settings import mlflow_client
 
-    uri = mlflow_tracking_uri()
+    uri = mlflow_client().tracking_uri
     return uri.rstrip("/") if uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
 
 
 def mlflow_run_url(run_id: str | None) -> str | None:
     if not run_id:
         return None
-    from infra.registry import _client
+    from infra.settings import mlflow_client
 
     try:
-        experiment_id = _client().get_run(run_id).info.experiment_id
+        experiment_id = mlflow_client().get_run(run_id).info.experiment_id
     except Exception:
         return None
     return f"{mlflow_ui_base()}/#/experiments/{experiment_id}/runs/{run_id}"
 
 
-def ui_commands() -> dict[str, str]:
-    """Shell commands that open the MLflow and Prefect UIs on what this run wrote."""
+def ui_commands(temporary_api_url: str | None = None) -> dict[str, str]:
+    """Shell commands that open the MLflow and Prefect UIs on what this run wrote; `temporary_api_url`:
+    the temporary Prefect server this command started (gone once it ends), if any."""
     import shlex
 
-    from infra.settings import mlflow_tracking_uri
+    from infra.settings import mlflow_client
 
-    uri = mlflow_tracking_uri()
+    uri = mlflow_client().tracking_uri
     mlflow_cmd = (f"open {uri}" if uri.startswith(("http://", "https://"))
                   else f"mlflow ui --backend-store-uri {shlex.quote(uri)}   # then http://127.0.0.1:5000")
-    from pipelines.services import temporary_api_url
-
     api = os.environ.get("PREFECT_API_URL")
-    if api and api != temporary_api_url():  # a temporary server is gone once the command ends
+    if api and api != temporary_api_url:  # a temporary server is gone once the command ends
         prefect_cmd = f"open {api.rstrip('/').removesuffix('/api')}"
     else:
         home = os.environ.get("PREFECT_HOME", "~/.prefect")
@@ -346,8 +347,8 @@ def report_markdown(summary: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def summary_lines(summary: dict[str, Any]) -> list[str]:
-    """The short summary `ganpipe run` prints at the end."""
+def summary_lines(summary: dict[str, Any], temporary_api_url: str | None = None) -> list[str]:
+    """The short summary `ganpipe run` prints at the end (`temporary_api_url`: see `ui_commands`)."""
     m = summary["metrics"]
     out = [f"registered   {summary['model_uri']}   ({summary['decision']})",
            f"champion     {summary['alias_uri']} -> version {summary['champion_version'] or '-'}",
@@ -357,7 +358,7 @@ def summary_lines(summary: dict[str, Any]) -> list[str]:
         out.append(f"  FD / floor             {m['fd'] / m['floor/fd']:>10.2f}")
     if summary.get("mlflow_run_url"):
         out.append(f"mlflow run   {summary['mlflow_run_url']}")
-    ui = ui_commands()
+    ui = ui_commands(temporary_api_url)
     out += [f"MLflow UI    {ui['mlflow']}", f"Prefect UI   {ui['prefect']}"]
     out.append("timings (s)  " + ", ".join(f"{k} {v}" for k, v in summary["seconds"].items()))
     return out

@@ -24,16 +24,10 @@ import urllib.request
 from pathlib import Path
 
 DEFAULT_STARTUP_TIMEOUT_S = 180.0  # a fresh database on a busy 2-core host takes about 20 s
-_temporary_api_url: str | None = None
 
 
 class ServiceError(RuntimeError):
     """A service of the embedded default did not start."""
-
-
-def temporary_api_url() -> str | None:
-    """The API URL of this process's temporary Prefect server, if it started one."""
-    return _temporary_api_url
 
 
 def _free_port() -> int:
@@ -112,33 +106,32 @@ class TemporaryPrefectServer:
 
 def start_ray_and_mlflow(settings) -> None:
     """Local Ray (unless an address is configured) and the local MLflow store with the run's experiment
-    (unless MLFLOW_TRACKING_URI names one): what the flow's first steps would otherwise start."""
-    if not (settings.ray_address or os.environ.get("RAY_ADDRESS")):
-        from infra.ray_train import ensure_ray
+    (unless the tracking URI names a server): what the flow's first steps would otherwise start."""
+    if not (settings.cluster.address or os.environ.get("RAY_ADDRESS")):
+        from infra.ray_cluster import ensure_ray
 
         ensure_ray()
-    if settings.tracking.enabled and not os.environ.get("MLFLOW_TRACKING_URI"):
-        from mlflow import MlflowClient
-
-        from infra.settings import mlflow_tracking_uri
+    if settings.tracking.enabled:
+        from infra.settings import mlflow_client
         from infra.tracking import ensure_experiment
 
-        ensure_experiment(MlflowClient(mlflow_tracking_uri()), settings.tracking.experiment)
+        client = mlflow_client()
+        if not client.tracking_uri.startswith(("http://", "https://")):
+            ensure_experiment(client, settings.tracking.experiment)
 
 
-def start_embedded_services(settings) -> None:
+def start_embedded_services(settings, prefect_home: str | None = None) -> str | None:
     """Start what `settings` needs on this host, side by side; returns when all are up.
 
-    The temporary Prefect server is started only where nobody configured Prefect (pipelines.cli set
-    PREFECT_HOME under GANPIPE_HOME) and before prefect is imported here: Prefect reads PREFECT_API_URL
-    at import. Otherwise Prefect's own rules apply (its temporary server when no API URL is set).
+    `prefect_home`: the Prefect home the CLI chose under GANPIPE_HOME because nobody configured Prefect
+    (pipelines.cli.set_embedded_defaults); then a temporary Prefect server is started there, before
+    prefect is imported (Prefect reads PREFECT_API_URL at import). Otherwise Prefect's own rules apply
+    (its temporary server when no API URL is set). Returns the temporary server's API URL (exported
+    as PREFECT_API_URL for this process), or None when none was started.
     """
-    global _temporary_api_url
-    from pipelines import cli
-
     server = None
-    if cli.EMBEDDED_PREFECT and not os.environ.get("PREFECT_API_URL") and "prefect" not in sys.modules:
-        server = TemporaryPrefectServer(os.environ["PREFECT_HOME"])
+    if prefect_home and not os.environ.get("PREFECT_API_URL") and "prefect" not in sys.modules:
+        server = TemporaryPrefectServer(prefect_home)
         server.start()
         # registered before prefect is imported, so it runs after Prefect's own exit handlers (atexit is
         # last-in, first-out), which send the last logs and events to the server
@@ -147,5 +140,7 @@ def start_embedded_services(settings) -> None:
     if server is not None:
         server.wait_ready(float(os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS")
                                 or DEFAULT_STARTUP_TIMEOUT_S))
-        os.environ["PREFECT_API_URL"] = _temporary_api_url = server.api_url
+        os.environ["PREFECT_API_URL"] = server.api_url
         print(f"Prefect: temporary server with its UI on {server.url} until this command ends", file=sys.stderr)
+        return server.api_url
+    return None

@@ -27,11 +27,11 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Union, get_args, get_origin, get_type_hints
+from typing import Any
 
-from gan_core.config import PRESETS, ConfigError, GANConfig, get_preset, parse_overrides
+from gan_core.config import PRESETS, ConfigError, GANConfig, check, from_dict, get_preset, parse_overrides, to_plain
 from infra.ray_train import ClusterConfig
 
 GAN_SECTIONS = tuple(f.name for f in fields(GANConfig))
@@ -55,9 +55,9 @@ class SourceSettings:
     labels: str = ""  # .npy sources: a .npy file of integer labels
 
     def __post_init__(self) -> None:
-        _check(self.num_samples >= 0, "source.num_samples", self.num_samples, "an integer >= 0")
-        _check(self.seed >= 0, "source.seed", self.seed, "an integer >= 0")
-        _check(self.image_size >= 0, "source.image_size", self.image_size, "an integer >= 0 (0 = keep the size)")
+        check(self.num_samples >= 0, "source.num_samples", self.num_samples, "an integer >= 0")
+        check(self.seed >= 0, "source.seed", self.seed, "an integer >= 0")
+        check(self.image_size >= 0, "source.image_size", self.image_size, "an integer >= 0 (0 = keep the size)")
 
 
 @dataclass(frozen=True)
@@ -71,7 +71,7 @@ class TrackingSettings:
     experiment: str = "ganpipe"
 
     def __post_init__(self) -> None:
-        _check(bool(self.experiment.strip()), "tracking.experiment", self.experiment, "a non-empty name")
+        check(bool(self.experiment.strip()), "tracking.experiment", self.experiment, "a non-empty name")
 
 
 @dataclass(frozen=True)
@@ -82,7 +82,7 @@ class RegistrySettings:
     export: bool = True  # ship torch.export / ONNX files inside the model
 
     def __post_init__(self) -> None:
-        _check(bool(self.alias.strip()) and self.alias.replace("-", "").replace("_", "").isalnum(),
+        check(bool(self.alias.strip()) and self.alias.replace("-", "").replace("_", "").isalnum(),
                "registry.alias", self.alias, "letters, digits, '-' and '_'")
 
 
@@ -92,8 +92,8 @@ class EvaluationSettings:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        _check(self.num_samples >= 0, "evaluation.num_samples", self.num_samples, "an integer >= 0")
-        _check(self.seed >= 0, "evaluation.seed", self.seed, "an integer >= 0")
+        check(self.num_samples >= 0, "evaluation.num_samples", self.num_samples, "an integer >= 0")
+        check(self.seed >= 0, "evaluation.seed", self.seed, "an integer >= 0")
 
 
 @dataclass(frozen=True)
@@ -106,16 +106,15 @@ class SamplingSettings:
     out: str = ""  # a folder; "" = <GANPIPE_HOME>/samples/<model name>/v<version>
 
     def __post_init__(self) -> None:
-        _check(1 <= self.num_samples <= 4096, "sampling.num_samples", self.num_samples, "an integer in [1, 4096]")
-        _check(self.seed >= 0, "sampling.seed", self.seed, "an integer >= 0")
-        _check(self.format in SAMPLE_FORMATS, "sampling.format", self.format, " | ".join(SAMPLE_FORMATS))
+        check(1 <= self.num_samples <= 4096, "sampling.num_samples", self.num_samples, "an integer in [1, 4096]")
+        check(self.seed >= 0, "sampling.seed", self.seed, "an integer >= 0")
+        check(self.format in SAMPLE_FORMATS, "sampling.format", self.format, " | ".join(SAMPLE_FORMATS))
 
 
 PIPELINE_SECTIONS: dict[str, type] = {
     "source": SourceSettings, "storage": StorageSettings, "tracking": TrackingSettings,
     "registry": RegistrySettings, "evaluation": EvaluationSettings, "sampling": SamplingSettings,
 }
-CLUSTER_EXTRA = ("address",)  # settings-only [cluster] fields, not part of ClusterConfig
 TOP_LEVEL = ("preset",) + tuple(PIPELINE_SECTIONS) + GAN_SECTIONS + ("cluster",)
 
 
@@ -130,7 +129,6 @@ class Settings:
     registry: RegistrySettings = field(default_factory=RegistrySettings)
     evaluation: EvaluationSettings = field(default_factory=EvaluationSettings)
     sampling: SamplingSettings = field(default_factory=SamplingSettings)
-    ray_address: str = ""  # [cluster] address; "" = RAY_ADDRESS, else a local Ray
 
     # -- derived values (the embedded defaults live here, in one place) ------------------------------
     @property
@@ -165,50 +163,13 @@ class Settings:
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"preset": self.preset}
         for name in PIPELINE_SECTIONS:
-            out[name] = _plain(getattr(self, name))
+            out[name] = to_plain(getattr(self, name))
         out.update(self.gan.to_dict())
-        out["cluster"] = {"address": self.ray_address, **_plain(self.cluster)}
+        out["cluster"] = to_plain(self.cluster)
         return out
 
     def to_toml(self) -> str:
         return dump_toml(self.to_dict())
-
-
-def _plain(obj: Any) -> dict[str, Any]:
-    return {f.name: getattr(obj, f.name) for f in fields(obj)}
-
-
-def _check(ok: bool, name: str, value: Any, allowed: str) -> None:
-    if not ok:
-        raise ConfigError(f"{name}: got {value!r}; allowed: {allowed}")
-
-
-def _type_name(t: Any) -> str:
-    return {str: "a string", int: "an integer", float: "a number", bool: "true | false"}.get(t, str(t))
-
-
-def _build_section(cls: type, values: dict[str, Any], section: str) -> Any:
-    """A section dataclass from a table; unknown fields and wrong types name the field and what is allowed."""
-    if not isinstance(values, dict):
-        raise ConfigError(f"{section}: got {values!r}; allowed: a table of fields")
-    hints = get_type_hints(cls)
-    known = [f.name for f in fields(cls)]
-    kwargs: dict[str, Any] = {}
-    for key, value in values.items():
-        if key not in hints:
-            raise ConfigError(f"{section}.{key}: unknown field; allowed: {', '.join(known)}")
-        typ = hints[key]
-        if get_origin(typ) is Union:  # Optional[...]: None allowed
-            typ = next(a for a in get_args(typ) if a is not type(None))
-            if value is None:
-                kwargs[key] = None
-                continue
-        if typ is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        if not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
-            raise ConfigError(f"{section}.{key}: got {value!r}; allowed: {_type_name(typ)}")
-        kwargs[key] = value
-    return cls(**kwargs)
 
 
 # -- reading ---------------------------------------------------------------------------------------------
@@ -242,14 +203,6 @@ def check_top_level(data: dict[str, Any]) -> None:
     for key in TOP_LEVEL[1:]:
         if key in data and not isinstance(data[key], dict):
             raise ConfigError(f"{key}: got {data[key]!r}; allowed: a table ([{key}])")
-
-
-def _cluster_from(base: ClusterConfig, values: dict[str, Any], where: str) -> ClusterConfig:
-    known = {f.name for f in fields(ClusterConfig)}
-    for key in values:
-        if key not in known:
-            raise ConfigError(f"{where}{key}: unknown field; allowed: {', '.join(sorted(known | set(CLUSTER_EXTRA)))}")
-    return replace(base, **values)
 
 
 def resolve_settings(*, preset: str | None = None, config_file: str | None = None, overrides: list[str] = (),
@@ -287,17 +240,12 @@ def resolve_settings(*, preset: str | None = None, config_file: str | None = Non
     flat = {f"{section}.{k}": v for section in GAN_SECTIONS for k, v in tables[section].items()}
     if flat:
         gan = gan.with_overrides(flat)
-    # 3. cluster: ClusterConfig plus the address
-    cluster_values = tables["cluster"]
-    address = cluster_values.pop("address", "")
-    if not isinstance(address, str):
-        raise ConfigError(f"cluster.address: got {address!r}; allowed: a string such as 'ray://head:10001' or 'auto'")
-    cluster = _cluster_from(ClusterConfig(), cluster_values, "cluster.")
+    # 3. cluster: the file's and --set values, then explicit CLI flags (None = not given)
     explicit = {k: v for k, v in (cluster_overrides or {}).items() if v is not None}
-    cluster = _cluster_from(cluster, explicit, "cluster.")
+    cluster = from_dict(ClusterConfig, {**tables["cluster"], **explicit}, "cluster.")
     # 4. the pipeline's own sections
-    sections = {name: _build_section(cls, tables[name], name) for name, cls in PIPELINE_SECTIONS.items()}
-    settings = Settings(preset_name, gan, cluster, ray_address=address, **sections)
+    sections = {name: from_dict(cls, tables[name], f"{name}.") for name, cls in PIPELINE_SECTIONS.items()}
+    settings = Settings(preset_name, gan, cluster, **sections)
     _check_source(settings)
     return settings
 

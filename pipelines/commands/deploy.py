@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from pipelines.cli import UserError
-from pipelines.commands.run import add_config_arguments, flow_parameters, resolve_or_exit
+from pipelines.commands.run import add_config_arguments, resolve_request
 
 EPILOG = """\
 Without --work-pool, this process serves the deployment (Prefect's flow.serve): it stays in the
@@ -76,8 +76,10 @@ def make_deployment(name: str, cron: str, parameters: dict, *, timezone: str = "
 def run(args: argparse.Namespace) -> int:
     import os
 
-    settings = resolve_or_exit(args)  # the whole config is validated before anything is created
-    parameters = {k: v for k, v in flow_parameters(args).items() if v not in (None, [])}
+    tree, settings = resolve_request(args)  # the whole config is validated before anything is created
+    # the deployment carries the request (the file's tree travels as data), resolved by each run
+    parameters = {k: v for k, v in {"preset": args.preset, "config": tree, "overrides": list(args.set)}.items()
+                  if v not in (None, [])}
     sched = schedule(args.cron, args.timezone)
     if args.image and not args.work_pool:
         raise UserError("--image: only meaningful with --work-pool (served runs use this host's environment)")

@@ -34,7 +34,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args) -> int:
-    from infra.registry import Normalisation, RegistryError, register_generator, resolve_checkpoint
+    from gan_core.data import Normalisation
+    from infra.registry import RegistryError, register_generator, resolve_checkpoint
 
     try:
         checkpoint, run_id = resolve_checkpoint(args.run)

@@ -50,28 +50,24 @@ def add_config_arguments(p: argparse.ArgumentParser) -> None:
                         "(repeatable; values parse as JSON when they can)")
 
 
-def resolve_or_exit(args):
-    """Settings from --preset/--config/--set, or a one-line UserError."""
+def resolve_request(args, **cluster_overrides):
+    """(the config file's tree or None, Settings) from --preset/--config/--set (and explicit cluster
+    flags): the file is read and every value parsed and validated once, here; a one-line UserError
+    otherwise. The tree is what a deployment carries (workers need no file)."""
     from gan_core.config import ConfigError
-    from pipelines.settings import resolve_settings
+    from pipelines.settings import read_config_file, resolve_settings
 
     try:
-        return resolve_settings(preset=args.preset, config_file=args.config, overrides=args.set)
+        tree = read_config_file(args.config) if args.config else None
+        return tree, resolve_settings(preset=args.preset, config_data=tree, overrides=args.set,
+                                      cluster_overrides=cluster_overrides)
     except ConfigError as e:
         raise UserError(str(e)) from None
 
 
-def flow_parameters(args) -> dict:
-    """The flow's parameters: the config file travels as data, so a deployment does not need the file."""
-    from pipelines.settings import read_config_file
-
-    return {"preset": args.preset, "config": read_config_file(args.config) if args.config else None,
-            "overrides": list(args.set)}
-
-
 def run(args: argparse.Namespace) -> int:
     t_start = time.time()
-    settings = resolve_or_exit(args)  # 1. full validation before anything starts
+    _, settings = resolve_request(args)  # 1. full validation before anything starts
     if args.dry_run:
         sys.stdout.write(settings.to_toml())
         return 0
@@ -86,10 +82,10 @@ def run(args: argparse.Namespace) -> int:
     from pipelines.services import ServiceError, start_embedded_services
 
     try:
-        start_embedded_services(settings)
+        temporary_api_url = start_embedded_services(settings, getattr(args, "embedded_prefect_home", None))
         from pipelines.flow import gan_pipeline, summary_lines
 
-        summary = gan_pipeline(**flow_parameters(args))
+        summary = gan_pipeline(settings=settings)
     except (ConfigError, DatasetError, SourceError, StorageError, ServiceError) as e:
         raise UserError(str(e)) from None
     # 3. where to look
@@ -99,5 +95,5 @@ def run(args: argparse.Namespace) -> int:
     summary["seconds"] = seconds
     if args.json:
         print(json.dumps(summary, indent=2, default=str))
-    print("\n".join(["", "ganpipe run: done"] + summary_lines(summary)), file=sys.stderr if args.json else sys.stdout)
+    print("\n".join(["", "ganpipe run: done"] + summary_lines(summary, temporary_api_url)), file=sys.stderr if args.json else sys.stdout)
     return 0

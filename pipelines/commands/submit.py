@@ -45,9 +45,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 def train_entrypoint(train_args: list[str]) -> str:
     """Validate `ganpipe train` arguments here and return the job's shell entrypoint."""
-    from gan_core.config import ConfigError
     from pipelines.cli import build_parser
-    from pipelines.settings import resolve_settings
+    from pipelines.commands.train import resolve_train_settings
 
     args = list(train_args)
     if args and args[0] == "--":
@@ -59,12 +58,7 @@ def train_entrypoint(train_args: list[str]) -> str:
         ns = parser.parse_args(["train", *args])
     except SystemExit:
         raise UserError(f"ganpipe train {' '.join(args)}: invalid arguments (see ganpipe train --help)") from None
-    try:
-        resolve_settings(preset=ns.preset, config_file=ns.config, overrides=ns.set,
-                         cluster_overrides={"num_workers": ns.workers, "run_name": ns.run_name,
-                                            "max_failures": ns.max_failures})
-    except ConfigError as e:
-        raise UserError(str(e)) from None
+    resolve_train_settings(ns)  # the same validation the job will run: a typo fails here, in a second
     return "ganpipe train " + " ".join(shlex.quote(a) for a in args)
 
 

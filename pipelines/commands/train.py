@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 
 from pipelines.cli import UserError
+from pipelines.commands.run import add_config_arguments, resolve_request
 
 EXAMPLES = """examples:
   ganpipe train --dataset ~/.ganpipe/data/datasets/digits --preset digits
@@ -21,10 +22,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
                                    "resumes the run from its latest checkpoint.",
                        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", required=True, help="staged dataset: <root>/datasets/<name>[/<version>] (local or s3://)")
-    p.add_argument("--preset", default="digits", help="configuration preset (tiny, digits, ring8, grid25, dcgan64)")
-    p.add_argument("--config", help="config file (TOML) with gan sections and an optional [cluster] table")
-    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
-                   help="override a config field, e.g. --set train.global_batch_size=256 (repeatable)")
+    add_config_arguments(p)
     p.add_argument("--workers", type=int, help="number of Ray Train workers (one per GPU)")
     p.add_argument("--gpus", action="store_true", help="one GPU per worker (NCCL); default: CPU workers (gloo)")
     p.add_argument("--storage", help="run storage: a folder or s3://bucket/prefix (default: <GANPIPE_HOME>/ray_results)")
@@ -35,19 +33,23 @@ def add_parser(sub) -> argparse.ArgumentParser:
     return p
 
 
+def resolve_train_settings(args: argparse.Namespace):
+    """Settings for `ganpipe train` (and `ganpipe submit`, which validates the same arguments before it
+    submits): --preset/--config/--set, then the explicit cluster flags."""
+    _, settings = resolve_request(args, num_workers=args.workers, use_gpu=args.gpus or None,
+                                  storage_path=args.storage, run_name=args.run_name,
+                                  max_failures=args.max_failures, verify_sync=args.verify_sync or None)
+    return settings
+
+
 def run(args: argparse.Namespace) -> int:
     from gan_core.config import ConfigError
     from infra.datasets import DatasetError
     from infra.ray_train import launch_training, outcome_to_json
     from infra.storage import StorageError
-    from pipelines.settings import resolve_settings
 
+    settings = resolve_train_settings(args)
     try:
-        settings = resolve_settings(preset=args.preset, config_file=args.config, overrides=args.set,
-                                    cluster_overrides={"num_workers": args.workers, "use_gpu": args.gpus or None,
-                                                       "storage_path": args.storage, "run_name": args.run_name,
-                                                       "max_failures": args.max_failures,
-                                                       "verify_sync": args.verify_sync or None})
         outcome = launch_training(settings.gan, args.dataset, settings.cluster)
     except (ConfigError, DatasetError, StorageError) as e:
         raise UserError(str(e)) from None

@@ -44,7 +44,9 @@ def test_served_deployment_runs_to_completion(prefect_harness, tmp_path):
 
     env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "GANPIPE_HOME": str(tmp_path / "home"),
            "PREFECT_RUNNER_POLL_FREQUENCY": "1", "RAY_USAGE_STATS_ENABLED": "0",
-           "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+           "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+           # the run's result is persisted (as a file here), so the test reads back what the flow resolved
+           "PREFECT_RESULTS_PERSIST_BY_DEFAULT": "true", "PREFECT_LOCAL_STORAGE_PATH": str(tmp_path / "results")}
     server = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "deploy", "--name", "served", "--cron",
                                "0 3 * * *", "--preset", "tiny", "--set", "train.total_steps=5"],
                               cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -66,9 +68,8 @@ def test_served_deployment_runs_to_completion(prefect_harness, tmp_path):
                                   poll_interval=1)
         assert flow_run.state is not None and flow_run.state.is_completed(), flow_run.state
         assert flow_run.parameters == {"preset": "tiny", "overrides": ["train.total_steps=5"], "dry_run": True}
-        result = flow_run.state.result() if flow_run.state.data is not None else None
-        if result is not None:  # results are persisted only when the server stores them
-            assert result["settings"]["train"]["total_steps"] == 5
+        result = flow_run.state.result()
+        assert result["dry_run"] is True and result["settings"]["train"]["total_steps"] == 5
     finally:
         server.send_signal(signal.SIGINT)  # Ctrl-C: the runner pauses the schedule and exits
         try:

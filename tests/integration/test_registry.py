@@ -15,10 +15,10 @@ import torch
 
 from gan_core import get_preset, train
 from gan_core.checkpoint import load_generator
-from gan_core.data import InMemoryBatches, load_digits
+from gan_core.data import InMemoryBatches, Normalisation, load_digits
 from gan_core.sampling import generate, latents_for_range
 from infra.evaluation import Evaluation
-from infra.registry import Normalisation, register_generator
+from infra.registry import register_generator
 
 pytestmark = pytest.mark.integration
 

@@ -1,6 +1,8 @@
+import dataclasses
+
 import pytest
 
-from gan_core.config import PRESETS, ConfigError, GANConfig, get_preset
+from gan_core.config import PRESETS, ConfigError, GANConfig, from_dict, get_preset
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
@@ -37,5 +39,30 @@ def test_unknown_preset():
 
 def test_config_is_frozen():
     cfg = get_preset("tiny")
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.train.total_steps = 3  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.train = cfg.train  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("table, message", [
+    ({"train": {"total_steps": "10"}}, "train.total_steps: got '10'; allowed: an integer"),
+    ({"train": {"total_steps": True}}, "train.total_steps: got True; allowed: an integer"),
+    ({"network": {"d_spectral_norm": 1}}, "network.d_spectral_norm: got 1; allowed: true | false"),
+    ({"d_optim": {"lr": "fast"}}, "d_optim.lr: got 'fast'; allowed: a number"),
+    ({"d_optim": {"lr": 2.0}}, "d_optim.lr: got 2.0; allowed: a number in (0, 1)"),
+    ({"data": {"shape": 2}}, "data.shape: got 2; allowed: a list"),
+    ({"loss": 3}, "loss: got 3; allowed: a table of fields"),
+    ({"loss": {"kindd": "hinge"}}, "loss.kindd: unknown field; allowed: kind, gp_lambda"),
+])
+def test_from_dict_names_the_field_for_every_wrong_type(table, message):
+    """One mechanism (gan_core.config.from_dict) types every section: wrong types are refused with the
+    dotted field before any rule compares them."""
+    with pytest.raises(ConfigError) as e:
+        from_dict(GANConfig, table)
+    assert str(e.value).startswith(message)
+
+
+def test_with_overrides_on_a_field_names_what_is_allowed():
+    with pytest.raises(ConfigError, match=r"train.total_steps: unknown section; allowed: none \(it is a field\)"):
+        get_preset("tiny").with_overrides({"train.total_steps.x": 1})
