@@ -20,11 +20,12 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 # packages ship fixtures that are not Python 3) is compiled on import if ever imported, hence the "|| true".
 COMPILE = $(PY) -m compileall -qq -j 0 -x '/tests?/' $(VENV)/lib >/dev/null 2>&1 || true
 
-.PHONY: run test demo bench clean help
+.PHONY: run test test-fast demo bench clean help
 
 help:
 	@echo "make run    set up .venv and run the whole pipeline on the embedded default (digits)"
-	@echo "make test   set up .venv and run every test"
+	@echo "make test   set up .venv and run every test (the fast layer first)"
+	@echo "make test-fast  unit + architecture tests only (under 3 minutes): the inner loop"
 	@echo "make bench  run the benchmarks (prints ratios)"
 	@echo "make demo   the GAN engine alone on digits (no Ray, Prefect or MLflow), pictures in runs/digits"
 
@@ -50,8 +51,12 @@ run: $(RUN_STAMP)
 demo: $(RUN_STAMP)
 	$(PY) -m gan_core --preset digits --out runs/digits
 
+# testpaths in pyproject.toml order the layers: architecture and unit (seconds) before integration
 test: $(DEV_STAMP)
 	$(PY) -m pytest -q
+
+test-fast: $(DEV_STAMP)
+	$(PY) -m pytest -q tests/architecture tests/unit
 
 bench: $(DEV_STAMP)
 	$(PY) -m benchmarks

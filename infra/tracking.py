@@ -15,9 +15,14 @@ What the run holds:
 - tags: ``ganpipe.last_checkpoint`` (the newest checkpoint URI; ``ganpipe register --run`` reads it),
   ``ganpipe.run_name``.
 
-A tracking outage must not kill training. All MLflow calls run on one background thread, in order;
-each is retried with backoff and then dropped with a warning. The training thread only renders
-pictures and enqueues; `finish` waits for the queue at most ``flush_timeout_s``.
+A tracking outage must not kill training, nor stall it. Metrics and params go through MLflow's own
+asynchronous ``log_batch(synchronous=False)`` (MLflow batches, chunks to its per-call limits and
+retries HTTP requests itself: MLFLOW_HTTP_REQUEST_MAX_RETRIES / _TIMEOUT). What MLflow 3.17 can only do
+synchronously (creating or resuming the run, tags, artifact uploads) runs on one background thread, in
+order: NOTE: kept hand-written because MLflow's default HTTP retry budget is minutes long (it is sized
+for rate limits), and the training thread must not wait on it. A call that still fails is dropped with
+a warning. The training thread only renders pictures and enqueues; `finish` waits for the queue and the
+pending asynchronous batches at most ``flush_timeout_s``, so nothing is lost at the end.
 """
 
 from __future__ import annotations
@@ -54,8 +59,7 @@ PARAM_OFFSET = "dataset.normalisation.offset"
 PARAM_CODE_VERSION = "code.version"
 CHECKPOINTS_ARTIFACT = "checkpoints.json"
 
-MAX_METRICS_PER_CALL = 1000  # MLflow's log_batch limits
-MAX_PARAMS_PER_CALL = 100
+MAX_PENDING_BATCHES = 64  # asynchronous batches in flight before the sender waits for them
 RUN_RETRY_INTERVAL_S = 60.0  # after failing to create the run, try again at most this often
 GRID_SEED = 2024  # the fixed seed of the per-snapshot sample grid
 GRID_SAMPLES = 64
@@ -139,8 +143,7 @@ class TrainingTracker:
                  dataset: DatasetRef | None = None, tracking_uri: str | None = None,
                  artifact_location: str | None = None, generator: nn.Module | Callable[[], nn.Module] | None = None,
                  checkpoint_uri: Callable[[str], str] | None = None, tags: dict[str, str] | None = None,
-                 resume: bool = True, max_attempts: int = 3, retry_backoff_s: float = 0.5,
-                 flush_timeout_s: float = 60.0, max_queue: int = 10_000):
+                 resume: bool = True, flush_timeout_s: float = 60.0, max_queue: int = 10_000):
         self.config = config
         self.run_name = run_name
         self.experiment = experiment
@@ -151,12 +154,11 @@ class TrainingTracker:
         self.checkpoint_uri = checkpoint_uri or (lambda d: str(Path(d).resolve()))
         self.extra_tags = dict(tags or {})
         self.resume = resume
-        self.max_attempts = max_attempts
-        self.retry_backoff_s = retry_backoff_s
         self.flush_timeout_s = flush_timeout_s
         self.run_id: str | None = None
         self.stats = TrackerStats()
         self.checkpoints: list[dict[str, Any]] = []
+        self._pending: list[Any] = []  # MLflow's RunOperations of asynchronous log_batch calls
         self._queue: queue.Queue[_Op | None] = queue.Queue(maxsize=max_queue)
         self._tmp = Path(tempfile.mkdtemp(prefix="ganpipe-tracking-"))
         self._client = None
@@ -285,21 +287,29 @@ class TrainingTracker:
             self._attempt(op)
 
     def _attempt(self, op: _Op) -> None:
-        for attempt in range(1, self.max_attempts + 1):
+        """Run one call once (MLflow's client retries HTTP itself); a failure drops it with a warning."""
+        try:
+            op.fn(*op.args)
+            self.stats.sent += 1
+        except Exception as e:  # any client / network / store error
+            self._dropped(op.what, e)
+            if op.fn == self._create_run:
+                self._run_failed_at = time.monotonic()
+
+    def _dropped(self, what: str, e: BaseException) -> None:
+        err = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
+        self.stats.dropped += 1
+        self.stats.errors.append(err)
+        log.warning("MLflow tracking failed for %s; dropped (%s)", what, err)
+
+    def _wait_pending(self) -> None:
+        """Wait for MLflow's asynchronous batches; a failed one counts as dropped."""
+        pending, self._pending = self._pending, []
+        for what, operation in pending:
             try:
-                op.fn(*op.args)
-                self.stats.sent += 1
-                return
-            except Exception as e:  # any client / network / store error
-                err = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
-                if attempt == self.max_attempts:
-                    self.stats.dropped += 1
-                    self.stats.errors.append(err)
-                    log.warning("MLflow tracking failed %d times for %s; dropped (%s)", attempt, op.what, err)
-                    if op.fn == self._create_run:
-                        self._run_failed_at = time.monotonic()
-                    return
-                time.sleep(self.retry_backoff_s * 2 ** (attempt - 1))
+                operation.wait()
+            except Exception as e:
+                self._dropped(what, e)
 
     # -- MLflow calls (background thread only) -------------------------------------------------------
     @property
@@ -336,8 +346,7 @@ class TrainingTracker:
                        PARAM_SCALE: repr(float(self.dataset.scale)), PARAM_OFFSET: repr(float(self.dataset.offset)),
                        PARAM_CODE_VERSION: code_version()})
         items = [Param(k, v[:6000]) for k, v in sorted(params.items())]
-        for i in range(0, len(items), MAX_PARAMS_PER_CALL):
-            self.client.log_batch(self.run_id, params=items[i:i + MAX_PARAMS_PER_CALL])
+        self._pending.append(("params", self.client.log_batch(self.run_id, params=items, synchronous=False)))
         self.client.set_tag(self.run_id, "mlflow.note.content", f"GAN training run {self.run_name or ''}".strip())
         # 3. the dataset manifest as it was at training time
         if self.dataset.manifest is not None:
@@ -348,8 +357,10 @@ class TrainingTracker:
 
         now = int(time.time() * 1000)
         items = [Metric(k, v, now, step) for k, v in metrics]
-        for i in range(0, len(items), MAX_METRICS_PER_CALL):
-            self.client.log_batch(self.run_id, metrics=items[i:i + MAX_METRICS_PER_CALL])
+        operation = self.client.log_batch(self.run_id, metrics=items, synchronous=False)
+        self._pending.append((f"metrics at step {step}", operation))
+        if len(self._pending) > MAX_PENDING_BATCHES:  # bounded memory on long runs
+            self._wait_pending()
 
     def _log_artifact(self, path: Path, artifact_path: str | None) -> None:
         self.client.log_artifact(self.run_id, str(path), artifact_path)
@@ -359,6 +370,7 @@ class TrainingTracker:
         self.client.log_dict(self.run_id, {"checkpoints": listing}, CHECKPOINTS_ARTIFACT)
 
     def _end_run(self, status: str) -> None:
+        self._wait_pending()  # every metric lands before the run is marked finished
         self.client.set_terminated(self.run_id, status=status)
 
 

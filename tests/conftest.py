@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import socket
+import tempfile
 
 import pytest
 
@@ -14,6 +15,9 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_LOGGING_TO_API_ENABLED", "false")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # subprocesses too: tiny nets run fastest on one thread
+# the embedded default's home (MLflow store, Prefect home, datasets) of anything the tests run in-process
+# through the CLI: a fresh folder per session, never the user's ~/.ganpipe
+os.environ.setdefault("GANPIPE_HOME", tempfile.mkdtemp(prefix="ganpipe-tests-home-"))
 
 import torch  # noqa: E402
 

@@ -102,7 +102,7 @@ def test_tracking_outage_does_not_kill_training(store, tmp_path, monkeypatch, ca
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
     cfg = _config()
     tracker = TrainingTracker(cfg, run_name="outage", tracking_uri=f"http://127.0.0.1:{_closed_port()}",
-                              max_attempts=2, retry_backoff_s=0.01, flush_timeout_s=60)
+                              flush_timeout_s=60)
     with caplog.at_level(logging.WARNING, logger="infra.tracking"):
         result = _train(cfg, tracker.start(), tmp_path)
     assert result.state.step == 10 and result.checkpoint_dir is not None
