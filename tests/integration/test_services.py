@@ -17,11 +17,12 @@ pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
 
 SCRIPT = """
-from pipelines import cli  # nothing configured: Prefect's home goes under GANPIPE_HOME
-from pipelines.services import start_embedded_services, temporary_api_url
+from pipelines import cli
+from pipelines.services import start_embedded_services
 from pipelines.settings import resolve_settings
 
-start_embedded_services(resolve_settings(preset="tiny"))
+prefect_home = cli.set_embedded_defaults()  # nothing configured: Prefect's home goes under GANPIPE_HOME
+temporary_api_url = start_embedded_services(resolve_settings(preset="tiny"), prefect_home)
 import ray
 from prefect import flow, get_run_logger
 from prefect.client.orchestration import get_client
@@ -36,7 +37,7 @@ def check():
 state = check(return_state=True)
 with get_client(sync_client=True) as client:
     run = client.read_flow_run(state.state_details.flow_run_id)
-print("API", temporary_api_url(), "STATE", run.state.type.value, "RESULT", state.result())
+print("API", temporary_api_url, "STATE", run.state.type.value, "RESULT", state.result())
 """
 
 
