@@ -1,6 +1,6 @@
 """The generator for consumers outside Python's eager PyTorch: a ``torch.export`` program and ONNX.
 
-    export_generator(G_ema, out_dir, scale=..., offset=...) -> {"pt2": ExportResult, "onnx": ...}
+    export_generator(G_ema, out_dir, normalisation=Normalisation(scale, offset)) -> {"pt2": ExportResult, "onnx": ...}
 
 Both artefacts take latents z float32 (n, z_dim) with a dynamic batch dimension and return samples in
 the data's original value range, (G(z) - offset) / scale, exactly like the registered pyfunc. Each is
@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from gan_core.data import Normalisation
 from gan_core.sampling import latents_for_range
 
 log = logging.getLogger(__name__)
@@ -49,18 +50,18 @@ class ExportResult:
 class DataRangeGenerator(nn.Module):
     """G followed by the inverse data normalisation: x_data = (G(z) - offset) / scale."""
 
-    def __init__(self, G: nn.Module, scale: float = 1.0, offset: float = 0.0):
+    def __init__(self, G: nn.Module, normalisation: Normalisation = Normalisation()):
         super().__init__()
         self.G = G
         self.z_dim = G.z_dim
-        self.scale, self.offset = float(scale), float(offset)
+        self.normalisation = normalisation
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return (self.G(z) - self.offset) / self.scale
+        return self.normalisation.to_data(self.G(z))
 
 
-def _prepare(G: nn.Module, scale: float, offset: float) -> nn.Module:
-    return DataRangeGenerator(G, scale, offset).cpu().eval().requires_grad_(False)
+def _prepare(G: nn.Module, normalisation: Normalisation) -> nn.Module:
+    return DataRangeGenerator(G, normalisation).cpu().eval().requires_grad_(False)
 
 
 def _batch_dim():
@@ -72,9 +73,9 @@ def _example(z_dim: int, n: int = 4) -> torch.Tensor:
     return latents_for_range(CHECK_SEED, 0, n, z_dim)
 
 
-def export_pt2(G: nn.Module, path: str | Path, *, scale: float = 1.0, offset: float = 0.0) -> Path:
+def export_pt2(G: nn.Module, path: str | Path, *, normalisation: Normalisation = Normalisation()) -> Path:
     """``torch.export`` G (with the data-range mapping) to a ``.pt2`` archive; load with torch.export.load."""
-    model = _prepare(G, scale, offset)
+    model = _prepare(G, normalisation)
     program = torch.export.export(model, (_example(model.z_dim),), dynamic_shapes=_batch_dim())
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -82,10 +83,10 @@ def export_pt2(G: nn.Module, path: str | Path, *, scale: float = 1.0, offset: fl
     return path
 
 
-def export_onnx(G: nn.Module, path: str | Path, *, scale: float = 1.0, offset: float = 0.0,
+def export_onnx(G: nn.Module, path: str | Path, *, normalisation: Normalisation = Normalisation(),
                 opset: int = ONNX_OPSET) -> Path:
     """ONNX through the dynamo exporter (onnxscript); input ``z``, output ``x``, dynamic batch."""
-    model = _prepare(G, scale, offset)
+    model = _prepare(G, normalisation)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.onnx.export(model, (_example(model.z_dim),), str(path), dynamo=True, opset_version=opset,
@@ -113,23 +114,23 @@ def run_onnx(path: str | Path, z: torch.Tensor) -> np.ndarray:
     return np.asarray(session.run(None, feed)[0])
 
 
-def export_generator(G: nn.Module, out_dir: str | Path, *, scale: float = 1.0, offset: float = 0.0,
+def export_generator(G: nn.Module, out_dir: str | Path, *, normalisation: Normalisation = Normalisation(),
                      formats: tuple[str, ...] = ("pt2", "onnx"), atol: float = DEFAULT_ATOL,
                      check_batch: int = 16) -> dict[str, ExportResult]:
     """Export G to each format under ``out_dir`` and check it against eager on ``check_batch`` latents."""
     out_dir = Path(out_dir)
-    eager = _prepare(G, scale, offset)
+    eager = _prepare(G, normalisation)
     z = _example(eager.z_dim, check_batch)  # differs from the tracing batch: exercises the dynamic dim
     with torch.no_grad():
         expected = eager(z).numpy()
     results: dict[str, ExportResult] = {}
     for fmt in formats:
         if fmt == "pt2":
-            path = export_pt2(G, out_dir / PT2_FILE, scale=scale, offset=offset)
+            path = export_pt2(G, out_dir / PT2_FILE, normalisation=normalisation)
             actual = run_pt2(path, z)
         elif fmt == "onnx":
             try:
-                path = export_onnx(G, out_dir / ONNX_FILE, scale=scale, offset=offset)
+                path = export_onnx(G, out_dir / ONNX_FILE, normalisation=normalisation)
             except Exception as e:  # an op without an ONNX translation: ONNX is "where the ops allow"
                 reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
                 log.warning("ONNX export skipped: %s", reason)

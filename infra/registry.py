@@ -274,7 +274,7 @@ def register_generator(checkpoint: str | Path, name: str, *, run_id: str | None 
         # 2. evaluate (the same fixed latents for every version)
         evaluation = (evaluator or default_evaluator())(G, config)
         # 3. export for non-Python consumers, checked against eager; shipped inside the model
-        exported = export_generator(G, Path(tmp) / "export", scale=normalisation.scale, offset=normalisation.offset,
+        exported = export_generator(G, Path(tmp) / "export", normalisation=normalisation,
                                     formats=export_formats) if export_formats else {}
         # 4. log the model from the training run (or a registration run)
         log_run_id = run_id or _registration_run(client, experiment, str(checkpoint), evaluation)

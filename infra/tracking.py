@@ -43,6 +43,7 @@ import torch
 from torch import nn
 
 from gan_core.config import GANConfig
+from gan_core.data import Normalisation
 from gan_core.loop import Snapshot
 
 from .settings import DEFAULT_EXPERIMENT, code_version, default_artifact_location, mlflow_tracking_uri
@@ -74,14 +75,12 @@ class DatasetRef:
     name: str
     version: str = ""
     manifest: dict[str, Any] | None = None
-    scale: float = 1.0  # model value = stored value * scale + offset
-    offset: float = 0.0
+    normalisation: Normalisation = Normalisation()  # stored value -> model value
 
     @classmethod
     def from_manifest(cls, name: str, manifest: dict[str, Any]) -> "DatasetRef":
-        norm = manifest.get("normalisation") or {}
         return cls(name=name, version=str(manifest.get("version", "")), manifest=manifest,
-                   scale=float(norm.get("scale", 1.0)), offset=float(norm.get("offset", 0.0)))
+                   normalisation=Normalisation.from_dict(manifest.get("normalisation")))
 
 
 def ensure_experiment(client, name: str, artifact_location: str | None = None) -> str:
@@ -260,7 +259,7 @@ class TrainingTracker:
             return save_image_grid(x, path)  # model space [-1, 1], as the grid expects
         if x.shape[1] < 2:
             return None
-        x = (x - self.dataset.offset) / self.dataset.scale  # back to the data's own units
+        x = self.dataset.normalisation.to_data(x)  # back to the data's own units
         return save_scatter(x[:, :2], path, title=f"G_ema at {snapshot.kimg:.1f} kimg")
 
     # -- the background sender -----------------------------------------------------------------------
@@ -343,7 +342,8 @@ class TrainingTracker:
         # 2. params: the resolved config, the dataset, the code
         params = flatten_params(self.config.to_dict())
         params.update({PARAM_DATASET_NAME: self.dataset.name, PARAM_DATASET_VERSION: self.dataset.version,
-                       PARAM_SCALE: repr(float(self.dataset.scale)), PARAM_OFFSET: repr(float(self.dataset.offset)),
+                       PARAM_SCALE: repr(self.dataset.normalisation.scale),
+                       PARAM_OFFSET: repr(self.dataset.normalisation.offset),
                        PARAM_CODE_VERSION: code_version()})
         items = [Param(k, v[:6000]) for k, v in sorted(params.items())]
         self._pending.append(("params", self.client.log_batch(self.run_id, params=items, synchronous=False)))

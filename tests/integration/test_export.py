@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from gan_core.config import get_preset
+from gan_core.data import Normalisation
 from gan_core.networks import build_generator
 from gan_core.sampling import latents_for_range
 from infra.export import ExportMismatchError, export_generator, run_onnx, run_pt2
@@ -32,7 +33,7 @@ def _generator(preset: str, overrides: dict):
 ])
 def test_pt2_and_onnx_match_eager(tmp_path, preset, overrides, scale, offset):
     G, cfg = _generator(preset, overrides)
-    results = export_generator(G, tmp_path, scale=scale, offset=offset)
+    results = export_generator(G, tmp_path, normalisation=Normalisation(scale, offset))
     assert set(results) == {"pt2", "onnx"}
     for r in results.values():
         assert r.ok and r.path.is_file() and r.max_abs_diff <= 1e-4, r
