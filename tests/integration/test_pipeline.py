@@ -42,8 +42,12 @@ def test_pipeline_registers_a_champion_and_a_rerun_reuses_everything(ray_cluster
     assert "data:image/png;base64," in report and "@champion" in report
 
     # 2. second run: the same dataset version (not rewritten), the same training run (already finished),
-    #    a new registered version with an identical score: the champion stays (ties keep the holder)
-    second = gan_pipeline(preset="tiny", overrides=overrides)
+    #    a new registered version with an identical score: the champion stays (ties keep the holder). This
+    #    time the settings arrive resolved, as `ganpipe run` passes them (the first run resolved the request
+    #    itself, as a deployment's run does): both paths give the same run
+    from pipelines.settings import resolve_settings
+
+    second = gan_pipeline(settings=resolve_settings(preset="tiny", overrides=overrides))
     assert second["dataset_uri"] == first["dataset_uri"]
     assert manifest.stat().st_mtime_ns == staged_at
     assert second["run_name"] == first["run_name"] and second["checkpoint_uri"] == first["checkpoint_uri"]
