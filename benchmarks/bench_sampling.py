@@ -7,7 +7,7 @@ Without --model a tiny digits generator (one training step) is registered in a t
 MLflow store. Both sides use one thread per process and the same batch size, and neither writes:
 - bare: the model loaded once in this process, then ``generate_range`` (seed-addressed latents,
         G forward, conversion to data units) over [0, N) in --batch-size steps;
-- flow: infra.batch_sampling.generate_shards(write=False): Ray Data from_items(shards) ->
+- flow: SamplingPlan.write_shards(write=False), the executor's writer: Ray Data from_items(shards) ->
         map_batches(ShardSampler) with --actors actors, each loading the model from MLflow once.
 Rates: "flow steady" counts the shards after the first one over the time between the first and the
 last shard's arrival in the driver (the actor's one-off start and model load excluded); "flow e2e"
@@ -17,22 +17,21 @@ includes them. Target: flow steady / bare >= 0.9 with --actors 1. Prints, never 
 from __future__ import annotations
 
 import argparse
-import os
 import tempfile
 import time
 
-os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-
 
 def register_tiny_generator(tmp: str) -> str:
+    import mlflow
+
     from gan_core import get_preset, train
-    from gan_core.data import InMemoryBatches, load_digits
+    from gan_core.data import InMemoryBatches, Normalisation, load_digits
     from infra.evaluation import Evaluation
-    from infra.registry import Normalisation, register_generator
+    from infra.registry import register_generator
 
     uri = f"sqlite:///{tmp}/mlflow.db"
-    os.environ["MLFLOW_TRACKING_URI"] = os.environ["MLFLOW_REGISTRY_URI"] = uri
+    mlflow.set_tracking_uri(uri)  # MLflow's own resolution then finds it (its env var; the actors get it)
+    mlflow.set_registry_uri(uri)
     cfg = get_preset("digits").with_overrides({
         "network.g_width": 8, "network.d_width": 8, "train.global_batch_size": 32, "train.total_steps": 1,
         "train.tick_every_steps": 1, "train.checkpoint_every_steps": 1})
@@ -55,11 +54,15 @@ def main() -> None:
     import torch
 
     from infra import batch_sampling as bs
+    from infra.ray_cluster import ensure_ray
+    from pipelines.cli import set_embedded_defaults
 
+    set_embedded_defaults()  # telemetry off, as the CLI's entry point does
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory(prefix="bench-sampling-") as tmp:
         model_uri = args.model or register_tiny_generator(tmp)
-        plan = bs.plan_sampling(model_uri, args.num_samples, args.seed, f"{tmp}/out")
+        plan = bs.plan_sampling(model_uri, args.num_samples, args.seed, f"{tmp}/out", batch_size=args.batch_size,
+                                actors=args.actors)
         n, b = args.num_samples, args.batch_size
         print(f"model {plan.model.uri} ({plan.model.requested_uri}), sample shape {plan.model.sample_shape}, "
               f"{n} samples in {plan.num_shards} shards of {plan.layout.rows_per_shard}, batch {b}, "
@@ -79,11 +82,11 @@ def main() -> None:
         print(f"bare loop:   {n / bare_s:12,.0f} samples/s  ({bare_s:.2f} s)")
 
         # the Ray Data job without writes
-        bs.ensure_ray()
+        ensure_ray()
         arrivals: list[tuple[float, int]] = []
         t0 = time.perf_counter()
-        bs.generate_shards(plan, batch_size=b, actors=args.actors, write=False,
-                           progress=lambda rec: arrivals.append((time.perf_counter(), rec["rows"])))
+        for _, rec in plan.write_shards(list(range(plan.num_shards)), write=False):
+            arrivals.append((time.perf_counter(), rec["rows"]))
         e2e_s = time.perf_counter() - t0
         arrivals.sort()
         steady_rows = sum(r for _, r in arrivals[1:])

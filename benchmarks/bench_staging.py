@@ -19,10 +19,6 @@ import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-os.environ.setdefault("PREFECT_LOGGING_TO_API_ENABLED", "false")
-
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -57,6 +53,9 @@ def main() -> None:
     p.add_argument("--no-flow", action="store_true", help="skip the Prefect flow measurement")
     args = p.parse_args()
 
+    from pipelines.cli import set_embedded_defaults
+
+    set_embedded_defaults()  # telemetry off, as the CLI's entry point does (before prefect is imported)
     from infra import datasets
 
     images = make_images(args.rows, args.size_px)

@@ -54,6 +54,7 @@ class GeneratorModel(mlflow.pyfunc.PythonModel):
         import torch
 
         from gan_core.config import GANConfig
+        from gan_core.data import Normalisation
         from gan_core.networks import build_generator
 
         cfg = dict(context.model_config or {})
@@ -78,13 +79,12 @@ class GeneratorModel(mlflow.pyfunc.PythonModel):
         state = torch.load(context.artifacts[WEIGHTS], map_location="cpu", weights_only=True)
         G.load_state_dict(state)
         self.G = G.to(self.device).eval().requires_grad_(False)
-        norm = cfg.get("normalisation") or {}
-        self.scale = float(norm.get("scale", 1.0))
-        self.offset = float(norm.get("offset", 0.0))
+        self.normalisation = Normalisation.from_dict(cfg.get("normalisation"))
 
-    def _to_data_range(self, x):
-        """model value = data value * scale + offset, so data value = (model value - offset) / scale."""
-        return ((x.float().cpu() - self.offset) / self.scale).numpy().astype(np.float32, copy=False)
+    def to_data_range(self, x):
+        """G's outputs (torch, any device) -> float32 numpy in the data's own units:
+        (x - offset) / scale (model value = data value * scale + offset)."""
+        return self.normalisation.to_data(x.float().cpu()).numpy()
 
     def predict(self, context, model_input, params=None):
         import torch
@@ -96,13 +96,13 @@ class GeneratorModel(mlflow.pyfunc.PythonModel):
         if num_samples > 0:
             x = generate(self.G, num_samples, int(params.get("seed") or 0), start=int(params.get("start") or 0),
                          device=self.device)
-            return self._to_data_range(x)
+            return self.to_data_range(x)
         z = _as_latents(model_input, self.G.z_dim)
         with torch.no_grad():
             out = [self.G(z[i:i + PREDICT_CHUNK_ROWS].to(self.device)).float().cpu()
                    for i in range(0, len(z), PREDICT_CHUNK_ROWS)]
         x = torch.cat(out) if out else torch.empty((0, *self.config.data.shape))
-        return self._to_data_range(x)
+        return self.to_data_range(x)
 
 
 def _as_latents(model_input, z_dim: int):

@@ -28,7 +28,10 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from gan_core.data import Normalisation
+
 from . import storage
+from .shardset import SCHEMA_METADATA_KEY, column_to_numpy, content_address
 from .storage import Location, StorageError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -37,10 +40,10 @@ PARQUET_SUFFIX = ".parquet"
 # dtypes an array source may have; everything else (ints, bools, complex, objects) is refused.
 FLOAT_DTYPES = ("float16", "float32", "float64")
 SUPPORTED_DTYPES = ("uint8",) + FLOAT_DTYPES
-# Key under which the data contract travels in each Parquet file's schema metadata.
-SCHEMA_METADATA_KEY = b"ganpipe"
-# uint8 images 0..255 -> [-1, 1]: x * (1 / 127.5) - 1
-IMAGE_SCALE, IMAGE_OFFSET = 1.0 / 127.5, -1.0
+IMAGE_NORMALISATION = Normalisation(1.0 / 127.5, -1.0)  # uint8 images 0..255 -> [-1, 1]
+# How --image-size resizes, recorded in the fingerprint: a different method gives other pixels, so
+# another version (ImageOps.fit crops in source pixels, then resizes; earlier staging did the reverse).
+RESIZE_METHOD = "ImageOps.fit/bicubic"
 BUILTIN_SOURCES = ("digits", "ring8", "grid25")
 S3_FETCH_THREADS = 16  # concurrent GETs per image chunk on S3
 
@@ -56,8 +59,7 @@ class ArraySpec:
 
     shape: tuple[int, ...]
     dtype: str  # "uint8" | "float32"
-    scale: float
-    offset: float
+    normalisation: Normalisation
     value_range: tuple[float, float] | None  # nominal range of stored values; None = observed
     has_labels: bool
     label_names: tuple[str, ...] | None = None
@@ -91,10 +93,6 @@ class Source:
 
     def read(self, start: int, stop: int) -> Chunk:
         raise NotImplementedError
-
-
-def _sha256_json(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 def _check_labels(labels: Any, n: int, where: str) -> np.ndarray:
@@ -159,7 +157,7 @@ def builtin_source(name: str, num_samples: int, seed: int) -> ArraySource:
     if name == "digits":
         x, labels = load_digits()  # float32 in [-1, 1] = pixel / 8 - 1; pixels are 0..16
         x = np.rint((x + 1.0) * 8.0).astype(np.uint8)  # exact: back to the original integers
-        spec = ArraySpec(tuple(x.shape[1:]), "uint8", 1.0 / 8.0, -1.0, (0.0, 16.0), True,
+        spec = ArraySpec(tuple(x.shape[1:]), "uint8", Normalisation(1.0 / 8.0, -1.0), (0.0, 16.0), True,
                          tuple(str(i) for i in range(10)))
         fp = {"kind": "builtin", "name": name, "content_sha256": _content_sha256(x, labels)}
         return ArraySource(x, labels, spec, fp, name, name)
@@ -167,7 +165,7 @@ def builtin_source(name: str, num_samples: int, seed: int) -> ArraySource:
         if num_samples <= 0:
             raise SourceError(f"{name}: --num-samples must be positive, got {num_samples}")
         x, labels = sample_mixture(name, num_samples, seed)
-        spec = ArraySpec((2,), "float32", 1.0, 0.0, None, True)
+        spec = ArraySpec((2,), "float32", Normalisation(), None, True)
         fp = {"kind": "builtin", "name": name, "num_samples": num_samples, "seed": seed,
               "content_sha256": _content_sha256(x, labels)}
         return ArraySource(x, labels, spec, fp, name, name)
@@ -180,9 +178,9 @@ def _array_spec(x: np.ndarray, where: str, has_labels: bool) -> ArraySpec:
     if x.ndim < 2:
         raise SourceError(f"{where}: expected an array of examples (N, ...), got shape {x.shape}")
     if x.dtype == np.uint8:  # uint8 arrays are images in 0..255
-        return ArraySpec(tuple(x.shape[1:]), "uint8", IMAGE_SCALE, IMAGE_OFFSET, (0.0, 255.0), has_labels)
+        return ArraySpec(tuple(x.shape[1:]), "uint8", IMAGE_NORMALISATION, (0.0, 255.0), has_labels)
     # float arrays are taken to be in model space already
-    return ArraySpec(tuple(x.shape[1:]), "float32", 1.0, 0.0, None, has_labels)
+    return ArraySpec(tuple(x.shape[1:]), "float32", Normalisation(), None, has_labels)
 
 
 def _load_npy(loc: Location) -> Any:
@@ -221,22 +219,21 @@ def array_file_source(loc: Location, labels_loc: Location | None) -> ArraySource
     if len(x) == 0:
         raise SourceError(f"{where}: empty source (0 examples)")
     spec = _array_spec(x, where, labels is not None)
-    fp = {"kind": "arrays", "files": _file_tokens([loc] + ([labels_loc] if labels_loc else []))}
+    files = [f for loc_ in (loc, labels_loc) if loc_ is not None
+             for f in _file_tokens(loc_, [storage.require_exists(loc_)], [loc_.name])]
+    fp = {"kind": "arrays", "files": files}
     name = posixpath.splitext(loc.name)[0]
     return ArraySource(x, labels, spec, fp, name, where)
 
 
-def _file_tokens(locs: Sequence[Location]) -> list[list]:
-    """[basename, size, content token] per file: sha256 on local disk, the ETag on S3."""
-    out = []
-    for loc in locs:
-        info = storage.require_exists(loc)
-        if isinstance(loc.fs, pafs.S3FileSystem):
-            token = "etag:" + storage.s3_etags(loc).get("", "")
-        else:
-            token = "sha256:" + storage.sha256_of(loc)[0]
-        out.append([loc.name, info.size, token])
-    return out
+def _file_tokens(base: Location, files: Sequence[pafs.FileInfo], names: Sequence[str]) -> list[list]:
+    """[name, size, content token] per file below (or at) `base`: the ETag on S3 (one listing, nothing
+    downloaded), sha256 on local disk."""
+    if isinstance(base.fs, pafs.S3FileSystem):
+        etags = storage.s3_etags(base)  # keyed by the path relative to base; "" = base itself
+        rels = [storage.relative(base, i.path) for i in files]
+        return [[n, i.size, "etag:" + etags.get("" if r == "." else r, "")] for n, i, r in zip(names, files, rels)]
+    return [[n, i.size, "sha256:" + storage.sha256_of(Location(base.fs, i.path, ""))[0]] for n, i in zip(names, files)]
 
 
 # --- image folders ------------------------------------------------------------------------------
@@ -275,7 +272,7 @@ class ImageFolderSource(Source):
             height, width = self._first_size()
         else:
             height = width = image_size
-        self.spec = ArraySpec((channels, height, width), "uint8", IMAGE_SCALE, IMAGE_OFFSET, (0.0, 255.0),
+        self.spec = ArraySpec((channels, height, width), "uint8", IMAGE_NORMALISATION, (0.0, 255.0),
                               self.labels is not None, tuple(self.class_names) if self.class_names else None)
         self._fingerprint: dict | None = None
 
@@ -302,16 +299,13 @@ class ImageFolderSource(Source):
 
     def fingerprint(self) -> dict[str, Any]:
         if self._fingerprint is None:
-            if isinstance(self.loc.fs, pafs.S3FileSystem):
-                etags = storage.s3_etags(self.loc)
-                tokens = [[r, i.size, "etag:" + etags.get(r, "")] for r, i in zip(self.rel, self.files)]
-            else:
-                tokens = [[r, i.size, "sha256:" + storage.sha256_of(Location(self.loc.fs, i.path, ""))[0]]
-                          for r, i in zip(self.rel, self.files)]
+            tokens = _file_tokens(self.loc, self.files, self.rel)
             self._fingerprint = {
-                "kind": self.kind, "num_files": len(tokens), "files_sha256": _sha256_json(tokens),
+                "kind": self.kind, "num_files": len(tokens), "files_sha256": content_address(tokens, 64),
                 "image_size": self.image_size, "grayscale": self.grayscale, "skip_bad": self.skip_bad,
             }
+            if self.image_size is not None:
+                self._fingerprint["resize"] = RESIZE_METHOD
         return self._fingerprint
 
     def __len__(self) -> int:
@@ -319,13 +313,13 @@ class ImageFolderSource(Source):
 
     def _decode(self, data: bytes, i: int) -> np.ndarray | None:
         """One image as uint8 (C, H, W); None for a bad file when skipping."""
-        from PIL import Image
+        from PIL import Image, ImageOps
 
         try:
             with Image.open(io.BytesIO(data)) as im:
                 im = im.convert("L" if self.grayscale else "RGB")
-                if self.image_size is not None:
-                    im = _resize_centre_crop(im, self.image_size)
+                if self.image_size is not None:  # shorter side to image_size, centre square
+                    im = ImageOps.fit(im, (self.image_size,) * 2, method=Image.Resampling.BICUBIC)
                 elif (im.height, im.width) != self.spec.shape[1:]:
                     raise SourceError(f"images of mixed sizes without --image-size: {self._uri(i)} is "
                                       f"{im.width}x{im.height}, {self._size_from} is "
@@ -362,19 +356,6 @@ class ImageFolderSource(Source):
         return Chunk(x, labels, skipped)
 
 
-def _resize_centre_crop(im, size: int):
-    """Resize so the shorter side is `size` (bicubic, antialiased), then crop the centre square."""
-    from PIL import Image
-
-    w, h = im.size
-    scale = size / min(w, h)
-    new_w, new_h = max(size, round(w * scale)), max(size, round(h * scale))
-    if (new_w, new_h) != (w, h):
-        im = im.resize((new_w, new_h), Image.Resampling.BICUBIC)
-    left, top = (new_w - size) // 2, (new_h - size) // 2
-    return im.crop((left, top, left + size, top + size))
-
-
 # --- Parquet ------------------------------------------------------------------------------------
 
 
@@ -388,29 +369,31 @@ class ParquetSource(Source):
     def __init__(self, loc: Location, files: list[pafs.FileInfo]):
         self.loc, self.default_name = loc, posixpath.splitext(loc.name)[0]
         self.files = files
-        self.parquet_files: list[pq.ParquetFile] = []
+        self.footers: list[pq.FileMetaData] = []  # parsed once, handed to every read
         # (file index, row group index, first global row, rows) for every row group
         self.row_groups: list[tuple[int, int, int, int]] = []
         total = 0
         for fi, info in enumerate(files):
             try:
-                pf = pq.ParquetFile(loc.fs.open_input_file(info.path))
+                footer = pq.read_metadata(loc.fs.open_input_file(info.path))
             except pa.ArrowInvalid as e:
                 raise SourceError(f"{self._uri(fi)}: not a readable Parquet file ({e})") from None
-            if "x" not in pf.schema_arrow.names:
-                raise SourceError(f"{self._uri(fi)}: no column 'x' (found: {', '.join(pf.schema_arrow.names)})")
-            self.parquet_files.append(pf)
-            for g in range(pf.metadata.num_row_groups):
-                n = pf.metadata.row_group(g).num_rows
+            names = footer.schema.to_arrow_schema().names
+            if "x" not in names:
+                raise SourceError(f"{self._uri(fi)}: no column 'x' (found: {', '.join(names)})")
+            self.footers.append(footer)
+            for g in range(footer.num_row_groups):
+                n = footer.row_group(g).num_rows
                 self.row_groups.append((fi, g, total, n))
                 total += n
         self.num_rows = total
         if total == 0:
             raise SourceError(f"{loc.uri}: empty source (0 rows)")
-        first = self.parquet_files[0].schema_arrow
+        first = self.footers[0].schema.to_arrow_schema()
         has_labels = "label" in first.names
-        for fi, pf in enumerate(self.parquet_files):
-            if ("label" in pf.schema_arrow.names) != has_labels:
+        self.columns = ["x", "label"] if has_labels else ["x"]
+        for fi, footer in enumerate(self.footers):
+            if ("label" in footer.schema.to_arrow_schema().names) != has_labels:
                 raise SourceError(f"{self._uri(fi)}: column 'label' present in some files but not others")
         value_type = first.field("x").type
         if not (pa.types.is_list(value_type) or pa.types.is_large_list(value_type)
@@ -423,15 +406,14 @@ class ParquetSource(Source):
         meta = json.loads((first.metadata or {}).get(SCHEMA_METADATA_KEY, b"null"))
         sample = self._read_group(0)
         row_size = len(sample.column("x")[0].values)
-        if meta:
-            self.spec = ArraySpec(tuple(meta["shape"]), meta["dtype"], meta["normalisation"]["scale"],
-                                  meta["normalisation"]["offset"],
+        if meta:  # a staged dataset's shards (or a sample set's: data units, no normalisation)
+            self.spec = ArraySpec(tuple(meta["shape"]), meta["dtype"], Normalisation.from_dict(meta.get("normalisation")),
                                   tuple(meta["value_range"]) if meta.get("value_range") else None,
                                   has_labels, tuple(meta["label_names"]) if meta.get("label_names") else None)
         elif dtype == np.uint8:
-            self.spec = ArraySpec((row_size,), "uint8", IMAGE_SCALE, IMAGE_OFFSET, (0.0, 255.0), has_labels)
+            self.spec = ArraySpec((row_size,), "uint8", IMAGE_NORMALISATION, (0.0, 255.0), has_labels)
         else:
-            self.spec = ArraySpec((row_size,), "float32", 1.0, 0.0, None, has_labels)
+            self.spec = ArraySpec((row_size,), "float32", Normalisation(), None, has_labels)
         if self.spec.row_size != row_size:
             raise SourceError(f"{self._uri(0)}: rows hold {row_size} values but the metadata says shape "
                               f"{list(self.spec.shape)}")
@@ -442,20 +424,17 @@ class ParquetSource(Source):
 
     def _read_group(self, k: int) -> pa.Table:
         fi, g, _, _ = self.row_groups[k]
-        columns = ["x", "label"] if "label" in self.parquet_files[fi].schema_arrow.names else ["x"]
-        return self.parquet_files[fi].read_row_group(g, columns=columns)
+        # NOTE: a ParquetFile per read. One shared by the staging threads races in its pre-buffer cache
+        # over S3 ("ReadRangeCache did not find matching cache entry", or a crash). The footer parsed
+        # once is handed in, so a fresh one costs only the open (on S3 a HEAD) per row group.
+        pf = pq.ParquetFile(self.loc.fs.open_input_file(self.files[fi].path), metadata=self.footers[fi])
+        return pf.read_row_group(g, columns=self.columns)
 
     def fingerprint(self) -> dict[str, Any]:
         rels = [storage.relative(self.loc, i.path) for i in self.files]
-        rels = ["" if r == "." else r for r in rels]  # "" = the location is the file itself
-        if isinstance(self.loc.fs, pafs.S3FileSystem):
-            etags = storage.s3_etags(self.loc)
-            tokens = [[r, i.size, "etag:" + etags.get(r, "")] for r, i in zip(rels, self.files)]
-        else:
-            tokens = [[r or posixpath.basename(i.path), i.size,
-                       "sha256:" + storage.sha256_of(Location(self.loc.fs, i.path, ""))[0]]
-                      for r, i in zip(rels, self.files)]
-        return {"kind": self.kind, "num_files": len(tokens), "files_sha256": _sha256_json(tokens)}
+        names = [posixpath.basename(i.path) if r == "." else r for r, i in zip(rels, self.files)]
+        tokens = _file_tokens(self.loc, self.files, names)
+        return {"kind": self.kind, "num_files": len(tokens), "files_sha256": content_address(tokens, 64)}
 
     def __len__(self) -> int:
         return self.num_rows
@@ -472,7 +451,7 @@ class ParquetSource(Source):
                 bad = int(np.argmax(lengths != self.spec.row_size))
                 raise SourceError(f"{self._uri(fi)}: row {first + max(0, start - first) + bad} holds "
                                   f"{lengths[bad]} values, expected {self.spec.row_size}")
-            values = col.flatten().to_numpy(zero_copy_only=False).reshape(len(col), self.spec.row_size)
+            values = column_to_numpy(col, (self.spec.row_size,))
             _check_finite(values, self._uri(fi), max(start, first))
             xs.append(values.astype(self.spec.dtype, copy=False))
             if self.spec.has_labels:

@@ -1,8 +1,9 @@
 """One way to address storage: a URI that is either a local path or ``s3://bucket/prefix``.
 
 Everything goes through ``pyarrow.fs``; boto3 is used only where pyarrow has no operation (object
-ETags). S3 settings come from the standard places: ``AWS_ENDPOINT_URL`` (MinIO, moto) and the AWS
-credential chain (environment, profile, instance role). There are no custom variables.
+ETags). S3 settings come from the standard places, read by pyarrow and boto3 themselves:
+``AWS_ENDPOINT_URL`` (MinIO, moto) and the AWS credential chain (environment, profile, instance role).
+There are no custom variables.
 
 S3 has no atomic directory write, so a folder is *committed* by writing a small marker file (a
 manifest) last, in one request; readers trust only folders that have it (DESIGN.md section 3).
@@ -10,14 +11,16 @@ manifest) last, in one request; readers trust only folders that have it (DESIGN.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import posixpath
 import uuid
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Iterator
 
+import pyarrow as pa
 import pyarrow.fs as pafs
 
 S3_SCHEME = "s3://"
@@ -34,22 +37,14 @@ def is_s3(uri: str) -> bool:
 
 
 def s3_filesystem() -> pafs.S3FileSystem:
-    """An S3FileSystem configured from the standard AWS environment.
+    """An S3FileSystem configured the standard AWS way, by pyarrow itself: endpoint from
+    AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL (MinIO, moto; http:// or https://), region from AWS_REGION /
+    AWS_DEFAULT_REGION, credentials from the default AWS chain.
 
-    NOTE: pyarrow >= 16 reads AWS_ENDPOINT_URL itself; we still pass it explicitly so that older
-    pyarrow versions and per-process overrides behave the same. Credentials come from the default
-    AWS chain inside pyarrow's SDK.
+    NOTE: through ``FileSystem.from_uri``: pyarrow 25's ``S3FileSystem()`` constructor ignores
+    AWS_ENDPOINT_URL, its URI parser does not. No bucket in the URI: no region lookup request.
     """
-    kwargs: dict[str, Any] = {}
-    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-    if endpoint:
-        kwargs["endpoint_override"] = endpoint
-        if endpoint.startswith("http://"):
-            kwargs["scheme"] = "http"
-    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
-    if region:
-        kwargs["region"] = region
-    return pafs.S3FileSystem(**kwargs)
+    return pafs.FileSystem.from_uri(S3_SCHEME)[0]
 
 
 @dataclass(frozen=True)
@@ -135,49 +130,59 @@ def read_bytes(loc: Location) -> bytes:
         return f.read()
 
 
+@contextlib.contextmanager
+def atomic_output(loc: Location) -> Iterator[pa.NativeFile]:
+    """An output stream whose file appears whole or not at all, so that a reader (or a crash) never
+    sees a partial file: on local disk a temporary file renamed at the end (rename(2) is atomic on
+    POSIX); on S3 the object itself (an upload only becomes visible when it completes)."""
+    local = isinstance(loc.fs, pafs.LocalFileSystem)
+    path = f"{loc.path}.tmp-{uuid.uuid4().hex[:8]}" if local else loc.path
+    if local:
+        loc.fs.create_dir(posixpath.dirname(loc.path), recursive=True)
+    stream = loc.fs.open_output_stream(path)
+    try:
+        yield stream
+    except BaseException:
+        stream.close()
+        if local:
+            loc.fs.delete_file(path)
+        raise
+    stream.close()
+    if local:
+        loc.fs.move(path, loc.path)
+
+
 def write_bytes(loc: Location, data: bytes) -> None:
-    """Write a whole object; on local disk write a temporary file and rename it, so that a reader
-    (or a crash) never sees a partial file. An S3 PUT is already all-or-nothing."""
-    if isinstance(loc.fs, pafs.LocalFileSystem):
-        parent = posixpath.dirname(loc.path)
-        loc.fs.create_dir(parent, recursive=True)
-        tmp = f"{loc.path}.tmp-{uuid.uuid4().hex[:8]}"
-        with loc.fs.open_output_stream(tmp) as f:
-            f.write(data)
-        loc.fs.move(tmp, loc.path)  # rename(2): atomic on POSIX
-    else:
-        with loc.fs.open_output_stream(loc.path) as f:
-            f.write(data)
+    """Write a whole object atomically (see atomic_output)."""
+    with atomic_output(loc) as f:
+        f.write(data)
 
 
-def make_dirs(loc: Location) -> None:
-    """Create a local folder; S3 needs none (no directory markers are written there)."""
-    if isinstance(loc.fs, pafs.LocalFileSystem):
-        loc.fs.create_dir(loc.path, recursive=True)
-
-
-def sha256_of(loc: Location) -> tuple[str, int]:
-    """(sha256 hex digest, size in bytes) of a file, streamed in chunks."""
+def sha256_of(files: "Location | str | list[Location]") -> tuple[str, int]:
+    """(sha256 hex digest, size in bytes) of a file (a Location or a URI/local path), or of several
+    files' bytes one after another; streamed in chunks."""
+    if isinstance(files, str):
+        files = resolve(files)
     digest, size = hashlib.sha256(), 0
-    with loc.fs.open_input_stream(loc.path) as f:
-        while True:
-            chunk = f.read(HASH_CHUNK_BYTES)
-            if not chunk:
-                break
-            digest.update(chunk)
-            size += len(chunk)
+    for loc in [files] if isinstance(files, Location) else files:
+        with loc.fs.open_input_stream(loc.path) as f:
+            while chunk := f.read(HASH_CHUNK_BYTES):
+                digest.update(chunk)
+                size += len(chunk)
     return digest.hexdigest(), size
 
 
 class HashingWriter:
-    """A file-like sink that forwards writes to a pyarrow output stream and hashes them on the way,
-    so a shard's sha256 and size are known without reading it back."""
+    """A file-like sink (what pyarrow's writers take: `write` and `closed`) that forwards writes to a
+    pyarrow output stream and hashes them on the way, so a file's sha256 and size are known without
+    reading it back. Closing the stream is its owner's business."""
 
-    def __init__(self, stream):  # a pyarrow NativeFile opened for writing
+    closed = False
+
+    def __init__(self, stream: pa.NativeFile):
         self._stream = stream
         self._digest = hashlib.sha256()
         self.bytes_written = 0
-        self.closed = False
 
     def write(self, data) -> int:
         view = memoryview(data)
@@ -185,26 +190,6 @@ class HashingWriter:
         self._stream.write(view)
         self.bytes_written += view.nbytes
         return view.nbytes
-
-    def flush(self) -> None:
-        self._stream.flush()
-
-    def tell(self) -> int:
-        return self.bytes_written
-
-    def writable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return False
-
-    def readable(self) -> bool:
-        return False
-
-    def close(self) -> None:
-        if not self.closed:
-            self._stream.close()
-            self.closed = True
 
     @property
     def sha256(self) -> str:
@@ -249,20 +234,16 @@ def read_json(loc: Location) -> dict:
     return json.loads(read_bytes(loc).decode())
 
 
-def iter_committed(loc: Location, marker: str) -> Iterator[tuple[str, pafs.FileInfo]]:
-    """(child folder name, marker FileInfo) for each direct child folder of `loc` holding `marker`."""
-    for info in list_files(loc):
-        rel = relative(loc, info.path)
-        parts = rel.split("/")
-        if len(parts) == 2 and parts[1] == marker:
-            yield parts[0], info
-
-
 def list_committed(loc: Location, marker: str) -> list[str]:
-    """Names of the committed child folders of `loc`, oldest commit first (ties broken by name).
+    """Names of the direct child folders of `loc` that hold `marker`, oldest commit first (ties broken
+    by name).
 
     A folder without its marker is an incomplete write (a crash, or a writer still at work) and is
     never listed.
     """
-    found = sorted(iter_committed(loc, marker), key=lambda item: (item[1].mtime_ns or 0, item[0]))
-    return [name for name, _ in found]
+    found = []
+    for info in list_files(loc):
+        parts = relative(loc, info.path).split("/")
+        if len(parts) == 2 and parts[1] == marker:
+            found.append((info.mtime_ns or 0, parts[0]))
+    return [name for _, name in sorted(found)]

@@ -3,63 +3,43 @@
     sample_generator("models:/digits-gen@champion", 100_000, seed=0, out="s3://bucket/samples/run1")
         -> the committed sample set's URI
 
-All the work is in infra.batch_sampling; the tasks here only name the steps. Retries are on storage
-and registry I/O only; the generation step is not retried by Prefect (Ray restarts failed actors, and
-a rerun of the flow skips the shards already written and commits).
+The tasks are the steps of infra.shardset's executor around infra.batch_sampling's plan. Retries are
+on storage and registry I/O only; the generation step is not retried by Prefect (Ray restarts failed
+actors, and a rerun of the flow skips the shards already written and commits).
 """
 
 from __future__ import annotations
 
 import re
-from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 
-from infra import batch_sampling
-from infra.batch_sampling import SamplingPlan
+from infra import batch_sampling, shardset
+from infra.batch_sampling import ResolvedModel, SamplingPlan
 
-from .stage import STORAGE_RETRIES, STORAGE_RETRY_DELAYS_S, retry_on_storage_io
+from .stage import STORAGE_IO, commit_manifest, find_committed
 
 
-@task(retries=STORAGE_RETRIES, retry_delay_seconds=STORAGE_RETRY_DELAYS_S, retry_condition_fn=retry_on_storage_io,
-      persist_result=False)
-def resolve_model_version(model_uri: str) -> batch_sampling.ResolvedModel:
+@task(**STORAGE_IO, persist_result=False)
+def resolve_model_version(model_uri: str) -> ResolvedModel:
     """Pin the URI (an alias -> one concrete version) so that every actor loads the same model."""
     return batch_sampling.resolve_model(model_uri)
 
 
-@task(retries=STORAGE_RETRIES, retry_delay_seconds=STORAGE_RETRY_DELAYS_S, retry_condition_fn=retry_on_storage_io,
-      persist_result=False)
-def plan_samples(model: batch_sampling.ResolvedModel, num_samples: int, seed: int, out: str, fmt: str,
-                 rows_per_shard: int | None) -> SamplingPlan:
-    return batch_sampling.plan_sampling(model, num_samples, seed, out, fmt=fmt, rows_per_shard=rows_per_shard)
-
-
-@task(retries=STORAGE_RETRIES, retry_delay_seconds=STORAGE_RETRY_DELAYS_S, retry_condition_fn=retry_on_storage_io,
-      persist_result=False)
-def find_committed(plan: SamplingPlan) -> dict | None:
-    return batch_sampling.existing_manifest(plan)
+@task(**STORAGE_IO, persist_result=False)
+def plan_samples(model: ResolvedModel, num_samples: int, seed: int, out: str, fmt: str, rows_per_shard: int | None,
+                 batch_size: int, actors: int, gpus_per_actor: float) -> SamplingPlan:
+    return batch_sampling.plan_sampling(model, num_samples, seed, out, fmt=fmt, rows_per_shard=rows_per_shard,
+                                        batch_size=batch_size, actors=actors, gpus_per_actor=gpus_per_actor)
 
 
 @task(persist_result=False)
-def generate_and_write_shards(plan: SamplingPlan, batch_size: int, actors: int, gpus_per_actor: float,
-                              show_progress: bool) -> list[dict]:
+def generate_and_write_shards(plan: SamplingPlan, show_progress: bool) -> list[dict]:
     """Ray Data over the shards' seed ranges, one loaded generator per actor; progress as shards land."""
-    logger = get_run_logger()
-    report = batch_sampling.Progress(plan, bar=show_progress, log=logger.info)
-    try:
-        return batch_sampling.generate_shards(plan, batch_size=batch_size, actors=actors,
-                                              gpus_per_actor=gpus_per_actor, progress=report)
-    finally:
-        report.close()
-
-
-@task(retries=STORAGE_RETRIES, retry_delay_seconds=STORAGE_RETRY_DELAYS_S, retry_condition_fn=retry_on_storage_io,
-      persist_result=False)
-def commit_manifest(plan: SamplingPlan, shards: list[dict], options: dict[str, Any]) -> dict:
-    """Write _manifest.json last: this commits the sample set."""
-    return batch_sampling.commit_samples(plan, shards, options)
+    with shardset.progress_bar(plan.num_items, "sampling", bar=show_progress, log=get_run_logger().info,
+                               unit="samples") as bar:
+        return shardset.write_pending(plan, bar.update)
 
 
 @task(persist_result=False)
@@ -86,7 +66,7 @@ def sample_generator(model_uri: str, num_samples: int, seed: int, out: str, *, f
     committed set's URI. Rerunning the same request is a no-op; an interrupted one completes."""
     # 1. pin the version: an alias moving mid-job must not mix two models
     model = resolve_model_version(model_uri)
-    plan = plan_samples(model, num_samples, seed, out, fmt, rows_per_shard)
+    plan = plan_samples(model, num_samples, seed, out, fmt, rows_per_shard, batch_size, actors, gpus_per_actor)
     get_run_logger().info(f"sampling {num_samples} from {model.uri} (requested {model_uri}), seed {seed}, "
                           f"into {plan.out} as {plan.num_shards} {fmt} shards")
     # 2. already committed? then nothing to do
@@ -94,10 +74,7 @@ def sample_generator(model_uri: str, num_samples: int, seed: int, out: str, *, f
     if manifest is not None:
         get_run_logger().info(f"{plan.out}: already committed, nothing to write")
     else:
-        # 3. generate and write the shards (skipping any an interrupted run finished)
-        shards = generate_and_write_shards(plan, batch_size, actors, gpus_per_actor, show_progress)
-        # 4. commit
-        manifest = commit_manifest(plan, shards, {"batch_size": batch_size, "actors": actors,
-                                                  "gpus_per_actor": gpus_per_actor})
+        # 3. generate and write the shards (skipping any an interrupted run finished), 4. commit
+        manifest = commit_manifest(plan, generate_and_write_shards(plan, show_progress))
     summarise_samples(manifest, plan.out)
     return plan.out

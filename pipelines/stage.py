@@ -6,7 +6,9 @@ Reliability comes from infra.datasets' content addressing plus two Prefect featu
 - retries on storage I/O only (a bad image or a NaN fails at once: retrying cannot fix input);
 - result caching of each shard, keyed by (version URI, shard): a retried or re-run flow run skips
   the shards it already wrote. The committed manifest makes a second staging a no-op altogether.
-All the work is in infra.datasets; the tasks here only name the steps.
+The tasks are the steps of infra.shardset's executor (committed, write a shard, commit); the work is in
+infra.datasets and infra.shardset. find_committed and commit_manifest serve every shard set (the
+sampling flow uses them too).
 """
 
 from __future__ import annotations
@@ -17,12 +19,12 @@ from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
-from prefect.cache_policies import NO_CACHE
 from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from infra import datasets
+from infra import datasets, shardset
 from infra.datasets import StagingPlan
+from infra.shardset import ShardPlan
 
 STORAGE_RETRIES = 3
 STORAGE_RETRY_DELAYS_S = [1, 4, 10]
@@ -40,52 +42,46 @@ def retry_on_storage_io(task, task_run, state) -> bool:  # Prefect's retry_condi
     return is_transient_storage_error(state.data if isinstance(state.data, BaseException) else None)
 
 
+STORAGE_IO = dict(retries=STORAGE_RETRIES, retry_delay_seconds=STORAGE_RETRY_DELAYS_S,
+                  retry_condition_fn=retry_on_storage_io)
+
+
 def shard_cache_key(context, parameters: dict[str, Any]) -> str:
     """One cache entry per (destination version, shard): the version already hashes source + layout,
     and the URI keeps the same data staged to two roots apart."""
     plan: StagingPlan = parameters["plan"]
-    key = f"{plan.version_uri}#{parameters['index']}/{plan.num_shards}"
+    key = f"{plan.uri}#{parameters['index']}/{plan.num_shards}"
     return "stage-shard-" + hashlib.sha256(key.encode()).hexdigest()[:32]
 
 
-@task(retries=STORAGE_RETRIES, retry_delay_seconds=STORAGE_RETRY_DELAYS_S, retry_condition_fn=retry_on_storage_io,
-      persist_result=False)
+@task(**STORAGE_IO, persist_result=False)
 def fingerprint_source(source: str, root: str, name: str | None, options: dict[str, Any]) -> StagingPlan:
     """Open and fingerprint the source; fix the version and the shard ranges."""
     return datasets.plan_staging(source, root, name, **options)
 
 
-@task(retries=STORAGE_RETRIES, retry_delay_seconds=STORAGE_RETRY_DELAYS_S, retry_condition_fn=retry_on_storage_io,
-      persist_result=False)
-def check_committed(plan: StagingPlan) -> bool:
-    return datasets.is_committed(plan.version_uri)
+@task(**STORAGE_IO, persist_result=False)
+def find_committed(plan: ShardPlan) -> dict | None:
+    """The set's manifest if it is committed already (then there is nothing to write)."""
+    return shardset.committed(plan)
 
 
-@task(retries=STORAGE_RETRIES, retry_delay_seconds=STORAGE_RETRY_DELAYS_S, retry_condition_fn=retry_on_storage_io,
-      cache_key_fn=shard_cache_key, persist_result=True)
+@task(**STORAGE_IO, cache_key_fn=shard_cache_key, persist_result=True)
 def write_shard(plan: StagingPlan, index: int) -> dict:
     """Write one shard; cached, so a re-run flow does not write it again."""
-    return datasets.write_shard(plan, index)
+    return plan.write_shard(index)
 
 
 @task(persist_result=False)
-def find_missing_shards(plan: StagingPlan, shards: list[dict]) -> list[int]:
+def find_missing_shards(plan: ShardPlan, shards: list[dict]) -> list[int]:
     """Shards a cache hit claims but storage lacks (someone cleaned the uncommitted folder)."""
-    loc = plan.location()
-    return [i for i, s in enumerate(shards) if loc.join(s["path"]).info().size != s["bytes"]]
+    return shardset.missing_shards(plan, shards)
 
 
-@task(retries=STORAGE_RETRIES, retry_delay_seconds=STORAGE_RETRY_DELAYS_S, retry_condition_fn=retry_on_storage_io,
-      persist_result=False)
-def commit_manifest(plan: StagingPlan, shards: list[dict]) -> dict:
-    """Write _manifest.json last: this commits the version."""
-    return datasets.commit_manifest(plan, shards)
-
-
-@task(retries=STORAGE_RETRIES, retry_delay_seconds=STORAGE_RETRY_DELAYS_S, retry_condition_fn=retry_on_storage_io,
-      persist_result=False)
-def read_manifest(version_uri: str) -> dict:
-    return datasets.open_dataset(version_uri).manifest
+@task(**STORAGE_IO, persist_result=False)
+def commit_manifest(plan: ShardPlan, shards: list[dict]) -> dict:
+    """Write _manifest.json last: this commits the set."""
+    return shardset.commit(plan, shards)
 
 
 @task(persist_result=False)
@@ -118,34 +114,21 @@ def stage_dataset(source: str, root: str, name: str | None = None, *, num_sample
     # 1. Fingerprint: the version is known before anything is written.
     plan = fingerprint_source(source, root, name, options)
     # 2. Already committed? Then staging is a no-op.
-    if check_committed(plan):
-        get_run_logger().info(f"{plan.version_uri}: already committed, nothing to write")
-        manifest = read_manifest(plan.version_uri)
+    manifest = find_committed(plan)
+    if manifest is not None:
+        get_run_logger().info(f"{plan.uri}: already committed, nothing to write")
     else:
         # 3. Write the shards in parallel; cached ones return at once.
         futures = write_shard.map(plan, range(plan.num_shards))
-        bar = _progress_bar(plan) if show_progress else None
-        for future in as_completed(futures):
-            if bar is not None:
-                start, stop = plan.shard_ranges[_index(future.result()["path"])]
+        with shardset.progress_bar(plan.num_items, f"staging {plan.name}", bar=show_progress) as bar:
+            for future in as_completed(futures):
+                start, stop = plan.shard_ranges[futures.index(future)]
                 bar.update(stop - start)
-        if bar is not None:
-            bar.close()
         shards = [f.result() for f in futures]
         # 4. A cache hit for a shard that storage lost is rewritten before the commit.
         for i in find_missing_shards(plan, shards):
             shards[i] = write_shard.with_options(refresh_cache=True)(plan, i)
         # 5. Commit.
         manifest = commit_manifest(plan, shards)
-    summarise_version(manifest, plan.version_uri)
-    return plan.version_uri
-
-
-def _index(shard_path: str) -> int:
-    return int(shard_path.split("-")[1].split(".")[0])
-
-
-def _progress_bar(plan: StagingPlan):
-    from tqdm import tqdm
-
-    return tqdm(total=plan.num_items, unit="rows", desc=f"staging {plan.name}")
+    summarise_version(manifest, plan.uri)
+    return plan.uri

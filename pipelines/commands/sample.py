@@ -61,18 +61,15 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from infra.batch_sampling import SamplingError, open_samples
+    from infra.batch_sampling import open_samples
+    from infra.shardset import ShardSetError
     from infra.storage import StorageError
     from pipelines.cli import UserError
 
-    for flag, value, ok in (("--batch-size", args.batch_size, args.batch_size > 0),
-                            ("--actors", args.actors, args.actors > 0), ("--gpus", args.gpus, args.gpus >= 0)):
-        if not ok:
-            raise UserError(f"{flag} must be {'>= 0' if flag == '--gpus' else 'positive'}; got {value:g}")
     try:
         uri = _sample(args)
         s = open_samples(uri)
-    except (SamplingError, StorageError) as e:
+    except (ShardSetError, StorageError) as e:
         raise UserError(str(e)) from None
     m = s.manifest
     print(f"sampled {m['num_rows']} samples of shape {tuple(m['shape'])} from {m['model']['uri']} "
@@ -93,22 +90,14 @@ def _sample(args: argparse.Namespace) -> str:
                                 batch_size=args.batch_size, actors=args.actors, gpus_per_actor=args.gpus,
                                 rows_per_shard=args.rows_per_shard, show_progress=not args.no_progress)
 
-    from infra import batch_sampling
+    from infra import batch_sampling, shardset
 
     plan = batch_sampling.plan_sampling(args.model, args.num_samples, args.seed, args.out, fmt=args.fmt,
-                                        rows_per_shard=args.rows_per_shard)
-    if batch_sampling.existing_manifest(plan) is not None:
-        print(f"{plan.out}: already committed, nothing to write", file=sys.stderr)
-        return plan.out
+                                        rows_per_shard=args.rows_per_shard, batch_size=args.batch_size,
+                                        actors=args.actors, gpus_per_actor=args.gpus)
     print(f"sampling {plan.num_samples} from {plan.model.uri} (requested {args.model}), seed {plan.seed}, "
           f"{plan.num_shards} shards", file=sys.stderr)
-    report = batch_sampling.Progress(plan, bar=not args.no_progress,
-                                     log=None if not args.no_progress else lambda line: print(line, file=sys.stderr))
-    try:
-        shards = batch_sampling.generate_shards(plan, batch_size=args.batch_size, actors=args.actors,
-                                                gpus_per_actor=args.gpus, progress=report)
-    finally:
-        report.close()
-    batch_sampling.commit_samples(plan, shards, {"batch_size": args.batch_size, "actors": args.actors,
-                                                 "gpus_per_actor": args.gpus})
+    with shardset.progress_bar(plan.num_items, "sampling", bar=not args.no_progress, unit="samples",
+                               log=lambda line: print(line, file=sys.stderr)) as bar:  # without a bar: lines
+        shardset.execute(plan, bar.update)
     return plan.out

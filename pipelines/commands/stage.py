@@ -62,7 +62,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from infra.datasets import DatasetError, open_dataset
+    from infra.datasets import open_dataset
+    from infra.shardset import ShardSetError
     from infra.sources import SourceError
     from infra.storage import StorageError
     from pipelines.cli import UserError
@@ -78,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
             raise UserError("--root is required (a local folder or s3://bucket/prefix)")
         uri = _stage(args)
         ds = open_dataset(uri)
-    except (SourceError, DatasetError, StorageError) as e:
+    except (SourceError, ShardSetError, StorageError) as e:
         raise UserError(str(e)) from None
     m = ds.manifest
     skipped = f", {m['num_skipped']} bad files skipped" if m["num_skipped"] else ""
@@ -101,17 +102,9 @@ def _stage(args: argparse.Namespace) -> str:
 
         return stage_dataset(args.source, args.root, args.name, show_progress=not args.no_progress, **options)
 
-    from infra import datasets
+    from infra import datasets, shardset
 
     plan = datasets.plan_staging(args.source, args.root, args.name, **options)
-    bar = None
-    if not args.no_progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=plan.num_items, unit="rows", desc=f"staging {plan.name}", file=sys.stderr)
-    try:
-        ds = datasets.execute_plan(plan, progress=bar.update if bar else None)
-    finally:
-        if bar is not None:
-            bar.close()
-    return ds.uri
+    with shardset.progress_bar(plan.num_items, f"staging {plan.name}", bar=not args.no_progress) as bar:
+        shardset.execute(plan, bar.update)
+    return plan.uri

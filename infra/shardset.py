@@ -1,0 +1,435 @@
+"""A committed shard set: one folder of Parquet shards that a manifest, written last, commits.
+
+    <set>/part-00000.parquet ... part-NNNNN.parquet   (a PNG layout: part-NNNNN/ folders, one PNG per row)
+    <set>/_pending/part-NNNNN.json                     resumable plans: a shard an interrupted run finished
+    <set>/_manifest.json                               written last; its presence commits the set
+
+Staged datasets (infra.datasets: source -> rows) and sample sets (infra.batch_sampling: model -> rows)
+are both shard sets; each keeps its own rows and manifest fields, the mechanics live here once:
+- Layout: rows per shard, rows per row group, compression and a layout version, part of every content
+  address. Shards are named by the layout's pattern; a manifest entry naming anything else (`../x`,
+  an absolute path, a sub-folder) is refused when the set is opened or verified.
+- ShardPlan: a job's plan (subclassed) fixes the shard ranges before anything is written; a shard's
+  bytes depend on the plan alone, so rewriting one after a crash reproduces it.
+- The executor, whose steps the Prefect flows wrap in tasks and the CLI runs directly:
+      execute(plan) = committed(plan) or commit(plan, write_pending(plan))
+- ShardSet: a committed set for reading: verify() (sha256 + size), read_table(); column_to_numpy().
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import posixpath
+import re
+import sys
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from typing import Any, Callable, ClassVar, Iterable, Iterator, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from . import storage
+from .storage import Location
+
+log = logging.getLogger(__name__)
+
+MANIFEST_NAME = "_manifest.json"
+PENDING_DIR = "_pending"
+# Key under which each shard's data contract travels in its Parquet schema metadata.
+SCHEMA_METADATA_KEY = b"ganpipe"
+PNG_FOLDERS = "png"  # a layout's "compression" when each shard is a folder of one PNG per row
+DEFAULT_ROW_GROUP_ROWS = 4096  # streaming readers fetch one row group at a time
+ROW_GROUP_TARGET_BYTES = 16 << 20  # ...but cap a row group's uncompressed bytes for big rows
+MAX_WRITER_THREADS = 8
+PROGRESS_LOG_FRACTION = 0.1  # without a bar, a progress line each 10% of the items
+
+
+class ShardSetError(ValueError):
+    """A shard set that cannot be used (nothing committed, another format, a bad manifest entry, a
+    shard missing at commit); the message is one line."""
+
+
+class ChecksumError(ShardSetError):
+    """A shard whose bytes do not match the manifest."""
+
+
+# --- layout -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How rows are cut into shards and row groups. Part of every content address (dataset versions,
+    sampling request fingerprints): bump layout_version when the bytes of a shard change."""
+
+    rows_per_shard: int
+    row_group_rows: int
+    compression: str  # a Parquet codec, or PNG_FOLDERS
+    layout_version: int = 1
+
+    @property
+    def _suffix(self) -> str:
+        return "" if self.compression == PNG_FOLDERS else ".parquet"
+
+    def shard_name(self, index: int) -> str:
+        return f"part-{index:05d}{self._suffix}"
+
+    def is_shard_name(self, path: str) -> bool:
+        return re.fullmatch(r"part-\d{5,}" + re.escape(self._suffix), path) is not None
+
+
+def content_address(obj: Any, hex_chars: int = 16) -> str:
+    """The first hex_chars of the sha256 of obj's canonical JSON (sorted keys, no spaces)."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:hex_chars]
+
+
+def default_row_group_rows(row_bytes: int) -> int:
+    """Rows per Parquet row group: DEFAULT_ROW_GROUP_ROWS, fewer for big rows, at least 256."""
+    return int(min(DEFAULT_ROW_GROUP_ROWS, max(256, ROW_GROUP_TARGET_BYTES // row_bytes)))
+
+
+def rows_for_bytes(row_bytes: int, target_shard_mib: float, align: int = 1) -> int:
+    """Rows per shard of about target_shard_mib uncompressed: a whole number (>= 1) of align-row blocks."""
+    return align * max(1, int(target_shard_mib * (1 << 20)) // (row_bytes * align))
+
+
+def split_rows(num_rows: int, rows_per_shard: int, *, balanced: bool = True) -> list[tuple[int, int]]:
+    """[start, stop) ranges of ceil(num_rows / rows_per_shard) shards: sizes that differ by at most one
+    (balanced), else rows_per_shard rows in each but the last (boundaries stay on its blocks)."""
+    num_shards = max(1, math.ceil(num_rows / rows_per_shard))
+    if balanced:
+        bounds = [num_rows * i // num_shards for i in range(num_shards + 1)]
+    else:
+        bounds = [min(num_rows, i * rows_per_shard) for i in range(num_shards + 1)]
+    return list(zip(bounds[:-1], bounds[1:]))
+
+
+# --- Arrow --------------------------------------------------------------------------------------
+
+
+def x_field(shape: Sequence[int], dtype: str) -> pa.Field:
+    """Column x: one example per row, a fixed-size list of prod(shape) values of `dtype`."""
+    return pa.field("x", pa.list_(pa.from_numpy_dtype(np.dtype(dtype)), math.prod(shape)), nullable=False)
+
+
+def arrow_schema(fields: list[pa.Field], contract: dict[str, Any]) -> pa.Schema:
+    """The shard schema, with the data contract (shape, dtype, ...) in its metadata so that a shard
+    read on its own is still self-describing."""
+    return pa.schema(fields, metadata={SCHEMA_METADATA_KEY: json.dumps(contract, sort_keys=True).encode()})
+
+
+def fixed_size_list(x: np.ndarray) -> pa.FixedSizeListArray:
+    """(rows, *shape) -> one fixed-size list of prod(shape) values per row; no copy of a contiguous array."""
+    return pa.FixedSizeListArray.from_arrays(pa.array(np.ascontiguousarray(x).reshape(-1)), math.prod(x.shape[1:]))
+
+
+def column_to_numpy(data: pa.Table | pa.ChunkedArray | pa.Array, shape: Sequence[int], column: str = "x"
+                    ) -> np.ndarray:
+    """A list column (a table's `column`, or the column itself) -> ndarray of shape (rows, *shape) in the
+    lists' value dtype. Read-only when it is a view of Arrow's buffer (one chunk, no copy needed)."""
+    col = data.column(column) if isinstance(data, pa.Table) else data
+    if isinstance(col, pa.ChunkedArray):
+        col = col.combine_chunks()
+    return col.flatten().to_numpy(zero_copy_only=False).reshape((len(col), *shape))
+
+
+# --- the plan and the shard writer ----------------------------------------------------------------
+
+
+class ShardPlan:
+    """A job's plan as the executor sees it. Subclasses are dataclasses that provide `uri` (the set's
+    folder), `layout`, `shard_ranges` ([start, stop) items, one range per shard) and, when RESUMABLE,
+    `fingerprint` (what a pending record must match); they implement the hooks below."""
+
+    FORMAT: ClassVar[str]  # the manifest's "format"
+    RESUMABLE: ClassVar[bool] = False  # record each finished shard under _pending/ for a rerun to skip
+    SHARD_KEYS: ClassVar[tuple[str, ...]] = ("path", "rows", "bytes", "sha256")  # per shard, in the manifest
+    error: ClassVar[type[ShardSetError]] = ShardSetError
+
+    uri: str
+    layout: Layout
+    shard_ranges: list[tuple[int, int]]
+
+    @property
+    def num_shards(self) -> int:
+        return len(self.shard_ranges)
+
+    @property
+    def num_items(self) -> int:
+        return self.shard_ranges[-1][1]
+
+    def location(self) -> Location:
+        return storage.resolve(self.uri)
+
+    def write_shard(self, index: int) -> dict:
+        """Write shard `index`; return its record ({"path", "rows", "bytes", "sha256"} and any extras)."""
+        raise NotImplementedError
+
+    def write_shards(self, indices: list[int]) -> Iterator[tuple[int, dict]]:
+        """Write these shards, yielding (index, record) in this thread as each completes. Here: write_shard
+        on a thread pool (Parquet encoding and image decoding release the GIL)."""
+        pool = ThreadPoolExecutor(max_workers=min(len(indices), os.cpu_count() or 1, MAX_WRITER_THREADS))
+        futures = {pool.submit(self.write_shard, i): i for i in indices}
+        try:
+            for f in as_completed(futures):
+                if f.exception() is not None:
+                    break
+                yield futures[f], f.result()
+            else:
+                return
+        finally:  # a failure, or a caller that stopped early: start no further shard
+            pool.shutdown(wait=True, cancel_futures=True)
+        # the first failure in shard order, not in time: the same bad input names the same file
+        raise next(f.exception() for f in futures if not f.cancelled() and f.exception() is not None)
+
+    def manifest_fields(self, shards: list[dict]) -> dict[str, Any]:
+        """The job's own manifest fields; raise self.error (or the job's input error) to refuse a commit."""
+        return {}
+
+    def check_committed(self, manifest: dict) -> None:
+        """Raise self.error when the manifest committed at `uri` is another request's."""
+
+
+def write_parquet_shard(plan: ShardPlan, index: int, schema: pa.Schema, tables: Iterable[pa.Table], *,
+                        statistics: list[str] | bool) -> dict:
+    """Write `tables` as shard `index` of `plan` (row groups of layout.row_group_rows, column statistics
+    only for `statistics`), whole or not at all, hashing while writing so that nothing is read back.
+
+    Returns {"path", "rows", "bytes", "sha256"}; the bytes are a pure function of the tables and the
+    layout (pyarrow writes no timestamps).
+    """
+    name = plan.layout.shard_name(index)
+    rows = 0
+    with storage.atomic_output(plan.location().join(name)) as stream:
+        sink = storage.HashingWriter(stream)
+        with pq.ParquetWriter(sink, schema, compression=plan.layout.compression,
+                              write_statistics=statistics) as writer:
+            for table in tables:
+                writer.write_table(table, row_group_size=plan.layout.row_group_rows)
+                rows += table.num_rows
+    return {"path": name, "rows": rows, "bytes": sink.bytes_written, "sha256": sink.sha256}
+
+
+# --- the executor -------------------------------------------------------------------------------
+
+
+def committed(plan: ShardPlan) -> dict | None:
+    """The manifest committed in the plan's folder, or None; plan.error when it is another request's."""
+    manifest = read_manifest(plan.location(), plan.FORMAT, plan.error)
+    if manifest is not None:
+        plan.check_committed(manifest)
+    return manifest
+
+
+def missing_shards(plan: ShardPlan, shards: list[dict]) -> list[int]:
+    """Positions in `shards` whose shard is not in place: a file of the recorded size (a folder for PNGs)."""
+    loc = plan.location()
+    missing = []
+    for k, s in enumerate(shards):
+        info = loc.join(s["path"]).info()
+        if plan.layout.compression == PNG_FOLDERS:
+            in_place = info.type == pafs.FileType.Directory
+        else:
+            in_place = info.type == pafs.FileType.File and info.size == s["bytes"]
+        if not in_place:
+            missing.append(k)
+    return missing
+
+
+def written_shards(plan: ShardPlan) -> dict[int, dict]:
+    """{index: record} of the shards an interrupted run of the same plan finished: pending records with
+    the plan's fingerprint whose shard is still in place."""
+    pending = plan.location().join(PENDING_DIR)
+    done: dict[int, dict] = {}
+    for info in storage.list_files(pending):
+        try:
+            index = int(re.fullmatch(r"part-(\d+)\.json", posixpath.basename(info.path))[1])
+            rec = storage.read_json(Location(pending.fs, info.path, info.path))
+            shard = rec["shard"]
+        except (TypeError, ValueError, KeyError, OSError):  # not a record, or one cut short by a kill
+            continue
+        if (rec.get("fingerprint") == plan.fingerprint and index < plan.num_shards
+                and shard.get("path") == plan.layout.shard_name(index) and not missing_shards(plan, [shard])):
+            done[index] = shard
+    return done
+
+
+def write_pending(plan: ShardPlan, progress: Callable[[int], None] | None = None) -> list[dict]:
+    """Write every shard not yet written (a resumable plan skips those an interrupted run finished);
+    return all shard records in shard order. `progress(items)` is called here as shards complete."""
+    done = written_shards(plan) if plan.RESUMABLE else {}
+    todo = [i for i in range(plan.num_shards) if i not in done]
+    if progress is not None and done:
+        progress(sum(plan.shard_ranges[i][1] - plan.shard_ranges[i][0] for i in done))
+    for index, record in plan.write_shards(todo) if todo else ():
+        if plan.RESUMABLE:
+            storage.write_bytes(plan.location().join(PENDING_DIR, f"part-{index:05d}.json"),
+                                json.dumps({"fingerprint": plan.fingerprint, "shard": record}, sort_keys=True).encode())
+        done[index] = record
+        if progress is not None:
+            progress(plan.shard_ranges[index][1] - plan.shard_ranges[index][0])
+    return [done[i] for i in range(plan.num_shards)]
+
+
+def commit(plan: ShardPlan, shards: list[dict]) -> dict:
+    """Commit the set: check every shard is in place, write the manifest last, then tidy up. Returns the
+    manifest (one the same plan committed first is kept)."""
+    existing = committed(plan)
+    if existing is not None:
+        return existing
+    if len(shards) != plan.num_shards:
+        raise plan.error(f"{plan.uri}: {len(shards)} shards written, expected {plan.num_shards}; not committing")
+    for k in missing_shards(plan, shards):  # a shard lost after it was written must not be committed
+        raise plan.error(f"{storage.join_uri(plan.uri, shards[k]['path'])}: missing or not {shards[k]['bytes']} "
+                         "bytes; not committing")
+    manifest = {
+        "format": plan.FORMAT,
+        "created_at": datetime.now(timezone.utc).isoformat(),
+        **plan.manifest_fields(shards),
+        "num_rows": sum(s["rows"] for s in shards),
+        "num_bytes": sum(s["bytes"] for s in shards),
+        "num_shards": len(shards),
+        "shards": [{k: s[k] for k in plan.SHARD_KEYS} for s in shards],
+        "layout": asdict(plan.layout),
+    }
+    loc = plan.location()
+    storage.commit_json(loc.join(MANIFEST_NAME), manifest)
+    try:  # best effort: leftovers are harmless, readers go by the manifest
+        if plan.RESUMABLE and loc.join(PENDING_DIR).exists():
+            loc.fs.delete_dir(loc.join(PENDING_DIR).path)
+        if isinstance(loc.fs, pafs.LocalFileSystem):  # temporary files of writers killed midway
+            for info in storage.list_files(loc):
+                if ".tmp-" in posixpath.basename(info.path):
+                    loc.fs.delete_file(info.path)
+    except OSError as e:
+        log.warning("could not tidy %s: %s", plan.uri, e)
+    return manifest
+
+
+def execute(plan: ShardPlan, progress: Callable[[int], None] | None = None) -> dict:
+    """The whole job: nothing to do when the set is committed, else write the pending shards and commit.
+    Returns the manifest."""
+    manifest = committed(plan)
+    if manifest is None:
+        return commit(plan, write_pending(plan, progress))
+    if progress is not None:
+        progress(plan.num_items)
+    return manifest
+
+
+def progress_bar(total: int, desc: str, *, bar: bool = True, log: Callable[[str], None] | None = None,
+                 unit: str = "rows"):
+    """A tqdm over `total` items: a bar on stderr; without one, a line each ~10% handed to `log` (nothing
+    without a log). Its `update(items)` is execute()'s `progress`; use it as a context manager."""
+    from tqdm import tqdm
+
+    if bar or log is None:
+        return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, disable=not bar)
+    return tqdm(total=total, desc=desc, unit=unit, unit_scale=True, file=_LogLines(log), leave=False,
+                miniters=max(1, round(total * PROGRESS_LOG_FRACTION)), mininterval=0,
+                bar_format="{desc}: {n_fmt}/{total_fmt} {unit} ({percentage:.0f}%), {rate_fmt}, ETA {remaining}")
+
+
+class _LogLines:
+    """A tqdm "file" that hands each refresh to a log function as one line."""
+
+    def __init__(self, log: Callable[[str], None]):
+        self.log = log
+
+    def write(self, text: str) -> None:
+        if text.strip():
+            self.log(text.strip())
+
+    def flush(self) -> None:
+        pass
+
+
+# --- reading ------------------------------------------------------------------------------------
+
+
+def check_manifest(manifest: dict, fmt: str, where: str, error: type[ShardSetError] = ShardSetError) -> dict:
+    """`manifest` if it has format `fmt` and every shard entry names a shard of its layout, else `error`."""
+    if manifest.get("format") != fmt:
+        raise error(f"{where}: unknown manifest format {manifest.get('format')!r} (expected {fmt})")
+    layout = Layout(**manifest["layout"])
+    for s in manifest["shards"]:
+        _check_shard_name(layout, s["path"], where, error)
+    return manifest
+
+
+def _check_shard_name(layout: Layout, path: str, where: str, error: type[ShardSetError]) -> None:
+    # a manifest is data: a path outside the set's own folder must never be read (or hashed) through it
+    if not layout.is_shard_name(path):
+        raise error(f"{where}: manifest lists shard {path!r}, not a shard name of this set "
+                    f"(expected {layout.shard_name(0).replace('00000', 'NNNNN')}); refusing to use it")
+
+
+def read_manifest(loc: Location, fmt: str, error: type[ShardSetError] = ShardSetError) -> dict | None:
+    """The manifest committed at `loc` (checked as by check_manifest), or None when nothing is committed."""
+    marker = loc.join(MANIFEST_NAME)
+    if not marker.exists():
+        return None
+    return check_manifest(storage.read_json(marker), fmt, loc.uri, error)
+
+
+@dataclass
+class ShardSet:
+    """A committed shard set (subclassed per job, which sets the error types)."""
+
+    uri: str  # the set's folder
+    manifest: dict
+    location: Location
+
+    error: ClassVar[type[ShardSetError]] = ShardSetError
+    checksum_error: ClassVar[type[ShardSetError]] = ChecksumError
+
+    def _shard(self, entry: dict) -> Location:
+        _check_shard_name(Layout(**self.manifest["layout"]), entry["path"], self.uri, self.error)
+        return self.location.join(entry["path"])
+
+    @property
+    def filesystem(self) -> pafs.FileSystem:
+        return self.location.fs
+
+    @property
+    def shard_paths(self) -> list[str]:
+        """Shard paths inside `filesystem` (what pyarrow / Ray Data's read_parquet(filesystem=) take)."""
+        return [self._shard(s).path for s in self.manifest["shards"]]
+
+    @property
+    def shard_uris(self) -> list[str]:
+        return [self._shard(s).uri for s in self.manifest["shards"]]
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.manifest["shape"])
+
+    @property
+    def num_rows(self) -> int:
+        return self.manifest["num_rows"]
+
+    def verify(self) -> None:
+        """Recompute every shard's sha256 and size (a PNG shard: its files' bytes in index order); raise
+        checksum_error naming the first shard that is missing or does not match."""
+        for s in self.manifest["shards"]:
+            shard = self._shard(s)
+            if not shard.exists():
+                raise self.checksum_error(f"{shard.uri}: missing (listed in the manifest)")
+            files = ([Location(shard.fs, i.path, "") for i in storage.list_files(shard)] if shard.is_dir()
+                     else shard)
+            digest, size = storage.sha256_of(files)
+            if digest != s["sha256"] or size != s["bytes"]:
+                raise self.checksum_error(f"{shard.uri}: checksum mismatch (manifest sha256 {s['sha256'][:12]}…, "
+                                          f"{s['bytes']} bytes; found {digest[:12]}…, {size} bytes)")
+
+    def read_table(self, columns: list[str] | None = None) -> pa.Table:
+        """All rows (of `columns`, default all), shards in manifest order (a stable order)."""
+        return pa.concat_tables([pq.read_table(p, columns=columns, filesystem=self.filesystem)
+                                 for p in self.shard_paths])
