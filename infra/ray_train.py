@@ -25,7 +25,6 @@ import json
 import logging
 import math
 import os
-import shutil
 import sys
 import tempfile
 import time
@@ -377,10 +376,11 @@ def _table_to_tensor(table, plan: WorkerPlan):
     import numpy as np
     import torch
 
-    col = table.column("x").combine_chunks()
-    flat = col.flatten().to_numpy(zero_copy_only=False)
-    x = torch.from_numpy(np.ascontiguousarray(flat).reshape((len(col),) + plan.shape))
-    return plan.normalisation.to_model(x)
+    from infra.shardset import column_to_numpy
+
+    # Arrow's buffers are read-only: torch would warn and share them, so copy when (only when) needed
+    x = np.require(column_to_numpy(table, plan.shape), requirements=["C", "W"])
+    return plan.normalisation.to_model(torch.from_numpy(x))
 
 
 def _memory_batches(shard, plan: WorkerPlan, rank: int, world_size: int):
@@ -591,11 +591,11 @@ def train_worker(loop_config: dict[str, Any]) -> None:
             _say(format_tick(snapshot, config.train.total_steps))
         if tracker is not None:
             tracker.on_snapshot(snapshot)
+        # report copies the checkpoint to the run's storage, where Ray's CheckpointConfig owns retention;
+        # the loop's local copies in `scratch` are pruned by the loop (num_checkpoints_to_keep) and go with it
         ckpt = ray.train.Checkpoint.from_directory(snapshot.checkpoint_dir) if snapshot.checkpoint_dir else None
         ray.train.report(metrics, checkpoint=ckpt,
                          checkpoint_dir_name=f"checkpoint-{snapshot.step:09d}" if ckpt else None)
-        if snapshot.checkpoint_dir:
-            shutil.rmtree(snapshot.checkpoint_dir, ignore_errors=True)
 
     with tempfile.TemporaryDirectory(prefix="gan-ckpt-") as scratch:
         # NOTE: on failure the MLflow run stays RUNNING, so the restarted group continues it
