@@ -9,12 +9,31 @@ this, so the first caller cannot decide `ray.init` arguments for the others.
 
 from __future__ import annotations
 
+import json
 import os
 
 from .ray_hooks import SETUP_HOOK
 
 # Environment every worker process of our jobs gets: telemetry has nowhere to go.
 WORKER_ENV = {"RAY_USAGE_STATS_ENABLED": "0"}
+# Set by Ray's job supervisor in a submitted job's driver: the job's runtime env (`ray job submit`,
+# `ganpipe submit`, a KubeRay RayJob), which ray.init merges with the driver's own
+JOB_CONFIG_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
+
+
+def driver_runtime_env() -> dict:
+    """Our runtime env for `ray.init`, less what a submitted job's runtime env already sets: Ray refuses
+    to merge the two when they name the same field or environment variable (measured: `ganpipe submit`
+    failed with "Failed to merge the Job's runtime env" before this), and the submitter's values win."""
+    env: dict = {"env_vars": dict(WORKER_ENV), "worker_process_setup_hook": SETUP_HOOK}
+    job_env = (json.loads(os.environ[JOB_CONFIG_ENV]).get("runtime_env") or {}) if os.environ.get(JOB_CONFIG_ENV) \
+        else {}
+    for key in list(env):
+        if key in job_env and key != "env_vars":
+            del env[key]
+    for var in job_env.get("env_vars") or {}:
+        env["env_vars"].pop(var, None)
+    return {k: v for k, v in env.items() if v}
 
 
 def ensure_ray(address: str | None = None) -> None:
@@ -30,5 +49,4 @@ def ensure_ray(address: str | None = None) -> None:
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS") or "local"
-    ray.init(address=address, include_dashboard=False, log_to_driver=True,
-             runtime_env={"env_vars": dict(WORKER_ENV), "worker_process_setup_hook": SETUP_HOOK})
+    ray.init(address=address, include_dashboard=False, log_to_driver=True, runtime_env=driver_runtime_env())

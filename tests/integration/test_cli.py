@@ -93,7 +93,7 @@ def test_preset_named_in_the_config_file_is_used_when_no_flag_is_given(tmp_path,
     """A flag's argparse default must not count as explicit: the file's preset (ring8, an MLP for 2-D
     points) applies, so its data.shape [2] is valid; under the digits preset (a DCGAN) it is refused."""
     from pipelines.cli import build_parser
-    from pipelines.commands.submit import train_entrypoint
+    from pipelines.commands.submit import validate_train_args
     from pipelines.commands.train import resolve_train_settings
 
     cfg = tmp_path / "rings.toml"
@@ -106,4 +106,5 @@ def test_preset_named_in_the_config_file_is_used_when_no_flag_is_given(tmp_path,
             ["train", "--dataset", "x", "--config", str(cfg), "--preset", "grid25"]))
         assert flagged.preset == "grid25"  # an explicit flag still wins over the file
     else:
-        assert train_entrypoint(["--", "--dataset", "x", "--config", str(cfg)]).startswith("ganpipe train ")
+        _, request = validate_train_args(["--", "--dataset", "x", "--config", str(cfg)])
+        assert request["settings"]["preset"] == "ring8" and request["settings"]["train"]["total_steps"] == 7
