@@ -30,6 +30,7 @@ import os
 import re
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -65,7 +66,8 @@ def train(settings: Settings, dataset_uri: str):
     from infra import ray_train
 
     tracking = ray_train.TrackingSpec(experiment=settings.tracking.experiment) if settings.tracking.enabled else None
-    outcome = ray_train.launch_training(settings.gan, dataset_uri, settings.cluster, tracking=tracking)
+    cluster = replace(settings.cluster, storage_path=settings.run_storage)
+    outcome = ray_train.launch_training(settings.gan, dataset_uri, cluster, tracking=tracking)
     if outcome.checkpoint_uri is None:
         raise RuntimeError(f"training run {outcome.run_name} finished without a checkpoint")
     get_run_logger().info(f"trained {outcome.run_name}: step {outcome.metrics.get('step')}, "
@@ -93,6 +95,7 @@ def fetch_checkpoint(checkpoint_uri: str, scratch: str) -> str:
 
     loc = storage.resolve(checkpoint_uri)
     dest = Path(scratch) / "checkpoint"
+    dest.mkdir(parents=True)  # pyarrow's local filesystem creates no parent folders for the copies
     pafs.copy_files(loc.path, str(dest), source_filesystem=loc.fs, destination_filesystem=pafs.LocalFileSystem())
     return str(dest)
 
@@ -135,36 +138,41 @@ def register(settings: Settings, checkpoint_uri: str, mlflow_run_id: str | None,
 
 
 @task(name="render-preview", **compute_task)
-def render_preview(samples_uri: str, manifest: dict, fmt: str, out_dir: str, title: str) -> str:
-    """The preview set (data units) as a grid image, or a scatter plot for 2-D data."""
+def render_preview(samples_uri: str, manifest: dict, fmt: str, out_uri: str, title: str) -> str:
+    """The preview set (data units) as a grid image, or a scatter plot for 2-D data, written to `out_uri`
+    (a folder or s3:// prefix; with fmt "npy" the raw array too). Returns the picture's URI."""
     import numpy as np
     import torch
 
     from gan_core.sampling import save_image_grid, save_scatter
+    from infra import storage
     from infra.batch_sampling import open_samples
     from infra.datasets import normalise
 
     _, x = open_samples(samples_uri).load_arrays()
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    if fmt == "npy":
-        np.save(out / "samples.npy", x)
     model_units = torch.from_numpy(np.asarray(normalise(x, manifest), dtype=np.float32))
-    if model_units.ndim == 4:
-        path = save_image_grid(model_units, out / "samples.png")
-    else:
-        path = save_scatter(model_units, out / "samples.png", title=title)
-    get_run_logger().info(f"preview: {path}")
-    return str(path)
+    out = storage.resolve(out_uri)
+    with tempfile.TemporaryDirectory(prefix="ganpipe-preview-") as tmp:
+        files = [save_image_grid(model_units, Path(tmp) / "samples.png") if model_units.ndim == 4
+                 else save_scatter(model_units, Path(tmp) / "samples.png", title=title)]
+        if fmt == "npy":
+            np.save(Path(tmp) / "samples.npy", x)
+            files.append(Path(tmp) / "samples.npy")
+        for f in files:  # local disk or S3 alike
+            storage.write_bytes(out.join(Path(f).name), Path(f).read_bytes())
+    uri = out.join("samples.png").uri
+    get_run_logger().info(f"preview: {uri}")
+    return uri
 
 
-def sample_preview(model_uri: str, manifest: dict, num_samples: int, seed: int, fmt: str, out_dir: str) -> str:
+def sample_preview(model_uri: str, manifest: dict, num_samples: int, seed: int, fmt: str, out_uri: str) -> str:
     """Sample the *registered* model with the batch sampler (pipelines.sample, a sub-flow: the version is
     pinned, the set is seed-addressed and committed with a manifest), then render the preview."""
+    from infra.storage import join_uri
     from pipelines.sample import sample_generator
 
-    samples_uri = sample_generator(model_uri, num_samples, seed, str(Path(out_dir) / "set"), fmt="parquet")
-    return render_preview(samples_uri, manifest, fmt, out_dir, f"{model_uri} (seed {seed})")
+    samples_uri = sample_generator(model_uri, num_samples, seed, join_uri(out_uri, "set"), fmt="parquet")
+    return render_preview(samples_uri, manifest, fmt, out_uri, f"{model_uri} (seed {seed})")
 
 
 @task(name="publish-report", retries=2, retry_delay_seconds=[2, 5], cache_policy=NO_CACHE, persist_result=False)
@@ -224,7 +232,7 @@ def gan_pipeline(preset: str | None = None, config: dict[str, Any] | None = None
     mlflow_run_id = getattr(outcome, "mlflow_run_id", None)
     reg = timed("registration", register, settings, outcome.checkpoint_uri, mlflow_run_id, metrics, manifest)
     # 5. preview from the registered model
-    out_dir = settings.sampling.out or str(_home() / "samples" / reg.name / f"v{reg.version}")
+    out_dir = settings.preview_uri(reg.name, reg.version)
     grid = timed("sampling", sample_preview, reg.model_uri, manifest, settings.sampling.num_samples,
                  settings.sampling.seed, settings.sampling.format, out_dir)
     # 6. report
@@ -241,12 +249,6 @@ def gan_pipeline(preset: str | None = None, config: dict[str, Any] | None = None
     summary["mlflow_run_url"] = mlflow_run_url(summary["mlflow_run_id"])
     summary["report_key"] = publish_report(summary)
     return summary
-
-
-def _home() -> Path:
-    from infra.settings import local_home
-
-    return local_home()
 
 
 def _model_run_id(name: str, version: str) -> str | None:
@@ -338,13 +340,26 @@ def report_markdown(summary: dict[str, Any]) -> str:
     if "fd" in m and m.get("floor/fd"):
         lines += ["", f"FD is {m['fd'] / m['floor/fd']:.2f}x its real-vs-real floor "
                       f"({int(m.get('num_samples', 0))} samples per set)."]
-    grid = Path(summary["sample_grid"])
+    grid = summary["sample_grid"]
     lines += ["", f"## Samples (`{grid}`)", ""]
-    if grid.is_file() and grid.stat().st_size < 512 * 1024:  # small PNGs inline, so the UI shows them
-        lines.append(f"![samples](data:image/png;base64,{base64.b64encode(grid.read_bytes()).decode()})")
+    png = _read_small(grid, 512 * 1024)
+    if png is not None:  # small PNGs inline, so the UI shows them
+        lines.append(f"![samples](data:image/png;base64,{base64.b64encode(png).decode()})")
     lines += ["", "| step | seconds |", "|---|---:|"]
     lines += [f"| {k} | {v} |" for k, v in summary["seconds"].items()]
     return "\n".join(lines) + "\n"
+
+
+def _read_small(uri: str, max_bytes: int) -> bytes | None:
+    """A file's bytes (local or S3) when it exists and is at most `max_bytes`, else None."""
+    from infra import storage
+
+    try:
+        loc = storage.resolve(uri)
+        info = loc.info()
+        return storage.read_bytes(loc) if info.is_file and info.size <= max_bytes else None
+    except (OSError, ValueError):
+        return None
 
 
 def summary_lines(summary: dict[str, Any], temporary_api_url: str | None = None) -> list[str]:

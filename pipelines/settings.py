@@ -33,6 +33,7 @@ from typing import Any
 
 from gan_core.config import PRESETS, ConfigError, GANConfig, check, from_dict, get_preset, parse_overrides, to_plain
 from infra.ray_train import ClusterConfig
+from infra.storage import join_uri
 
 GAN_SECTIONS = tuple(f.name for f in fields(GANConfig))
 BUILTIN_SOURCES = ("digits", "ring8", "grid25")
@@ -142,6 +143,25 @@ class Settings:
         from infra.settings import local_home
 
         return str(local_home() / "data")
+
+    @property
+    def run_storage(self) -> str | None:
+        """Where training runs and their checkpoints live: `[cluster] storage_path`, else `<[storage] root>/runs`
+        when a root is given (a cluster's shared storage), else None (infra's local default)."""
+        if self.cluster.storage_path:
+            return self.cluster.storage_path
+        return join_uri(self.storage.root, "runs") if self.storage.root else None
+
+    def preview_uri(self, model_name: str, version: str) -> str:
+        """Where the preview sample set and picture go: `[sampling] out`, else under `[storage] root` when
+        given, else <GANPIPE_HOME>/samples/<model>/v<version>."""
+        if self.sampling.out:
+            return self.sampling.out
+        if self.storage.root:
+            return join_uri(self.storage.root, "samples", model_name, f"v{version}")
+        from infra.settings import local_home
+
+        return str(local_home() / "samples" / model_name / f"v{version}")
 
     @property
     def dataset_name(self) -> str:
