@@ -402,7 +402,8 @@ def test_one_image_name_and_tag_everywhere_equal_to_the_project_version():
     documented = set(re.findall(r"ghcr\.io/ganpipe/ganpipe:\S+?(?=[\s`\"'),]|$)",
                                 (K8S / "README.md").read_text() + CLUSTER_YAML.read_text()))
     assert version == VERSION
-    assert {label, *build_tags, *ours, *documented,
+    prefect_pool = yaml.safe_load((REPO / "infra" / "prefect.yaml").read_text())["deployments"][0]["work_pool"]
+    assert {label, *build_tags, *ours, *documented, prefect_pool["job_variables"]["image"],
             yaml.safe_load(CLUSTER_YAML.read_text())["docker"]["image"]} == {IMAGE}
     # every other image is pinned to a release tag
     for image in images_in_k8s() - {IMAGE}:
