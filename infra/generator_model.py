@@ -40,6 +40,8 @@ class ModelIntegrityError(RuntimeError):
 
 
 def sha256_file(path: str | Path) -> str:
+    # NOTE: not infra.storage.sha256_of (the project's one helper): this file runs in consumers'
+    # processes, which have mlflow and torch but not pyarrow
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):

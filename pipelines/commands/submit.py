@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import hashlib
-import json
 import os
 import shlex
 import sys
@@ -88,8 +86,9 @@ def train_entrypoint(train_args: list[str]) -> str:
 def submission_id(request: dict, upload: bool) -> str:
     """`ganpipe-train-<hash>` of the request (resolved settings, dataset, code source): the same request
     always gets the same id, so a retry finds its job."""
-    blob = json.dumps({**request, "upload": upload}, sort_keys=True, default=str)
-    return "ganpipe-train-" + hashlib.sha256(blob.encode()).hexdigest()[:12]
+    from infra.shardset import content_address
+
+    return "ganpipe-train-" + content_address({**request, "upload": upload}, hex_chars=12)
 
 
 def runtime_env(args: argparse.Namespace) -> dict:
