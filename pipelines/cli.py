@@ -56,6 +56,8 @@ COMMANDS = [
     ("sample", "pipelines.commands.sample", "batch-sample a registered generator"),
     ("deploy", "pipelines.commands.deploy", "serve or deploy the pipeline on a cron schedule"),
     ("submit", "pipelines.commands.submit", "submit training as a Ray job to a cluster"),
+    ("runs", "pipelines.commands.runs", "list training runs: progress, checkpoint, MLflow link, registered versions"),
+    ("models", "pipelines.commands.models", "list registered model versions and which one is @champion"),
 ]
 
 
