@@ -216,7 +216,12 @@ def format_tick(s: Snapshot, total_steps: int) -> str:
     eta_txt = f"{int(eta // 60)}m{int(eta % 60):02d}s" if eta == eta else "?"
     return (f"step {s.step:>6}/{total_steps}  kimg {s.kimg:8.1f}  loss/D {m['loss/D']:.4f}  "
             f"loss/G {m['loss/G']:.4f}  D(x) {m['D/real']:.3f}  D(G(z)) {m['D/fake']:.3f}  "
-            f"JS~ {m['js_estimate']:.3f}  kimg/s {m['perf/kimg_per_s']:.2f}  eta {eta_txt}")
+            f"JS~ {m['js_estimate']:.3f}  {_rate(m['perf/kimg_per_s'])}  eta {eta_txt}")
+
+
+def _rate(kimg_per_s: float) -> str:
+    """kimg/s, or img/s when kimg/s would print as 0.00 (slow runs: big images, one CPU)."""
+    return f"kimg/s {kimg_per_s:.2f}" if kimg_per_s >= 0.005 else f"img/s {kimg_per_s * 1000:.1f}"
 
 
 def train(

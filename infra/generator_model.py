@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+from typing import Any
 
 import mlflow
 import numpy as np
@@ -88,7 +89,7 @@ class GeneratorModel(mlflow.pyfunc.PythonModel):
         (x - offset) / scale (model value = data value * scale + offset)."""
         return self.normalisation.to_data(x.float().cpu()).numpy()
 
-    def predict(self, context, model_input, params=None):
+    def predict(self, context, model_input: np.ndarray, params: dict[str, Any] | None = None) -> np.ndarray:
         import torch
 
         from gan_core.sampling import generate

@@ -25,7 +25,6 @@ import json
 import logging
 import math
 import os
-import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, replace
@@ -294,6 +293,7 @@ def _ray_dataset(plan: WorkerPlan, ds, cluster: ClusterConfig):
 def _trainer(plan: WorkerPlan, ray_ds, cluster: ClusterConfig, storage_path: str, storage_fs):
     """Part 3: the TorchTrainer: one worker per GPU (or CPU slot), the run's durable name and storage,
     checkpoint retention (Ray's CheckpointConfig is its one owner) and fault tolerance."""
+    from ray.data import ExecutionOptions
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -309,7 +309,10 @@ def _trainer(plan: WorkerPlan, ray_ds, cluster: ClusterConfig, storage_path: str
             failure_config=FailureConfig(max_failures=cluster.max_failures)),
         datasets={"train": ray_ds},
         # memory: every worker reads the whole (small) dataset and slices global batches itself
-        dataset_config=DataConfig(datasets_to_split=[] if plan.data_loading == "memory" else "all"),
+        dataset_config=DataConfig(datasets_to_split=[] if plan.data_loading == "memory" else "all",
+                                  # NOTE: our own options: Ray Train's default ones copy the context's
+                                  # deprecated `exclude_resources` (a RayDeprecationWarning per run)
+                                  execution_options=ExecutionOptions(preserve_order=True)),
     )
 
 
@@ -500,13 +503,11 @@ class _ParameterSync:
 
 
 def _say(line: str) -> None:
-    """One progress line on the worker's stdout (Ray forwards it to the driver).
+    """One progress line on the worker's stdout (Ray forwards it to the driver), marked as the pipeline's
+    own (infra.console)."""
+    from infra.console import say
 
-    NOTE: not print(): Ray Train patches print in its workers to log *and* echo to a wrapped stdout,
-    so every printed line reached the driver twice.
-    """
-    sys.stdout.write(line + "\n")
-    sys.stdout.flush()
+    say(line)
 
 
 def _restore(state, rank: int) -> int:

@@ -332,7 +332,8 @@ def progress_bar(total: int, desc: str, *, bar: bool = True, log: Callable[[str]
 
     if bar or log is None:
         return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, disable=not bar)
-    return tqdm(total=total, desc=desc, unit=unit, unit_scale=True, file=_LogLines(log), leave=False,
+    # NOTE: plain counts (no unit_scale): infra.console turns these lines back into a bar on a terminal
+    return tqdm(total=total, desc=desc, unit=unit, file=_LogLines(log), leave=False,
                 miniters=max(1, round(total * PROGRESS_LOG_FRACTION)), mininterval=0,
                 bar_format="{desc}: {n_fmt}/{total_fmt} {unit} ({percentage:.0f}%), {rate_fmt}, ETA {remaining}")
 

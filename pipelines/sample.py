@@ -18,7 +18,7 @@ from prefect.artifacts import create_table_artifact
 from infra import batch_sampling, shardset
 from infra.batch_sampling import ResolvedModel, SamplingPlan
 
-from .stage import STORAGE_IO, commit_manifest, find_committed
+from .stage import STORAGE_IO, commit_manifest, find_committed, progress_line
 
 
 @task(**STORAGE_IO, persist_result=False)
@@ -37,7 +37,7 @@ def plan_samples(model: ResolvedModel, num_samples: int, seed: int, out: str, fm
 @task(persist_result=False)
 def generate_and_write_shards(plan: SamplingPlan, show_progress: bool) -> list[dict]:
     """Ray Data over the shards' seed ranges, one loaded generator per actor; progress as shards land."""
-    with shardset.progress_bar(plan.num_items, "sampling", bar=show_progress, log=get_run_logger().info,
+    with shardset.progress_bar(plan.num_items, "sampling", bar=show_progress, log=progress_line,
                                unit="samples") as bar:
         return shardset.write_pending(plan, bar.update)
 

@@ -141,6 +141,8 @@ def start_embedded_services(settings, prefect_home: str | None = None) -> str | 
         server.wait_ready(float(os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS")
                                 or DEFAULT_STARTUP_TIMEOUT_S))
         os.environ["PREFECT_API_URL"] = server.api_url
-        print(f"Prefect: temporary server with its UI on {server.url} until this command ends", file=sys.stderr)
+        from infra.console import say
+
+        say(f"Prefect: temporary server with its UI on {server.url} until this command ends")
         return server.api_url
     return None

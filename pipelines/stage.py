@@ -23,6 +23,7 @@ from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from infra import datasets, shardset
+from infra.console import say
 from infra.datasets import StagingPlan
 from infra.shardset import ShardPlan
 
@@ -44,6 +45,13 @@ def retry_on_storage_io(task, task_run, state) -> bool:  # Prefect's retry_condi
 
 STORAGE_IO = dict(retries=STORAGE_RETRIES, retry_delay_seconds=STORAGE_RETRY_DELAYS_S,
                   retry_condition_fn=retry_on_storage_io)
+
+
+def progress_line(line: str) -> None:
+    """A progress line (every ~10%) for the run's log in the Prefect UI and for the console (infra.console
+    draws it as a bar on a terminal)."""
+    get_run_logger().info(line)
+    say(line)
 
 
 def shard_cache_key(context, parameters: dict[str, Any]) -> str:
@@ -120,7 +128,8 @@ def stage_dataset(source: str, root: str, name: str | None = None, *, num_sample
     else:
         # 3. Write the shards in parallel; cached ones return at once.
         futures = write_shard.map(plan, range(plan.num_shards))
-        with shardset.progress_bar(plan.num_items, f"staging {plan.name}", bar=show_progress) as bar:
+        with shardset.progress_bar(plan.num_items, f"staging {plan.name}", bar=show_progress,
+                                   log=progress_line) as bar:
             for future in as_completed(futures):
                 start, stop = plan.shard_ranges[futures.index(future)]
                 bar.update(stop - start)

@@ -4,9 +4,11 @@ register (champion rule), sample a preview, and publish a markdown report."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
+from pathlib import Path
 
 from pipelines.cli import UserError
 
@@ -36,6 +38,11 @@ def add_parser(sub) -> argparse.ArgumentParser:
     add_config_arguments(p)
     p.add_argument("--dry-run", action="store_true", help="print the resolved configuration as TOML and stop")
     p.add_argument("--json", action="store_true", help="print the run's summary as JSON on stdout")
+    p.add_argument("--verbose", action="store_true",
+                   help="show everything on the console (Ray, Prefect, MLflow, warnings); by default they go "
+                        "to the log file and the console shows the pipeline's own lines")
+    p.add_argument("--log-file", metavar="FILE",
+                   help="where the full output goes (default: GANPIPE_HOME/logs/run-<UTC time>.log)")
     p.set_defaults(func=run)
     return p
 
@@ -65,35 +72,65 @@ def resolve_request(args, **cluster_overrides):
         raise UserError(str(e)) from None
 
 
+def default_log_file() -> Path:
+    from infra.settings import local_home
+
+    return local_home() / "logs" / f"run-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}.log"
+
+
 def run(args: argparse.Namespace) -> int:
     t_start = time.time()
     _, settings = resolve_request(args)  # 1. full validation before anything starts
     if args.dry_run:
         sys.stdout.write(settings.to_toml())
         return 0
+    from infra.console import ConsoleCapture, say
+
+    log_file = Path(args.log_file) if args.log_file else default_log_file()
+    capture = contextlib.nullcontext() if args.verbose else ConsoleCapture(log_file)
+    with capture:
+        say(f"ganpipe run: preset {settings.preset}, dataset {settings.source_uri} -> {settings.storage_root}, "
+            f"model {settings.model_name}")
+        if not args.verbose:
+            say(f"full log: {log_file}")
+        summary, temporary_api_url = run_pipeline(settings, args, log_file)
+    # 3. where to look
+    summary["seconds"] = {"service start-up": round(summary["started_at"] - t_start, 1), **summary["seconds"],
+                          "total": round(time.time() - t_start, 1)}
+    if args.json:
+        print(json.dumps(summary, indent=2, default=str))
+    from pipelines.flow import summary_lines
+
+    lines = ["", "ganpipe run: done"] + summary_lines(summary, temporary_api_url)
+    if not args.verbose:
+        lines.append(f"log          {log_file}   (Ray, Prefect, MLflow and warnings; --verbose shows them here)")
+    print("\n".join(lines), file=sys.stderr if args.json else sys.stdout)
+    return 0
+
+
+def run_pipeline(settings, args, log_file: Path) -> tuple[dict, str | None]:
+    """2. the services, side by side (a temporary Prefect server when PREFECT_API_URL is unset), then the
+    flow. User errors become UserError; any other failure one line naming the log, with the traceback
+    in the log."""
+    import traceback
+
     from gan_core.config import ConfigError
     from infra.datasets import DatasetError
     from infra.sources import SourceError
     from infra.storage import StorageError
-
-    print(f"ganpipe run: preset {settings.preset}, dataset {settings.source_uri} -> {settings.storage_root}, "
-          f"model {settings.model_name}", file=sys.stderr)
-    # 2. the services, side by side (a temporary Prefect server when PREFECT_API_URL is unset), then the flow
+    from pipelines.cli import PipelineFailed
     from pipelines.services import ServiceError, start_embedded_services
 
     try:
         temporary_api_url = start_embedded_services(settings, getattr(args, "embedded_prefect_home", None))
-        from pipelines.flow import gan_pipeline, summary_lines
+        from pipelines.flow import gan_pipeline
 
-        summary = gan_pipeline(settings=settings)
+        return gan_pipeline(settings=settings), temporary_api_url
     except (ConfigError, DatasetError, SourceError, StorageError, ServiceError) as e:
         raise UserError(str(e)) from None
-    # 3. where to look
-    seconds = summary["seconds"]
-    seconds = {"service start-up": round(summary["started_at"] - t_start, 1), **seconds,
-               "total": round(time.time() - t_start, 1)}
-    summary["seconds"] = seconds
-    if args.json:
-        print(json.dumps(summary, indent=2, default=str))
-    print("\n".join(["", "ganpipe run: done"] + summary_lines(summary, temporary_api_url)), file=sys.stderr if args.json else sys.stdout)
-    return 0
+    except Exception as e:
+        if args.verbose:
+            raise
+        traceback.print_exc()  # into the log
+        first = (str(e).strip().splitlines() or [""])[0]
+        raise PipelineFailed(f"the pipeline failed: {type(e).__name__}: {first} (details: {log_file})") from None

@@ -78,6 +78,7 @@ def test_run_uses_only_the_services_it_is_given(ray_head, mlflow_server, prefect
     env.pop("MLFLOW_REGISTRY_URI", None)
     root = f"s3://{s3_bucket}/root"
     r = subprocess.run([sys.executable, "-m", "pipelines.cli", "run", "--preset", "tiny", "--json",
+                        "--log-file", str(tmp_path / "run.log"),
                         "--set", f"storage.root={root}", "--set", "train.total_steps=10",
                         "--set", "network.g_norm=layer", "--set", "registry.export=false",
                         "--set", "sampling.num_samples=16", "--set", "registry.model_name=external"],
