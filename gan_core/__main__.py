@@ -1,6 +1,9 @@
 """Train a GAN in one process, with no Ray, Prefect or MLflow: the plain-PyTorch baseline.
 
     python -m gan_core --preset ring8 --out runs/ring8
+
+writes into --out: checkpoints/, samples.png (G_ema at the end), training_curves.png (the per-tick
+metrics over kimg), sample_strip.png (fixed-seed G_ema samples at each tick) and summary.json.
 """
 
 from __future__ import annotations
@@ -16,8 +19,12 @@ import torch
 
 from .config import PRESETS, ConfigError, get_preset, parse_overrides
 from .data import MIXTURES, InMemoryBatches, load_builtin, mixture, mode_coverage
-from .loop import NonFiniteLossError, format_tick, train
-from .sampling import generate, save_image_grid, save_loss_curve, save_scatter
+from .loop import NonFiniteLossError, Snapshot, format_tick, train
+from .plots import SampleStripRecorder, save_training_curves
+from .sampling import generate, save_image_grid, save_scatter
+from .training import build_training_state
+
+STRIP_SEED = 0  # the sample strip's fixed latents: the same samples as samples.png
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -66,16 +73,25 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, request_stop)
     print(f"training {args.preset}: {config.train.total_steps} steps, global batch {config.train.global_batch_size}, "
           f"k = {config.train.d_steps}, loss {config.loss.kind}, device {args.device}", flush=True)
+    state = build_training_state(config, args.device)
+    strip = SampleStripRecorder()  # a few fixed-seed G_ema samples per tick
+
+    def on_snapshot(s: Snapshot) -> None:
+        print(format_tick(s, config.train.total_steps), flush=True)
+        n = strip.images_per_tick if config.data.is_image else strip.points_per_tick
+        strip.add(s.kimg, generate(state.G_ema, n, seed=STRIP_SEED, device=args.device))
+
     t0 = time.perf_counter()
     try:
         result = train(
             config,
             batches=InMemoryBatches(x, config.train.global_batch_size, config.train.seed),
             device=args.device,
-            on_snapshot=lambda s: print(format_tick(s, config.train.total_steps), flush=True),
+            on_snapshot=on_snapshot,
             should_stop=lambda: stop_requested,
             resume_from=args.resume,
             checkpoint_root=out / "checkpoints",
+            state=state,
         )
     except NonFiniteLossError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -93,11 +109,15 @@ def main(argv: list[str] | None = None) -> int:
                            f"{100 * cov['high_quality_fraction']:.1f}% high quality")
     elif config.data.is_image:
         save_image_grid(generate(G_ema, 64, seed=0, device=args.device), out / "samples.png")
+    pictures = [out / "samples.png"]
     if result.history:
-        save_loss_curve(result.history, out / "loss_curve.png")
+        pictures.append(save_training_curves(result.history, out / "training_curves.png"))
+    if strip.rows:
+        real = None if config.data.is_image else x[:2500]
+        pictures.append(strip.save(out / "sample_strip.png", real=real))
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     print(json.dumps(summary, indent=2))
-    print(f"pictures: {out / 'samples.png'}  {out / 'loss_curve.png'}")
+    print("pictures: " + "  ".join(str(p) for p in pictures))
     return 0
 
 

@@ -112,28 +112,3 @@ def save_scatter(samples: torch.Tensor | np.ndarray, path: str | Path, *, centre
     plt.close(fig)
     return path
 
-
-def save_loss_curve(history: list[dict[str, float]], path: str | Path) -> Path:
-    """Write a PNG of loss/D, loss/G and the JS estimate against kimg."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    kimg = [h["kimg"] for h in history if "loss/D" in h]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.5), dpi=100)
-    for key in ("loss/D", "loss/G"):
-        ax1.plot(kimg, [h[key] for h in history if "loss/D" in h], label=key)
-    ax1.set_xlabel("kimg")
-    ax1.legend()
-    for key in ("D/real", "D/fake", "js_estimate"):
-        ax2.plot(kimg, [h[key] for h in history if "loss/D" in h], label=key)
-    ax2.set_xlabel("kimg")
-    ax2.axhline(math.log(2), ls=":", c="grey", lw=0.8)
-    ax2.legend()
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path

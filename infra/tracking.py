@@ -10,8 +10,11 @@ What the run holds:
   version, normalisation), ``code.version``;
 - metrics: every tick's snapshot metrics (``loss/D``, ``D/real``, ``js_estimate``, ``grad_norm/G``,
   ``perf/kimg_per_s``, ...) with step = images seen, one ``log_batch`` per tick (<= 1000 per call);
-- artifacts: ``samples/grid-<kimg>.png`` (fixed-seed G_ema samples) per snapshot, ``loss_curve.png``
-  at the end, ``dataset/_manifest.json``, and ``checkpoints.json`` listing every checkpoint URI;
+- artifacts: ``samples/grid-<kimg>.png`` (fixed-seed G_ema samples) per snapshot; at the end
+  ``report/training_curves.png`` (every tick's metrics over kimg, gan_core.plots.save_training_curves)
+  and ``report/sample_strip.png`` (a few of those fixed-seed samples per tick, side by side,
+  gan_core.plots.save_sample_strip); ``dataset/_manifest.json``, and ``checkpoints.json`` listing every
+  checkpoint URI;
 - tags: ``ganpipe.last_checkpoint`` (the newest checkpoint URI; ``ganpipe register --run`` reads it),
   ``ganpipe.run_name``.
 
@@ -45,6 +48,7 @@ from torch import nn
 from gan_core.config import GANConfig
 from gan_core.data import Normalisation
 from gan_core.loop import Snapshot
+from gan_core.plots import SampleStripRecorder, save_training_curves
 
 from .settings import DEFAULT_EXPERIMENT, code_version, default_artifact_location, mlflow_tracking_uri
 
@@ -59,6 +63,9 @@ PARAM_SCALE = "dataset.normalisation.scale"
 PARAM_OFFSET = "dataset.normalisation.offset"
 PARAM_CODE_VERSION = "code.version"
 CHECKPOINTS_ARTIFACT = "checkpoints.json"
+REPORT_DIR = "report"  # the end-of-run pictures (pipelines.flow embeds them in the Prefect report)
+TRAINING_CURVES_ARTIFACT = f"{REPORT_DIR}/training_curves.png"
+SAMPLE_STRIP_ARTIFACT = f"{REPORT_DIR}/sample_strip.png"
 
 MAX_PENDING_BATCHES = 64  # asynchronous batches in flight before the sender waits for them
 RUN_RETRY_INTERVAL_S = 60.0  # after failing to create the run, try again at most this often
@@ -164,6 +171,7 @@ class TrainingTracker:
         self._run_failed_at: float | None = None  # when creating the run last failed (outage at start)
         self._worker: threading.Thread | None = None
         self._finished = False
+        self._strip = SampleStripRecorder()  # a few of each snapshot's grid samples
 
     # -- public API (training thread) ----------------------------------------------------------------
     def start(self) -> "TrainingTracker":
@@ -195,20 +203,14 @@ class TrainingTracker:
             self._enqueue(_Op(f"checkpoint {uri}", self._log_checkpoint, (uri, listing)))
 
     def finish(self, history: list[dict[str, float]] | None = None, *, status: str = "FINISHED") -> str | None:
-        """Log the loss curve, end the run and wait (bounded) for the queue. Returns the run id or None."""
+        """Log the report pictures (training curves of ``history``, the sample strip), end the run and wait
+        (bounded) for the queue. Returns the run id or None."""
         if self._finished:
             return self.run_id
         self._finished = True
         if self._worker is None:
             self.start()
-        if history:
-            try:
-                from gan_core.sampling import save_loss_curve
-
-                path = save_loss_curve([h for h in history if "loss/D" in h], self._tmp / "loss_curve.png")
-                self._enqueue(_Op("loss curve", self._log_artifact, (path, None)))
-            except Exception as e:
-                log.warning("loss curve not drawn: %s", e)
+        self._log_report_pictures(history or [])
         self._enqueue(_Op("end run", self._end_run, (status,)))
         self._queue.put(None)  # sentinel: the worker exits after the queue is drained
         self._worker.join(self.flush_timeout_s)
@@ -221,6 +223,21 @@ class TrainingTracker:
             log.warning("MLflow tracking dropped %d of %d calls (first error: %s)", self.stats.dropped,
                         self.stats.dropped + self.stats.sent, self.stats.errors[0] if self.stats.errors else "?")
         return self.run_id
+
+    def _log_report_pictures(self, history: list[dict[str, float]]) -> None:
+        """The end-of-run pictures: drawn here (the training thread), uploaded by the sender."""
+        if history:
+            self._draw_and_log("training curves", TRAINING_CURVES_ARTIFACT, lambda p: save_training_curves(history, p))
+        if self._strip.rows:
+            self._draw_and_log("sample strip", SAMPLE_STRIP_ARTIFACT, self._strip.save)
+
+    def _draw_and_log(self, what: str, artifact: str, draw: Callable[[Path], Path]) -> None:
+        try:  # a picture is never worth a training run
+            path = draw(self._tmp / artifact)
+        except Exception as e:
+            log.warning("%s not drawn: %s", what, e)
+            return
+        self._enqueue(_Op(what, self._log_artifact, (path, str(Path(artifact).parent))))
 
     def __enter__(self) -> "TrainingTracker":
         return self.start()
@@ -256,10 +273,12 @@ class TrainingTracker:
             G.train(was_training)
         path = self._tmp / f"grid-{snapshot.images_seen:012d}.png"
         if self.config.data.is_image:
+            self._strip.add(snapshot.kimg, x)
             return save_image_grid(x, path)  # model space [-1, 1], as the grid expects
         if x.shape[1] < 2:
             return None
         x = self.dataset.normalisation.to_data(x)  # back to the data's own units
+        self._strip.add(snapshot.kimg, x)
         return save_scatter(x[:, :2], path, title=f"G_ema at {snapshot.kimg:.1f} kimg")
 
     # -- the background sender -----------------------------------------------------------------------

@@ -15,8 +15,8 @@ Each step is a named Prefect step, so the UI shows its state, logs and timing:
    strictly better on the primary metric (ties keep the holder).
 5. `sample-generator` (sub-flow, pipelines.sample) + `render-preview`: a preview set drawn from the
    *registered* model by the batch sampler, rendered as a grid.
-6. `publish-report`: a markdown artifact with the metrics table, the grid, the version and alias, and
-   the MLflow run link.
+6. `publish-report`: a markdown artifact with the metrics table, the training curves and the sample
+   strip (the training run's MLflow artifacts), the grid, the version and alias, and the MLflow run link.
 
 Retries sit on I/O steps only (reading data and checkpoints, publishing); training has Ray's own
 fault tolerance, and registering twice would create two versions. No maths here: the steps call infra.
@@ -42,6 +42,7 @@ from pipelines.settings import Settings, resolve_settings
 from pipelines.stage import STORAGE_RETRIES, STORAGE_RETRY_DELAYS_S, retry_on_storage_io, stage_dataset
 
 FLOW_NAME = "gan-pipeline"
+MAX_INLINE_PNG_BYTES = 512 * 1024  # larger pictures are linked, not embedded in the markdown report
 REPORT_METRICS = ("fd", "kid", "precision", "recall", "classes_covered", "class_kl", "modes_covered",
                   "high_quality_fraction", "mode_reverse_kl")
 
@@ -245,6 +246,7 @@ def gan_pipeline(preset: str | None = None, config: dict[str, Any] | None = None
         "mlflow_run_id": mlflow_run_id or _model_run_id(reg.name, reg.version),
         "metrics": {k: float(v) for k, v in metrics.items()}, "sample_grid": grid,
         "seconds": seconds, "started_at": started,
+        **report_picture_uris(mlflow_run_id),
     }
     summary["mlflow_run_url"] = mlflow_run_url(summary["mlflow_run_id"])
     summary["report_key"] = publish_report(summary)
@@ -326,6 +328,23 @@ def metrics_rows(metrics: dict[str, float]) -> list[tuple[str, str, str]]:
     return rows
 
 
+def report_picture_uris(training_run_id: str | None) -> dict[str, str | None]:
+    """The training run's end-of-run pictures (infra.tracking) as ``runs:/`` URIs; None when untracked."""
+    from infra.tracking import SAMPLE_STRIP_ARTIFACT, TRAINING_CURVES_ARTIFACT
+
+    def uri(artifact: str) -> str | None:
+        return f"runs:/{training_run_id}/{artifact}" if training_run_id else None
+
+    return {"training_curves": uri(TRAINING_CURVES_ARTIFACT), "sample_strip": uri(SAMPLE_STRIP_ARTIFACT)}
+
+
+def _png_section(title: str, uri: str, png: bytes | None) -> list[str]:
+    lines = ["", f"## {title} (`{uri}`)", ""]
+    if png is None:
+        return lines + ["_not embedded (tracking unreachable, or the picture is too large)_"]
+    return lines + [f"![{title.lower()}](data:image/png;base64,{base64.b64encode(png).decode()})"]
+
+
 def report_markdown(summary: dict[str, Any]) -> str:
     m = summary["metrics"]
     lines = [f"# {summary['model_name']} version {summary['version']}", ""]
@@ -340,9 +359,12 @@ def report_markdown(summary: dict[str, Any]) -> str:
     if "fd" in m and m.get("floor/fd"):
         lines += ["", f"FD is {m['fd'] / m['floor/fd']:.2f}x its real-vs-real floor "
                       f"({int(m.get('num_samples', 0))} samples per set)."]
+    for title, key in (("Training curves", "training_curves"), ("Samples during training", "sample_strip")):
+        if summary.get(key):  # the training run was tracked
+            lines += _png_section(title, summary[key], _read_run_artifact(summary[key], MAX_INLINE_PNG_BYTES))
     grid = summary["sample_grid"]
     lines += ["", f"## Samples (`{grid}`)", ""]
-    png = _read_small(grid, 512 * 1024)
+    png = _read_small(grid, MAX_INLINE_PNG_BYTES)
     if png is not None:  # small PNGs inline, so the UI shows them
         lines.append(f"![samples](data:image/png;base64,{base64.b64encode(png).decode()})")
     lines += ["", "| step | seconds |", "|---|---:|"]
@@ -359,6 +381,21 @@ def _read_small(uri: str, max_bytes: int) -> bytes | None:
         info = loc.info()
         return storage.read_bytes(loc) if info.is_file and info.size <= max_bytes else None
     except (OSError, ValueError):
+        return None
+
+
+def _read_run_artifact(uri: str, max_bytes: int) -> bytes | None:
+    """An MLflow artifact's bytes (``runs:/<run id>/<path>``) when it can be downloaded and is at most
+    `max_bytes`, else None: the report is best-effort (tracking may be off or down)."""
+    from mlflow.artifacts import download_artifacts
+
+    from infra.settings import mlflow_client
+
+    try:
+        with tempfile.TemporaryDirectory(prefix="ganpipe-report-") as tmp:
+            path = Path(download_artifacts(artifact_uri=uri, dst_path=tmp, tracking_uri=mlflow_client().tracking_uri))
+            return path.read_bytes() if path.is_file() and path.stat().st_size <= max_bytes else None
+    except Exception:  # any tracking, network or store error: the report goes out without the picture
         return None
 
 

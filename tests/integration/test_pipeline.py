@@ -40,6 +40,10 @@ def test_pipeline_registers_a_champion_and_a_rerun_reuses_everything(ray_cluster
     report = artifacts[0].data
     assert "| fd |" in report and "real vs real (floor)" in report and "models:/e2e-tiny/1" in report
     assert "data:image/png;base64," in report and "@champion" in report
+    # the training run's report pictures (MLflow artifacts) sit beside the metrics table, embedded
+    assert first["training_curves"] == f"runs:/{first['mlflow_run_id']}/report/training_curves.png"
+    assert "## Training curves" in report and "## Samples during training" in report
+    assert report.count("data:image/png;base64,") == 3  # the curves, the sample strip, the preview grid
 
     # 2. second run: the same dataset version (not rewritten), the same training run (already finished),
     #    a new registered version with an identical score: the champion stays (ties keep the holder). This

@@ -6,12 +6,15 @@ import json
 import logging
 import socket
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from gan_core import get_preset, train
 from gan_core.data import InMemoryBatches, load_builtin
 from gan_core.training import build_training_state
-from infra.tracking import TAG_LAST_CHECKPOINT, DatasetRef, TrainingTracker
+from infra.tracking import (SAMPLE_STRIP_ARTIFACT, TAG_LAST_CHECKPOINT, TRAINING_CURVES_ARTIFACT, DatasetRef,
+                            TrainingTracker)
 
 pytestmark = pytest.mark.integration
 
@@ -56,11 +59,17 @@ def test_training_run_is_tracked_and_registrable_from_its_run_id(store, tmp_path
     assert [m.step for m in client.get_metric_history(tracker.run_id, "loss/D")] == steps
     for name in ("loss/G", "D/real", "D/fake", "js_estimate", "perf/kimg_per_s"):
         assert len(client.get_metric_history(tracker.run_id, name)) == len(steps), name
-    # artifacts: a grid per snapshot, loss curve, manifest, checkpoint list; last checkpoint as a tag
+    # artifacts: a grid per snapshot, the report pictures, manifest, checkpoint list; last checkpoint as a tag
     grids = [f.path for f in client.list_artifacts(tracker.run_id, "samples")]
     assert len(grids) == len(steps) and all(g.endswith(".png") for g in grids)
     top = {f.path for f in client.list_artifacts(tracker.run_id)}
-    assert {"loss_curve.png", "checkpoints.json", "dataset"} <= top
+    assert {"report", "checkpoints.json", "dataset"} <= top
+    report = {f.path for f in client.list_artifacts(tracker.run_id, "report")}
+    assert report == {TRAINING_CURVES_ARTIFACT, SAMPLE_STRIP_ARTIFACT}
+    for artifact in sorted(report):
+        with Image.open(client.download_artifacts(tracker.run_id, artifact, str(tmp_path))) as img:
+            assert img.format == "PNG" and img.width >= 300 and img.height >= 150, artifact
+            assert np.asarray(img.convert("RGB")).var() > 0, artifact  # not blank
     listing = json.loads(open(client.download_artifacts(tracker.run_id, "checkpoints.json", str(tmp_path))).read())
     assert [c["step"] for c in listing["checkpoints"]] == [5, 10]
     assert run.data.tags[TAG_LAST_CHECKPOINT] == listing["checkpoints"][-1]["uri"]
