@@ -25,6 +25,7 @@ fault tolerance, and registering twice would create two versions. No maths here:
 from __future__ import annotations
 
 import base64
+import contextlib
 import math
 import os
 import re
@@ -38,6 +39,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
+from infra.console import say
 from pipelines.settings import Settings, resolve_settings
 from pipelines.stage import STORAGE_RETRIES, STORAGE_RETRY_DELAYS_S, retry_on_storage_io, stage_dataset
 
@@ -208,12 +210,22 @@ def gan_pipeline(preset: str | None = None, config: dict[str, Any] | None = None
         return {"dry_run": True, "settings": settings.to_dict()}
     seconds: dict[str, float] = {}
 
-    def timed(step: str, fn, *args, **kwargs):
+    @contextlib.contextmanager
+    def step(name: str):
+        """A console line when a step starts and one when it ends, with its duration (infra.console)."""
+        say(f"{name} ...")
         t0 = time.perf_counter()
         try:
+            yield
+        except BaseException:
+            say(f"{name}: failed after {time.perf_counter() - t0:.1f} s")
+            raise
+        seconds[name] = round(time.perf_counter() - t0, 1)
+        say(f"{name}: done in {seconds[name]} s")
+
+    def timed(name: str, fn, *args, **kwargs):
+        with step(name):
             return fn(*args, **kwargs)
-        finally:
-            seconds[step] = round(time.perf_counter() - t0, 1)
 
     # 1. stage (cached: a committed version is a no-op)
     dataset_uri = timed("staging", stage_dataset, settings.source_uri, settings.storage_root,
@@ -222,13 +234,11 @@ def gan_pipeline(preset: str | None = None, config: dict[str, Any] | None = None
     timed("ray start-up", start_ray, settings.cluster.address)
     outcome = timed("training", train, settings, dataset_uri)
     # 3. evaluate
-    t0 = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="ganpipe-eval-") as scratch:
+    with step("evaluation"), tempfile.TemporaryDirectory(prefix="ganpipe-eval-") as scratch:
         real_x, real_labels, manifest = load_real_data(dataset_uri)
         checkpoint_dir = fetch_checkpoint(outcome.checkpoint_uri, scratch)
         metrics = evaluate(checkpoint_dir, real_x, real_labels, settings.evaluation.num_samples,
                            settings.evaluation.seed)
-    seconds["evaluation"] = round(time.perf_counter() - t0, 1)
     # 4. register (champion rule)
     mlflow_run_id = getattr(outcome, "mlflow_run_id", None)
     reg = timed("registration", register, settings, outcome.checkpoint_uri, mlflow_run_id, metrics, manifest)

@@ -1,8 +1,8 @@
 """A real Ray cluster started the way an operator starts one: `ray start --head` with the dashboard (the
 job server) plus `ray start --address` for a second node, each with its own temp dir, token
 authentication on (Ray's default since 2.60), and every port chosen free on 127.0.0.1. Stopped by PID:
-the processes whose command line names one of its temp dirs, and their children. Never `ray stop`,
-which would stop every Ray on the machine."""
+the processes whose command line names one of its temp dirs, and their children (never Ray's stop-all
+command, which would end every Ray on the machine)."""
 
 from __future__ import annotations
 

@@ -11,8 +11,7 @@ import json
 from typing import Any
 
 from pipelines.cli import UserError
-from pipelines.commands.runs import (aliases_by_version, check_reachable, display_uri, format_table, names_hint,
-                                     sqlite_file_missing, store_error, utc_iso)
+from pipelines.commands.runs import aliases_by_version, display_uri, format_table, listing, names_hint, utc_iso
 
 EPILOG = """\
 Each model starts with the line consumers need: models:/<name>@champion and the version it points at
@@ -146,23 +145,14 @@ def format_models(items: list[dict[str, Any]], alias: str, limit: int) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mlflow.exceptions import MlflowException
-
     from infra.settings import mlflow_client, mlflow_registry_uri, mlflow_tracking_uri
 
     if args.limit < 1:
         raise UserError(f"--limit: got {args.limit}; allowed: an integer >= 1")
     uri, registry_uri = mlflow_tracking_uri(), mlflow_registry_uri()
-    if sqlite_file_missing(registry_uri):  # nothing registered yet; opening it would create the database
-        if args.name:
-            raise UserError(f"registered model {args.name!r} not found: no MLflow store at {registry_uri} yet")
-        items = []
-    else:
-        check_reachable(registry_uri)
-        try:
-            items = list_models(mlflow_client(uri, registry_uri), registry_uri, args.name, args.alias, args.limit)
-        except (MlflowException, OSError) as e:
-            raise store_error(registry_uri, e) from None
+    items = listing(registry_uri, f"registered model {args.name!r}" if args.name else None,
+                    lambda: list_models(mlflow_client(uri, registry_uri), registry_uri, args.name, args.alias,
+                                        args.limit))
     if args.json:
         print(json.dumps(items, indent=2))
     elif not items:

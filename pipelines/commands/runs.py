@@ -12,7 +12,7 @@ import argparse
 import json
 import os
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Callable
 from urllib.parse import urlsplit, urlunsplit
 
 from pipelines.cli import UserError
@@ -82,6 +82,23 @@ def check_reachable(uri: str) -> None:
     except (OSError, ValueError) as e:  # refused, timed out, unknown host, malformed URI
         raise UserError(f"MLflow tracking server {display_uri(uri)} is unreachable "
                         f"({getattr(e, 'reason', None) or e}); check MLFLOW_TRACKING_URI") from None
+
+
+def listing(uri: str, named: str | None, read: Callable[[], list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """`read()` against the store at `uri`, or [] when a SQLite store does not exist yet (opening it would
+    create the database) — a UserError then if the user `named` something in it. One line for an
+    unreachable server or a store failing mid-listing."""
+    from mlflow.exceptions import MlflowException
+
+    if sqlite_file_missing(uri):
+        if named:
+            raise UserError(f"{named} not found: no MLflow store at {uri} yet")
+        return []
+    check_reachable(uri)
+    try:
+        return read()
+    except (MlflowException, OSError) as e:
+        raise store_error(uri, e) from None
 
 
 def store_error(uri: str, e: BaseException) -> UserError:
@@ -233,25 +250,15 @@ def format_runs(items: list[dict[str, Any]]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mlflow.exceptions import MlflowException
-
     from infra.settings import DEFAULT_EXPERIMENT, mlflow_client, mlflow_registry_uri, mlflow_tracking_uri
 
     if args.limit < 1:
         raise UserError(f"--limit: got {args.limit}; allowed: an integer >= 1")
     uri = mlflow_tracking_uri()
     experiment = args.experiment or DEFAULT_EXPERIMENT
-    if sqlite_file_missing(uri):  # nothing recorded yet; opening it would create the database
-        if args.experiment:
-            raise UserError(f"experiment {experiment!r} not found: no MLflow store at {uri} yet")
-        items = []
-    else:
-        check_reachable(uri)
-        try:
-            items = list_runs(mlflow_client(uri, mlflow_registry_uri()), uri, experiment, args.limit,
-                              explicit=args.experiment is not None)
-        except (MlflowException, OSError) as e:
-            raise store_error(uri, e) from None
+    items = listing(uri, f"experiment {experiment!r}" if args.experiment else None,
+                    lambda: list_runs(mlflow_client(uri, mlflow_registry_uri()), uri, experiment, args.limit,
+                                      explicit=args.experiment is not None))
     if args.json:
         print(json.dumps(items, indent=2))
     elif not items:

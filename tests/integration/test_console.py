@@ -5,13 +5,14 @@ names."""
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from tests.embedded import embedded_env
 
 pytestmark = pytest.mark.integration
 
@@ -21,10 +22,7 @@ NOISE = ("Traceback", "Warning", "TrainingReport(", "PreemptionWatcher")
 
 def test_console_shows_only_the_pipelines_lines_and_names_the_log(tmp_path):
     home = tmp_path / "home"
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("PREFECT_API", "PREFECT_HOME", "PREFECT_PROFILES", "PREFECT_LOGGING_TO_API",
-                                "MLFLOW_", "RAY_ADDRESS"))}
-    env.update(GANPIPE_HOME=str(home), RAY_USAGE_STATS_ENABLED="0", PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    env = embedded_env(home)
     r = subprocess.run([sys.executable, "-m", "pipelines.cli", "run", "--preset", "tiny", "--set", "train.total_steps=10",
                         "--set", "registry.export=false", "--set", "sampling.num_samples=16"],
                        cwd=REPO, env=env, capture_output=True, text=True, timeout=600)

@@ -4,13 +4,14 @@ started meanwhile; a flow runs against the server, its logs reach it, and the se
 
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from tests.embedded import embedded_env
 
 pytestmark = pytest.mark.integration
 
@@ -45,15 +46,12 @@ def test_embedded_services_start_side_by_side_and_the_server_outlives_the_last_l
     from mlflow import MlflowClient
 
     home = tmp_path / "home"
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("PREFECT_API", "PREFECT_HOME", "PREFECT_PROFILES", "PREFECT_LOGGING_TO_API",
-                                "MLFLOW_", "RAY_ADDRESS"))}
-    env.update(GANPIPE_HOME=str(home), RAY_USAGE_STATS_ENABLED="0", PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    env = embedded_env(home)
     proc = subprocess.run([sys.executable, "-c", SCRIPT], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=300)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out
-    assert "Prefect: temporary server with its UI on http://127.0.0.1:" in proc.stderr
+    assert "Prefect: temporary server with its UI on http://127.0.0.1:" in out
     line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("API "))
     _, api, _, state, _, result = line.split()
     assert state == "COMPLETED" and result == "42"

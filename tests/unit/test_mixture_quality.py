@@ -15,4 +15,4 @@ def test_ring8_preset_finds_every_mode_early(tmp_path):
     # full run (8000 steps): 8/8 modes, >= 90% high quality; after a quarter of it the modes are found
     assert cov["modes_covered"] >= 7
     assert cov["high_quality_fraction"] >= 0.5
-    assert (tmp_path / "samples.png").stat().st_size > 0 and (tmp_path / "loss_curve.png").stat().st_size > 0
+    assert (tmp_path / "samples.png").stat().st_size > 0 and (tmp_path / "training_curves.png").stat().st_size > 0
