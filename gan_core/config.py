@@ -61,9 +61,9 @@ class DataConfig:
         )
         object.__setattr__(self, "shape", shape)
         check(_is_int(self.num_examples) and self.num_examples > 0, "data.num_examples", self.num_examples,
-               "a positive integer")
+              "a positive integer")
         check(_is_int(self.data_seed) and self.data_seed >= 0, "data.data_seed", self.data_seed,
-               "a non-negative integer")
+              "a non-negative integer")
 
     @property
     def is_image(self) -> bool:
@@ -98,9 +98,9 @@ class NetworkConfig:
         check(self.g_norm in NORMS, "network.g_norm", self.g_norm, " | ".join(NORMS))
         check(self.d_norm in NORMS, "network.d_norm", self.d_norm, " | ".join(NORMS))
         check(_is_int(self.d_pack) and 1 <= self.d_pack <= 16, "network.d_pack", self.d_pack,
-               "an integer from 1 to 16")
+              "an integer from 1 to 16")
         check(isinstance(self.d_spectral_norm, bool), "network.d_spectral_norm", self.d_spectral_norm,
-               "true | false")
+              "true | false")
 
 
 @dataclass(frozen=True)
@@ -123,11 +123,11 @@ class LossConfig:
     def __post_init__(self) -> None:
         check(self.kind in LOSS_KINDS, "loss.kind", self.kind, " | ".join(LOSS_KINDS))
         check(_is_number(self.gp_lambda) and self.gp_lambda >= 0, "loss.gp_lambda", self.gp_lambda,
-               "a number >= 0")
+              "a number >= 0")
         check(_is_number(self.r1_gamma) and self.r1_gamma >= 0, "loss.r1_gamma", self.r1_gamma, "a number >= 0")
         check(_is_number(self.r1_gamma_final) and self.r1_gamma_final >= 0 and
-               (self.r1_gamma_final == 0 or self.r1_gamma > 0), "loss.r1_gamma_final", self.r1_gamma_final,
-               "a number >= 0 (> 0 only together with loss.r1_gamma > 0)")
+              (self.r1_gamma_final == 0 or self.r1_gamma > 0), "loss.r1_gamma_final", self.r1_gamma_final,
+              "a number >= 0 (> 0 only together with loss.r1_gamma > 0)")
 
 
 @dataclass(frozen=True)
@@ -169,9 +169,9 @@ class TrainConfig:
         check(_is_int(self.seed) and 0 <= self.seed < 2**63, "train.seed", self.seed, "an integer in [0, 2**63)")
         check(_is_number(self.ema_kimg) and self.ema_kimg >= 0, "train.ema_kimg", self.ema_kimg, "a number >= 0")
         check(_is_number(self.ema_rampup) and self.ema_rampup >= 0, "train.ema_rampup", self.ema_rampup,
-               "a number >= 0")
+              "a number >= 0")
         check(_is_number(self.lr_rampdown) and 0 <= self.lr_rampdown < 1, "train.lr_rampdown", self.lr_rampdown,
-               "a number in [0, 1)")
+              "a number in [0, 1)")
         check(self.amp in AMP_MODES, "train.amp", self.amp, " | ".join(AMP_MODES))
         check(isinstance(self.channels_last, bool), "train.channels_last", self.channels_last, "true | false")
 
@@ -190,12 +190,12 @@ class GANConfig:
     def __post_init__(self) -> None:
         if self.network.arch == "dcgan":
             check(self.data.is_image, "network.arch", self.network.arch,
-                   "mlp for vector data (data.shape has one entry); dcgan needs (C, H, W)")
+                  "mlp for vector data (data.shape has one entry); dcgan needs (C, H, W)")
             c, h, w = self.data.shape
             check(h == w and h in (8, 16, 32, 64, 128), "data.shape", self.data.shape,
-                   "square images of 8, 16, 32, 64 or 128 px for network.arch = dcgan")
+                  "square images of 8, 16, 32, 64 or 128 px for network.arch = dcgan")
         check(self.train.global_batch_size % self.network.d_pack == 0, "train.global_batch_size",
-               self.train.global_batch_size, f"a multiple of network.d_pack = {self.network.d_pack}")
+              self.train.global_batch_size, f"a multiple of network.d_pack = {self.network.d_pack}")
         if self.loss.kind == "wasserstein" and self.loss.gp_lambda == 0 and not self.network.d_spectral_norm:
             raise ConfigError(
                 "loss.kind: got 'wasserstein' with loss.gp_lambda = 0 and no spectral norm; allowed: set "

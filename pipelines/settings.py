@@ -84,7 +84,7 @@ class RegistrySettings:
 
     def __post_init__(self) -> None:
         check(bool(self.alias.strip()) and self.alias.replace("-", "").replace("_", "").isalnum(),
-               "registry.alias", self.alias, "letters, digits, '-' and '_'")
+              "registry.alias", self.alias, "letters, digits, '-' and '_'")
 
 
 @dataclass(frozen=True)
