@@ -193,6 +193,10 @@ def generate_range(pm, seed: int, start: int, count: int, batch_size: int) -> np
     exactly ``predict(params={"num_samples": count, "seed": seed, "start": start})``."""
     from gan_core.sampling import generate
 
+    if not hasattr(pm, "to_data_range"):
+        # a version registered before the mapping was public runs its own shipped code: its public predict
+        # gives the same samples (seed-addressed), at predict's own batch size
+        return pm.predict(None, None, params={"num_samples": count, "seed": seed, "start": start})
     x = generate(pm.G, count, seed, start=start, batch_size=batch_size, device=pm.device)
     return pm.to_data_range(x)
 

@@ -209,3 +209,16 @@ def test_bad_options_are_one_line_errors(registered, tmp_path, capsys):
         err = capsys.readouterr().err.strip()
         assert rc == 2 and len(err.splitlines()) == 1 and match in err, err
     assert not (tmp_path / "o" / MANIFEST_NAME).exists()
+
+
+def test_a_version_registered_before_to_data_range_samples_through_its_predict():
+    """Each version runs the code it shipped: an older pyfunc without the public `to_data_range` is
+    sampled through its public `predict` (the same seed-addressed samples)."""
+    from infra.batch_sampling import generate_range
+
+    class OlderShippedModel:
+        def predict(self, context, model_input, params=None):
+            return ("predict", model_input, params)
+
+    assert generate_range(OlderShippedModel(), seed=3, start=5, count=7, batch_size=2) == \
+        ("predict", None, {"num_samples": 7, "seed": 3, "start": 5})
