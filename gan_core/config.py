@@ -37,6 +37,9 @@ LOSS_KINDS = ("non_saturating", "minimax", "hinge", "wasserstein")
 ARCHS = ("mlp", "dcgan")
 NORMS = ("batch", "layer", "none")  # "layer" is the batch-independent option
 AMP_MODES = ("off", "bf16", "fp16")
+# NOTE: a documented bound, so a typo (10**12) is refused at once instead of allocating without end;
+# 64Ki images per step is far beyond the GAN literature's largest batches (BigGAN: 2048)
+MAX_GLOBAL_BATCH_SIZE = 65536
 
 
 @dataclass(frozen=True)
@@ -166,6 +169,8 @@ class TrainConfig:
                      "num_checkpoints_to_keep"):
             v = getattr(self, name)
             check(_is_int(v) and v > 0, f"train.{name}", v, "a positive integer")
+        check(self.global_batch_size <= MAX_GLOBAL_BATCH_SIZE, "train.global_batch_size", self.global_batch_size,
+              f"an integer from 1 to {MAX_GLOBAL_BATCH_SIZE}")
         check(_is_int(self.seed) and 0 <= self.seed < 2**63, "train.seed", self.seed, "an integer in [0, 2**63)")
         check(_is_number(self.ema_kimg) and self.ema_kimg >= 0, "train.ema_kimg", self.ema_kimg, "a number >= 0")
         check(_is_number(self.ema_rampup) and self.ema_rampup >= 0, "train.ema_rampup", self.ema_rampup,

@@ -26,16 +26,19 @@ Validation is complete before any work starts; errors name the field, the value 
 from __future__ import annotations
 
 import json
+import re
 import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from gan_core.config import PRESETS, ConfigError, GANConfig, check, from_dict, get_preset, parse_overrides, to_plain
-from infra.ray_train import ClusterConfig
+from infra.ray_train import ClusterConfig, validate_launch
 from infra.storage import join_uri
 
 GAN_SECTIONS = tuple(f.name for f in fields(GANConfig))
+# registered model names travel inside models:/<name>/<version> URIs and folder names: no '/', no '..'
+MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 BUILTIN_SOURCES = ("digits", "ring8", "grid25")
 SAMPLE_FORMATS = ("png", "npy")
 
@@ -266,6 +269,11 @@ def resolve_settings(*, preset: str | None = None, config_file: str | None = Non
     # 4. the pipeline's own sections
     sections = {name: from_dict(cls, tables[name], f"{name}.") for name, cls in PIPELINE_SECTIONS.items()}
     settings = Settings(preset_name, gan, cluster, **sections)
+    # 5. rules across sections: checked here, before any service starts, not at launch
+    validate_launch(settings.gan, settings.cluster)
+    check(MODEL_NAME.fullmatch(settings.model_name) is not None and ".." not in settings.model_name,
+          "registry.model_name", settings.model_name,
+          "letters, digits, '.', '-' and '_' (no '..'), starting with a letter or digit, at most 128")
     _check_source(settings)
     return settings
 

@@ -108,3 +108,18 @@ def test_preset_named_in_the_config_file_is_used_when_no_flag_is_given(tmp_path,
     else:
         _, request = validate_train_args(["--", "--dataset", "x", "--config", str(cfg)])
         assert request["settings"]["preset"] == "ring8" and request["settings"]["train"]["total_steps"] == 7
+
+
+@pytest.mark.parametrize("override, message", [
+    # a rule across sections: found by --dry-run, before any service starts (it used to surface at launch)
+    ("cluster.num_workers=3", "train.global_batch_size: got 64 for cluster.num_workers = 3; allowed: a multiple"),
+    ("train.amp=fp16", "train.amp: got 'fp16' without GPUs"),
+    ("train.global_batch_size=1000000000000", "train.global_batch_size: got 1000000000000; allowed: an integer from 1"),
+    ("registry.model_name=../../etc", "registry.model_name: got '../../etc'; allowed: letters, digits"),
+    ("registry.model_name=a/b", "registry.model_name: got 'a/b'"),
+    ("registry.model_name=a..b", "registry.model_name: got 'a..b'"),
+])
+def test_whole_request_is_validated_by_dry_run(override, message, capsys):
+    assert main(["run", "--set", override, "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and message in err, err
