@@ -43,7 +43,6 @@ from gan_core.data import Normalisation
 from gan_core.sampling import LATENT_BLOCK
 
 from . import shardset, storage
-from .shardset import PENDING_DIR  # noqa: F401 (callers find the set's layout names here)
 from .shardset import MANIFEST_NAME, PNG_FOLDERS, Layout, ShardPlan, ShardSet, ShardSetError
 from .settings import mlflow_client, mlflow_registry_uri, mlflow_tracking_uri
 from .storage import StorageError

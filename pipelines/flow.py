@@ -351,7 +351,7 @@ def report_picture_uris(training_run_id: str | None) -> dict[str, str | None]:
 def _png_section(title: str, uri: str, png: bytes | None) -> list[str]:
     lines = ["", f"## {title} (`{uri}`)", ""]
     if png is None:
-        return lines + ["_not embedded (tracking unreachable, or the picture is too large)_"]
+        return lines + ["_not embedded (unreachable, or the picture is too large)_"]
     return lines + [f"![{title.lower()}](data:image/png;base64,{base64.b64encode(png).decode()})"]
 
 
@@ -372,11 +372,8 @@ def report_markdown(summary: dict[str, Any]) -> str:
     for title, key in (("Training curves", "training_curves"), ("Samples during training", "sample_strip")):
         if summary.get(key):  # the training run was tracked
             lines += _png_section(title, summary[key], _read_run_artifact(summary[key], MAX_INLINE_PNG_BYTES))
-    grid = summary["sample_grid"]
-    lines += ["", f"## Samples (`{grid}`)", ""]
-    png = _read_small(grid, MAX_INLINE_PNG_BYTES)
-    if png is not None:  # small PNGs inline, so the UI shows them
-        lines.append(f"![samples](data:image/png;base64,{base64.b64encode(png).decode()})")
+    # small PNGs inline, so the UI shows them
+    lines += _png_section("Samples", summary["sample_grid"], _read_small(summary["sample_grid"], MAX_INLINE_PNG_BYTES))
     lines += ["", "| step | seconds |", "|---|---:|"]
     lines += [f"| {k} | {v} |" for k, v in summary["seconds"].items()]
     return "\n".join(lines) + "\n"

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import psutil
 import pytest
-import torch
 
 from gan_core.checkpoint import load_training_state
 from gan_core.config import ConfigError, get_preset

@@ -17,8 +17,9 @@ import numpy as np
 import pytest
 
 from infra import batch_sampling
-from infra.batch_sampling import MANIFEST_NAME, PENDING_DIR, open_samples, sample
+from infra.batch_sampling import MANIFEST_NAME, open_samples, sample
 from infra.registry import register_generator
+from infra.shardset import PENDING_DIR
 from tests.integration.test_registry import DIGITS, digits_checkpoint, fixed_score  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.integration
