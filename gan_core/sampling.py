@@ -17,6 +17,10 @@ from torch import nn
 from .rng import generator
 
 LATENT_BLOCK = 1024
+# The most samples one request may ask for (a batch sampling job, the pyfunc's predict, the CLI): 10^9
+# (the 1M-sample test set of a large benchmark times 1,000). Larger requests are refused up front with
+# this number in the message, before anything is planned or written.
+MAX_NUM_SAMPLES = 10**9
 
 
 def latents_for_range(seed: int, start: int, count: int, z_dim: int) -> torch.Tensor:
