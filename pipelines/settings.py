@@ -1,6 +1,6 @@
 """One configuration tree for the pipeline: a preset, a TOML file, and `--set` overrides.
 
-    preset = "digits"            # base GAN configuration (tiny | digits | ring8 | grid25 | dcgan64)
+    preset = "digits"            # base GAN configuration (gan_core.config.PRESETS)
 
     [source]                     # what to stage (pipelines.stage.stage_dataset)
     uri = "digits"               # built-in name, a local path or s3:// URI; "" = the preset's dataset

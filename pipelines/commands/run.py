@@ -49,8 +49,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 def add_config_arguments(p: argparse.ArgumentParser) -> None:
     """--preset / --config / --set, shared by run and deploy."""
-    p.add_argument("--preset", help="GAN preset: tiny | digits | ring8 | grid25 | dcgan64 "
-                                    "(default: the config file's, else digits)")
+    from gan_core.config import PRESETS
+
+    p.add_argument("--preset", help=f"GAN preset: {' | '.join(PRESETS)} (default: the config file's, else digits)")
     p.add_argument("--config", metavar="FILE", help="config file (TOML); see README 'Configuration'")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                    help="override a field, e.g. --set train.total_steps=500 --set registry.model_name=faces "
