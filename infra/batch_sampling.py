@@ -34,16 +34,17 @@ import logging
 import math
 import os
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, ClassVar, Iterator
+from typing import Any, Callable, ClassVar, Iterator, Literal
 
 import numpy as np
 import pyarrow as pa
+from pydantic import BaseModel, ConfigDict, NonNegativeInt
 
 from gan_core.data import Normalisation
 from gan_core.sampling import LATENT_BLOCK
 
 from . import shardset, storage
-from .shardset import MANIFEST_NAME, PNG_FOLDERS, Layout, ShardPlan, ShardSet, ShardSetError
+from .shardset import MANIFEST_NAME, PNG_FOLDERS, Layout, Manifest, ShardEntry, ShardPlan, ShardSet, ShardSetError
 from .settings import mlflow_client, mlflow_registry_uri, mlflow_tracking_uri
 from .storage import StorageError
 
@@ -68,6 +69,29 @@ FORWARDED_ENV = ("MLFLOW_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL
 class SamplingError(ShardSetError):
     """A sampling request that cannot be served (bad model URI, bad options, a conflicting output);
     the message is one line."""
+
+
+class SampleShard(ShardEntry):
+    start: NonNegativeInt  # the index of its first sample
+
+
+class SampledModel(BaseModel):
+    model_config = ConfigDict(extra="allow", strict=True)
+    requested_uri: str
+    uri: str
+    name: str
+    version: str
+
+
+class SampleManifest(Manifest):
+    """A sample set's own manifest fields that readers rely on (beside shardset.Manifest's)."""
+
+    shards: list[SampleShard]
+    fingerprint: str
+    model: SampledModel
+    seed: NonNegativeInt
+    num_samples: NonNegativeInt
+    sample_format: Literal["parquet", "png"]
 
 
 def _first_line(e: BaseException) -> str:
@@ -235,6 +259,7 @@ class SamplingPlan(ShardPlan):
 
     FORMAT: ClassVar[str] = FORMAT
     RESUMABLE: ClassVar[bool] = True
+    MANIFEST_SCHEMA: ClassVar[type[Manifest]] = SampleManifest
     SHARD_KEYS: ClassVar[tuple[str, ...]] = ("path", "start", "rows", "bytes", "sha256")
     error: ClassVar[type[ShardSetError]] = SamplingError
 
@@ -456,7 +481,7 @@ def open_samples(uri: str, *, verify: bool = False) -> SampleSet:
     """The committed sample set at `uri`; SamplingError when there is none (or its manifest is not one,
     or names a foreign shard), and on a checksum mismatch with `verify`."""
     loc = storage.resolve(uri)
-    manifest = shardset.read_manifest(loc, FORMAT, SamplingError)
+    manifest = shardset.read_manifest(loc, FORMAT, SamplingError, SampleManifest)
     if manifest is None:
         raise SamplingError(f"{loc.uri}: no committed sample set (no {MANIFEST_NAME}; an interrupted job? run it "
                             "again)")

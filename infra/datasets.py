@@ -25,13 +25,15 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, ClassVar
 
+from pydantic import NonNegativeInt
+
 import numpy as np
 import pyarrow as pa
 
 from gan_core.data import Normalisation
 
 from . import shardset, storage
-from .shardset import MANIFEST_NAME, Layout, ShardPlan, ShardSet, ShardSetError
+from .shardset import MANIFEST_NAME, Layout, Manifest, ShardPlan, ShardSet, ShardSetError
 from .sources import ArraySpec, Source, SourceError, open_source
 from .storage import StorageError
 
@@ -49,6 +51,15 @@ class DatasetError(ShardSetError):
 
 class ChecksumError(DatasetError):
     """A shard whose bytes do not match the manifest."""
+
+
+class DatasetManifest(Manifest):
+    """A staged dataset's own manifest fields that readers rely on (beside shardset.Manifest's)."""
+
+    name: str
+    version: str
+    has_labels: bool
+    num_skipped: NonNegativeInt
 
 
 def dataset_uri(root: str, name: str) -> str:
@@ -89,6 +100,7 @@ class StagingPlan(ShardPlan):
 
     FORMAT: ClassVar[str] = FORMAT
     error: ClassVar[type[ShardSetError]] = DatasetError
+    MANIFEST_SCHEMA: ClassVar[type[Manifest]] = DatasetManifest
 
     source: Source
     root: str
@@ -231,7 +243,7 @@ def open_dataset(ref: str, *, verify: bool = False) -> StagedDataset:
         storage.check_bucket(loc)
     except StorageError as e:
         raise DatasetError(str(e)) from None
-    manifest = shardset.read_manifest(loc, FORMAT, DatasetError)
+    manifest = shardset.read_manifest(loc, FORMAT, DatasetError, DatasetManifest)
     if manifest is None:
         versions = storage.list_committed(loc, MANIFEST_NAME)
         if not versions:
@@ -240,10 +252,11 @@ def open_dataset(ref: str, *, verify: bool = False) -> StagedDataset:
                                    "interrupted staging; stage it again)")
             raise DatasetError(f"{loc.uri}: no committed dataset version there")
         # latest = most recently created; created_at has microseconds where S3 mtimes have seconds
-        manifests = {v: storage.read_json(loc.join(v, MANIFEST_NAME)) for v in versions}
+        # every version's manifest is checked: a damaged one must not decide (or break) which is latest
+        manifests = {v: shardset.read_manifest(loc.join(v), FORMAT, DatasetError, DatasetManifest) for v in versions}
         latest = max(versions, key=lambda v: (manifests[v]["created_at"], v))
         loc = loc.join(latest)
-        manifest = shardset.check_manifest(manifests[latest], FORMAT, loc.uri, DatasetError)
+        manifest = manifests[latest]
     ds = StagedDataset(loc.uri, manifest, loc)
     if verify:
         ds.verify()

@@ -29,12 +29,14 @@ import sys
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
-from typing import Any, Callable, ClassVar, Iterable, Iterator, Sequence
+from typing import Annotated, Any, Callable, ClassVar, Iterable, Iterator, Literal, Sequence
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
+from pydantic import (BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt, StringConstraints, ValidationError,
+                      model_validator)
 
 from . import storage
 from .storage import Location
@@ -83,6 +85,59 @@ class Layout:
 
     def is_shard_name(self, path: str) -> bool:
         return re.fullmatch(r"part-\d{5,}" + re.escape(self._suffix), path) is not None
+
+
+# --- the manifest's schema ---------------------------------------------------------------------
+
+
+class ShardEntry(BaseModel):
+    """One shard as a manifest lists it (jobs may add fields)."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+    path: str
+    rows: NonNegativeInt
+    bytes: NonNegativeInt
+    sha256: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+
+
+class LayoutFields(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    rows_per_shard: PositiveInt
+    row_group_rows: PositiveInt
+    compression: str
+    layout_version: PositiveInt = 1
+
+
+class NormalisationFields(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    scale: float
+    offset: float
+
+
+class Manifest(BaseModel):
+    """What every reader of a shard set relies on (staged datasets and sample sets add their own fields
+    in subclasses). A manifest is data that anyone with write access to the folder can edit: it is
+    checked whole when a set is opened, so a reader never meets a missing key or a wrong type later."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+    format: str
+    created_at: str
+    num_rows: NonNegativeInt
+    num_bytes: NonNegativeInt
+    num_shards: NonNegativeInt
+    shards: list[ShardEntry]
+    layout: LayoutFields
+    shape: Annotated[list[PositiveInt], Field(min_length=1)]
+    dtype: Literal["uint8", "float32"]
+    normalisation: NormalisationFields
+
+    @model_validator(mode="after")
+    def _totals_match_shards(self) -> "Manifest":
+        for field, total in (("num_shards", len(self.shards)), ("num_rows", sum(s.rows for s in self.shards)),
+                             ("num_bytes", sum(s.bytes for s in self.shards))):
+            if getattr(self, field) != total:
+                raise ValueError(f"{field} is {getattr(self, field)} but the shards add up to {total}")
+        return self
 
 
 def content_address(obj: Any, hex_chars: int = 16) -> str:
@@ -152,6 +207,7 @@ class ShardPlan:
     RESUMABLE: ClassVar[bool] = False  # record each finished shard under _pending/ for a rerun to skip
     SHARD_KEYS: ClassVar[tuple[str, ...]] = ("path", "rows", "bytes", "sha256")  # per shard, in the manifest
     error: ClassVar[type[ShardSetError]] = ShardSetError
+    MANIFEST_SCHEMA: ClassVar[type[Manifest]] = Manifest  # the job's manifest fields, checked on reading
 
     uri: str
     layout: Layout
@@ -222,7 +278,7 @@ def write_parquet_shard(plan: ShardPlan, index: int, schema: pa.Schema, tables: 
 
 def committed(plan: ShardPlan) -> dict | None:
     """The manifest committed in the plan's folder, or None; plan.error when it is another request's."""
-    manifest = read_manifest(plan.location(), plan.FORMAT, plan.error)
+    manifest = read_manifest(plan.location(), plan.FORMAT, plan.error, plan.MANIFEST_SCHEMA)
     if manifest is not None:
         plan.check_committed(manifest)
     return manifest
@@ -355,10 +411,24 @@ class _LogLines:
 # --- reading ------------------------------------------------------------------------------------
 
 
-def check_manifest(manifest: dict, fmt: str, where: str, error: type[ShardSetError] = ShardSetError) -> dict:
-    """`manifest` if it has format `fmt` and every shard entry names a shard of its layout, else `error`."""
+def check_manifest(manifest: Any, fmt: str, where: str, error: type[ShardSetError] = ShardSetError,
+                   schema: type[Manifest] = Manifest) -> dict:
+    """`manifest` (the parsed `_manifest.json` of the set at `where`) when it has format `fmt`, matches
+    `schema` (keys, types, totals) and every shard entry names a shard of its layout; else `error`, one
+    line naming the manifest file and the first bad field."""
+    marker = storage.join_uri(where, MANIFEST_NAME)
+    if not isinstance(manifest, dict):
+        raise error(f"{marker}: not a JSON object (got {type(manifest).__name__}); not a shard-set manifest")
     if manifest.get("format") != fmt:
-        raise error(f"{where}: unknown manifest format {manifest.get('format')!r} (expected {fmt})")
+        raise error(f"{marker}: unknown manifest format {manifest.get('format')!r} (expected {fmt})")
+    try:
+        schema.model_validate(manifest)
+    except ValidationError as e:
+        first = e.errors()[0]
+        field = f"field {'.'.join(str(p) for p in first['loc'])!r}: " if first["loc"] else ""
+        more = f" (and {e.error_count() - 1} more)" if e.error_count() > 1 else ""
+        raise error(f"{marker}: {field}{first['msg']}{more}; the manifest is damaged or was not written by "
+                    "ganpipe (stage or sample the set again)") from None
     layout = Layout(**manifest["layout"])
     for s in manifest["shards"]:
         _check_shard_name(layout, s["path"], where, error)
@@ -368,16 +438,28 @@ def check_manifest(manifest: dict, fmt: str, where: str, error: type[ShardSetErr
 def _check_shard_name(layout: Layout, path: str, where: str, error: type[ShardSetError]) -> None:
     # a manifest is data: a path outside the set's own folder must never be read (or hashed) through it
     if not layout.is_shard_name(path):
-        raise error(f"{where}: manifest lists shard {path!r}, not a shard name of this set "
-                    f"(expected {layout.shard_name(0).replace('00000', 'NNNNN')}); refusing to use it")
+        raise error(f"{storage.join_uri(where, MANIFEST_NAME)}: lists shard {path!r}, not a shard name of this "
+                    f"set (expected {layout.shard_name(0).replace('00000', 'NNNNN')}); refusing to use it")
 
 
-def read_manifest(loc: Location, fmt: str, error: type[ShardSetError] = ShardSetError) -> dict | None:
+def load_manifest(marker: Location, error: type[ShardSetError] = ShardSetError) -> Any:
+    """The parsed JSON of a manifest file, unchecked (see check_manifest); `error` when it is not JSON."""
+    try:
+        return json.loads(storage.read_bytes(marker).decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise error(f"{marker.uri}: not UTF-8 text (byte {e.start}); the manifest is damaged") from None
+    except json.JSONDecodeError as e:
+        raise error(f"{marker.uri}: not valid JSON ({e.msg}, line {e.lineno} column {e.colno}); the manifest "
+                    "is damaged") from None
+
+
+def read_manifest(loc: Location, fmt: str, error: type[ShardSetError] = ShardSetError,
+                  schema: type[Manifest] = Manifest) -> dict | None:
     """The manifest committed at `loc` (checked as by check_manifest), or None when nothing is committed."""
     marker = loc.join(MANIFEST_NAME)
     if not marker.exists():
         return None
-    return check_manifest(storage.read_json(marker), fmt, loc.uri, error)
+    return check_manifest(load_manifest(marker, error), fmt, loc.uri, error, schema)
 
 
 @dataclass
