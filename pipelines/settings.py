@@ -16,6 +16,7 @@
     model_name = "ganpipe-digits"
     [evaluation]
     num_samples = 0
+    inception = "~/models/inception-2015-12-05.pt"  # FID weights; "" = $GANPIPE_FID_INCEPTION, else none
     [sampling]                   # the preview grid after registration
     num_samples = 64
 
@@ -41,6 +42,7 @@ GAN_SECTIONS = tuple(f.name for f in fields(GANConfig))
 MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 BUILTIN_SOURCES = ("digits", "ring8", "grid25")
 SAMPLE_FORMATS = ("png", "npy")
+FID_INCEPTION_ENV = "GANPIPE_FID_INCEPTION"  # the default of evaluation.inception (read in resolve_settings)
 
 
 # -- the pipeline's own sections ------------------------------------------------------------------------
@@ -94,10 +96,18 @@ class RegistrySettings:
 class EvaluationSettings:
     num_samples: int = 0  # generated samples; 0 = as many as the reference half of the real data (<= 10,000)
     seed: int = 0
+    # FID Inception weights: a local copy of NVIDIA's TorchScript inception-2015-12-05.pt; then the metric is
+    # FID ("fid"), comparable with papers. "" = $GANPIPE_FID_INCEPTION, else none: images use random_conv256
+    inception: str = ""
 
     def __post_init__(self) -> None:
         check(self.num_samples >= 0, "evaluation.num_samples", self.num_samples, "an integer >= 0")
         check(self.seed >= 0, "evaluation.seed", self.seed, "an integer >= 0")
+        if self.inception:
+            object.__setattr__(self, "inception", str(Path(self.inception).expanduser()))
+            check(Path(self.inception).is_file(), "evaluation.inception", self.inception,
+                  f"an existing local file (NVIDIA's TorchScript inception-2015-12-05.pt; ${FID_INCEPTION_ENV} "
+                  "sets the default; nothing is downloaded)")
 
 
 @dataclass(frozen=True)
@@ -266,7 +276,9 @@ def resolve_settings(*, preset: str | None = None, config_file: str | None = Non
     # 3. cluster: the file's and --set values, then explicit CLI flags (None = not given)
     explicit = {k: v for k, v in (cluster_overrides or {}).items() if v is not None}
     cluster = from_dict(ClusterConfig, {**tables["cluster"], **explicit}, "cluster.")
-    # 4. the pipeline's own sections
+    # 4. the pipeline's own sections (evaluation.inception defaults to $GANPIPE_FID_INCEPTION)
+    if not tables["evaluation"].get("inception"):
+        tables["evaluation"]["inception"] = default_inception()
     sections = {name: from_dict(cls, tables[name], f"{name}.") for name, cls in PIPELINE_SECTIONS.items()}
     settings = Settings(preset_name, gan, cluster, **sections)
     # 5. rules across sections: checked here, before any service starts, not at launch
@@ -276,6 +288,18 @@ def resolve_settings(*, preset: str | None = None, config_file: str | None = Non
           "letters, digits, '.', '-' and '_' (no '..'), starting with a letter or digit, at most 128")
     _check_source(settings)
     return settings
+
+
+def default_inception() -> str:
+    """The FID Inception weights path from $GANPIPE_FID_INCEPTION ("" when unset): evaluation.inception's
+    default, for resolve_settings and for `ganpipe evaluate` (which has no config tree). ConfigError naming
+    the variable when it names no file."""
+    import os
+
+    path = os.environ.get(FID_INCEPTION_ENV, "").strip()
+    check(not path or Path(path).expanduser().is_file(), FID_INCEPTION_ENV, path,
+          "an existing local file (NVIDIA's TorchScript inception-2015-12-05.pt; nothing is downloaded) or unset")
+    return path
 
 
 def _check_source(settings: Settings) -> None:
