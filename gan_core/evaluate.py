@@ -7,9 +7,15 @@ half H. Each metric is computed for G_ema's samples against R, and for H against
 a perfect generator would score with the same number of samples. FD is biased upwards for finite
 samples, so only the distance to its floor means anything.
 
-Feature space, by data: the digits classifier (`gan_core.metrics.digits`) for ``digits``; a
-user-supplied TorchScript network (e.g. Inception) when given; raw values otherwise (2-D mixtures,
-vectors, and images without a feature network: a NOTE in the output says so).
+Feature space, by data:
+
+- the FID Inception-v3 network when the user gives a local copy of its weights (``inception=``, NVIDIA's
+  TorchScript ``inception-2015-12-05.pt``): the distance is then the standard FID (Heusel et al. 2017),
+  computed by torchmetrics and reported as ``fid`` (``floor/fid`` beside it), comparable with papers;
+- otherwise ``fd`` in: the digits classifier's features (`gan_core.metrics.digits`) for ``digits``; any
+  user-supplied TorchScript network (``feature_network=``); for other images `RandomConvFeatures`
+  (``random_conv256``, random-network embeddings, fast at any resolution; a line says that no Inception
+  weights were given and names it); raw values for vectors (2-D mixtures).
 """
 
 from __future__ import annotations
@@ -19,6 +25,8 @@ import json
 import math
 import os
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,14 +37,17 @@ from torch import nn
 from .checkpoint import CheckpointError, load_generator
 from .config import GANConfig
 from .data import BUILTIN_DATASETS, MIXTURES, load_builtin, mode_coverage
-from .metrics import (DigitsClassifierFeatures, IdentityFeatures, TorchScriptFeatures, class_coverage,
-                      extract_features, frechet_distance, kernel_inception_distance,
-                      load_or_train_digits_classifier, precision_recall)
+from .metrics import (DigitsClassifierFeatures, FIDInceptionFeatures, IdentityFeatures, RandomConvFeatures,
+                      TorchScriptFeatures, class_coverage, extract_features, frechet_distance,
+                      frechet_inception_distances, kernel_inception_distance, load_or_train_digits_classifier,
+                      precision_recall)
 from .metrics.features import FeatureExtractor
 from .rng import derive_seed
 from .sampling import generate
 
 PRIMARY_METRIC = "fd"  # lower is better; the registry compares generators on it
+FID_METRIC = "fid"  # the primary metric instead, when the distance is FID proper (Inception weights given)
+RANDOM_FEATURES_SEED = 0  # RandomConvFeatures' weights: one fixed network, so values compare between runs
 CACHE_ENV = "GANPIPE_CACHE_DIR"
 
 
@@ -54,50 +65,86 @@ def split_real(real_x: np.ndarray, real_labels: np.ndarray | None, seed: int = 0
     return (real_x[r], None if labels is None else labels[r], real_x[h], None if labels is None else labels[h])
 
 
-def feature_space(config: GANConfig, *, feature_network: str | Path | None = None,
-                  cache_dir: str | Path | None = None, device: str | torch.device = "cpu",
-                  ) -> tuple[FeatureExtractor, DigitsClassifierFeatures | None]:
-    """(feature extractor, classifier for class coverage or None) for a configuration's data: for
-    ``digits`` the classifier gives class coverage, and also the features unless a network is given."""
+def primary_metric(metrics: dict[str, float]) -> str:
+    """The metric the registry compares generators on: ``fid`` when present, else ``fd`` (both lower-better)."""
+    return FID_METRIC if FID_METRIC in metrics else PRIMARY_METRIC
+
+
+def feature_space(config: GANConfig, *, inception: str | Path | None = None,
+                  feature_network: str | Path | None = None, cache_dir: str | Path | None = None,
+                  device: str | torch.device = "cpu") -> tuple[FeatureExtractor, DigitsClassifierFeatures | None]:
+    """(feature extractor, classifier for class coverage or None) for a configuration's data.
+
+    ``inception``: a local FID Inception weights file (`FIDInceptionFeatures`); ``feature_network``: any
+    other TorchScript network (`TorchScriptFeatures`); at most one of them. Without either: the digits
+    classifier for ``digits`` (which also gives class coverage), `RandomConvFeatures` for other images,
+    the raw values for vectors. Raises ValueError for both given, FileNotFoundError for a missing file.
+    """
+    if inception is not None and feature_network is not None:
+        raise ValueError("give either the FID Inception weights or another feature network, not both")
     clf = None
     if config.data.name == "digits":
         clf = DigitsClassifierFeatures(load_or_train_digits_classifier(cache_dir or default_cache_dir()).to(device))
+    if inception is not None:
+        return FIDInceptionFeatures(inception, device=device), clf
     if feature_network is not None:
         return TorchScriptFeatures(feature_network, device=device), clf
-    return (clf if clf is not None else IdentityFeatures()), clf
+    if clf is not None:
+        return clf, clf
+    if config.data.is_image:
+        return RandomConvFeatures(seed=RANDOM_FEATURES_SEED).to(device), None
+    return IdentityFeatures(), None
+
+
+def no_inception_note(extractor: FeatureExtractor) -> str | None:
+    """The line that says no FID Inception weights were given and what the distance uses instead (None
+    when FID proper is computed, or for vectors, where FID has no meaning)."""
+    if isinstance(extractor, (FIDInceptionFeatures, IdentityFeatures)):
+        return None
+    return (f"no FID Inception weights given (evaluation.inception or GANPIPE_FID_INCEPTION: a local "
+            f"inception-2015-12-05.pt): 'fd' uses {extractor.name} features instead, comparable between "
+            f"runs here, not with papers' FID")
 
 
 def distribution_metrics(reference: torch.Tensor, other: torch.Tensor, *, kid_subset_size: int = 1000,
                          kid_num_subsets: int = 100, k: int = 3, seed: int = 0) -> dict[str, float]:
-    """FD, KID (mean and std over subsets) and precision/recall of ``other`` against ``reference``,
-    both already in feature space."""
+    """KID (mean and std over subsets) and precision/recall of ``other`` against ``reference``, both
+    already in feature space (N, d). The Fréchet distance is computed beside it (``fd`` or ``fid``)."""
     kid, kid_std = kernel_inception_distance(other.numpy(), reference.numpy(), subset_size=kid_subset_size,
                                              num_subsets=kid_num_subsets, seed=seed)
-    return {"fd": frechet_distance(other, reference), "kid": kid, "kid_std": kid_std,
-            **precision_recall(reference, other, k=k)}
+    return {"kid": kid, "kid_std": kid_std, **precision_recall(reference, other, k=k)}
 
 
 def evaluate_generator(G: nn.Module, config: GANConfig, real_x: np.ndarray | torch.Tensor,
                        real_labels: np.ndarray | None = None, *, num_samples: int | None = None, seed: int = 0,
                        feature_extractor: FeatureExtractor | None = None,
-                       classifier: DigitsClassifierFeatures | None = None, feature_network: str | Path | None = None,
-                       cache_dir: str | Path | None = None, device: str | torch.device = "cpu",
-                       kid_subset_size: int | None = None, kid_num_subsets: int = 100) -> dict[str, float]:
+                       classifier: DigitsClassifierFeatures | None = None, inception: str | Path | None = None,
+                       feature_network: str | Path | None = None, cache_dir: str | Path | None = None,
+                       device: str | torch.device = "cpu", kid_subset_size: int | None = None,
+                       kid_num_subsets: int = 100, progress: Callable[[str], None] | None = None) -> dict[str, float]:
     """Every metric for ``G`` (use G_ema) and, under ``floor/<name>``, the same metric for real data.
 
     ``real_x``: real samples in the generator's value range (e.g. [-1, 1] images), ``real_labels``
     optional class labels. ``num_samples`` generated samples (seed-addressed with ``seed``) are compared
     with as many samples of the reference half of the real data; the default and maximum is the half's
-    size, further capped at 2,500 for the 2-D mixtures (their protocol) and 10,000 otherwise. Returns a flat dict of
-    floats, e.g. ``fd``, ``floor/fd``, ``kid``, ``precision``, ``recall``, ``classes_covered``,
-    ``modes_covered``, plus ``num_samples``.
+    size, further capped at 2,500 for the 2-D mixtures (their protocol) and 10,000 otherwise. The feature
+    space is ``feature_extractor``, else `feature_space` (``inception``, ``feature_network``). ``progress``
+    receives one line per phase (e.g. ``print``). Returns a flat dict of floats, e.g. ``fd`` (``fid``
+    instead when the extractor is `FIDInceptionFeatures`), ``floor/fd``, ``kid``, ``precision``,
+    ``recall``, ``classes_covered``, ``modes_covered``, plus ``num_samples`` and ``feature_dim``.
+    Raises ValueError for fewer than 8 real samples.
     """
+    say = progress or (lambda line: None)
     real_x = real_x.detach().cpu().numpy() if isinstance(real_x, torch.Tensor) else np.asarray(real_x)
     real_x = real_x.astype(np.float32)
     if feature_extractor is None:
-        feature_extractor, default_classifier = feature_space(config, feature_network=feature_network,
+        feature_extractor, default_classifier = feature_space(config, inception=inception,
+                                                              feature_network=feature_network,
                                                               cache_dir=cache_dir, device=device)
         classifier = classifier if classifier is not None else default_classifier
+    note = no_inception_note(feature_extractor)
+    if note:
+        say(f"evaluation: {note}")
     # 1. reference half R, held-back half H, and as many generated samples as H has
     ref_x, ref_y, held_x, held_y = split_real(real_x, real_labels, seed)
     cap = 2500 if config.data.name in MIXTURES else 10_000
@@ -107,19 +154,34 @@ def evaluate_generator(G: nn.Module, config: GANConfig, real_x: np.ndarray | tor
     # NOTE: all three sets have n samples: k-NN radii (precision/recall) and FD's bias depend on set size
     ref_x, ref_y = ref_x[:n], None if ref_y is None else ref_y[:n]
     held_x, held_y = held_x[:n], None if held_y is None else held_y[:n]
+    t0 = time.perf_counter()
     fake_x = generate(G, n, seed=seed, device=device)
-    # 2. features
-    f_ref = extract_features(feature_extractor, torch.from_numpy(ref_x))
-    f_held = extract_features(feature_extractor, torch.from_numpy(held_x))
-    f_fake = extract_features(feature_extractor, fake_x)
+    say(f"evaluation: generated {n} samples in {time.perf_counter() - t0:.1f} s")
+    # 2. features (and FID proper, by torchmetrics, which runs the Inception network itself)
+    t0 = time.perf_counter()
+    out: dict[str, float] = {"num_samples": float(n)}
+    if isinstance(feature_extractor, FIDInceptionFeatures):
+        fid, f_ref, f = frechet_inception_distances(feature_extractor, torch.from_numpy(ref_x),
+                                                    {"fake": fake_x, "held": torch.from_numpy(held_x)})
+        f_fake, f_held = f["fake"], f["held"]
+        out.update({FID_METRIC: fid["fake"], f"floor/{FID_METRIC}": fid["held"]})
+    else:
+        f_ref = extract_features(feature_extractor, torch.from_numpy(ref_x))
+        f_held = extract_features(feature_extractor, torch.from_numpy(held_x))
+        f_fake = extract_features(feature_extractor, fake_x)
+        out.update({"fd": frechet_distance(f_fake, f_ref), "floor/fd": frechet_distance(f_held, f_ref)})
+    say(f"evaluation: {feature_extractor.name} features ({f_ref.shape[1]}-d) of 3 x {n} samples in "
+        f"{time.perf_counter() - t0:.1f} s")
+    # 3. KID and precision/recall in the same features
+    t0 = time.perf_counter()
     # KID subsets of 1000 (Binkowski et al. 2018), or of half the samples when there are fewer than 2000,
     # so that the subsets differ and kid_std says how much the estimate moves
     subset = kid_subset_size or min(1000, max(2, n // 2))
     kid_kw = {"kid_subset_size": subset, "kid_num_subsets": kid_num_subsets, "seed": seed}
-    out: dict[str, float] = {"num_samples": float(n)}
     out.update(distribution_metrics(f_ref, f_fake, **kid_kw))
     out.update({f"floor/{k}": v for k, v in distribution_metrics(f_ref, f_held, **kid_kw).items()})
-    # 3. coverage: modes of a mixture, classes of labelled data
+    say(f"evaluation: KID, precision/recall in {time.perf_counter() - t0:.1f} s")
+    # 4. coverage: modes of a mixture, classes of labelled data
     if config.data.name in MIXTURES:
         for prefix, x in (("", fake_x), ("floor/", held_x)):
             cov = mode_coverage(x, config.data.name)
@@ -172,15 +234,18 @@ def load_real_data(config: GANConfig, real_path: str | Path | None = None) -> tu
 
 
 def evaluate_checkpoint(directory: str | Path, *, num_samples: int | None = None, seed: int = 0,
-                        real_path: str | Path | None = None, feature_network: str | Path | None = None,
-                        cache_dir: str | Path | None = None, device: str | torch.device = "cpu",
-                        verbose: bool = True, **kwargs: Any) -> dict[str, float]:
-    """Load G_ema and the config from a checkpoint directory, evaluate, print the table, return the dict."""
+                        real_path: str | Path | None = None, inception: str | Path | None = None,
+                        feature_network: str | Path | None = None, cache_dir: str | Path | None = None,
+                        device: str | torch.device = "cpu", verbose: bool = True, **kwargs: Any) -> dict[str, float]:
+    """Load G_ema and the config from a checkpoint directory, evaluate (printing a line per phase and the
+    table when ``verbose``), return the dict."""
     G, config = load_generator(directory, device)
     real_x, real_labels = load_real_data(config, real_path)
-    extractor, classifier = feature_space(config, feature_network=feature_network, cache_dir=cache_dir, device=device)
+    extractor, classifier = feature_space(config, inception=inception, feature_network=feature_network,
+                                          cache_dir=cache_dir, device=device)
     result = evaluate_generator(G, config, real_x, real_labels, num_samples=num_samples, seed=seed,
-                                feature_extractor=extractor, classifier=classifier, device=device, **kwargs)
+                                feature_extractor=extractor, classifier=classifier, device=device,
+                                progress=print if verbose else None, **kwargs)
     if verbose:
         print(format_report(result, extractor.name))
     return result
@@ -196,7 +261,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-samples", type=int, help="generated samples (default: size of a real half, capped)")
     p.add_argument("--seed", type=int, default=0, help="sampling and split seed (default 0)")
     p.add_argument("--real", help="real data as .npy / .npz (x, label) for datasets that are not built in")
-    p.add_argument("--feature-network", help="TorchScript feature network file, e.g. Inception (never downloaded)")
+    p.add_argument("--inception", help="FID Inception weights: a local copy of NVIDIA's TorchScript "
+                                       "inception-2015-12-05.pt; the distance is then FID, reported as 'fid' "
+                                       "(never downloaded; without it images use random_conv256 features)")
+    p.add_argument("--feature-network", help="any other TorchScript feature network file; reported as 'fd'")
     p.add_argument("--cache-dir", help=f"where the digits classifier is cached (default ${CACHE_ENV} or "
                                        "~/.cache/ganpipe)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -208,7 +276,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         result = evaluate_checkpoint(args.checkpoint, num_samples=args.num_samples, seed=args.seed,
-                                     real_path=args.real, feature_network=args.feature_network,
+                                     real_path=args.real, inception=args.inception,
+                                     feature_network=args.feature_network,
                                      cache_dir=args.cache_dir, device=args.device)
     except (CheckpointError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -13,7 +13,7 @@ documented default, `default_evaluator`, needs no downloaded weights:
 
 `gan_core_evaluator` adapts the project's full evaluation (gan_core.evaluate: FD in a feature space
 with its real-vs-real floor, KID, precision/recall, coverage) to this interface; primary metric
-``fd``, lower is better.
+``fid`` when FID Inception weights are given (``inception=``), else ``fd``; lower is better.
 """
 
 from __future__ import annotations
@@ -104,14 +104,14 @@ def gan_core_evaluator(real_x: np.ndarray, real_labels: np.ndarray | None = None
     """The project's evaluation (``gan_core.evaluate.evaluate_generator``) as a registry evaluator.
 
     ``real_x`` in model space (as the generator outputs); ``kwargs`` go to ``evaluate_generator``
-    (``num_samples``, ``feature_network``, ``cache_dir``, ...).
+    (``num_samples``, ``inception``, ``feature_network``, ``cache_dir``, ...).
     """
 
     def evaluate(G: nn.Module, config: GANConfig) -> Evaluation:
-        from gan_core.evaluate import PRIMARY_METRIC, evaluate_generator
+        from gan_core.evaluate import evaluate_generator, primary_metric
 
         metrics = evaluate_generator(G, config, real_x, real_labels, **kwargs)
-        return Evaluation({k: float(v) for k, v in metrics.items()}, PRIMARY_METRIC, False,
+        return Evaluation({k: float(v) for k, v in metrics.items()}, primary_metric(metrics), False,
                           {"evaluator": "gan_core.evaluate.evaluate_generator"})
 
     return evaluate

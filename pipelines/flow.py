@@ -45,7 +45,7 @@ from pipelines.stage import STORAGE_RETRIES, STORAGE_RETRY_DELAYS_S, retry_on_st
 
 FLOW_NAME = "gan-pipeline"
 MAX_INLINE_PNG_BYTES = 512 * 1024  # larger pictures are linked, not embedded in the markdown report
-REPORT_METRICS = ("fd", "kid", "precision", "recall", "classes_covered", "class_kl", "modes_covered",
+REPORT_METRICS = ("fid", "fd", "kid", "precision", "recall", "classes_covered", "class_kl", "modes_covered",
                   "high_quality_fraction", "mode_reverse_kl")
 
 io_task = dict(retries=STORAGE_RETRIES, retry_delay_seconds=STORAGE_RETRY_DELAYS_S,
@@ -104,32 +104,37 @@ def fetch_checkpoint(checkpoint_uri: str, scratch: str) -> str:
 
 
 @task(name="evaluate", **compute_task)
-def evaluate(checkpoint_dir: str, real_x, real_labels, num_samples: int, seed: int) -> dict[str, float]:
-    """gan_core.evaluate on the checkpoint's G_ema: metrics and, under floor/, real vs real."""
+def evaluate(checkpoint_dir: str, real_x, real_labels, num_samples: int, seed: int,
+             inception: str = "") -> tuple[dict[str, float], str]:
+    """gan_core.evaluate on the checkpoint's G_ema: (metrics and, under floor/, real vs real; the feature
+    space's name, e.g. the Inception weights' file and SHA-256 prefix). `inception`: `[evaluation] inception`."""
     from gan_core.checkpoint import load_generator
-    from gan_core.evaluate import CACHE_ENV, evaluate_generator, format_report
+    from gan_core.evaluate import CACHE_ENV, evaluate_generator, feature_space, format_report
     from infra.settings import local_home
 
     G, config = load_generator(checkpoint_dir)
     cache_dir = os.environ.get(CACHE_ENV) or str(local_home() / "cache")
+    extractor, classifier = feature_space(config, inception=inception or None, cache_dir=cache_dir)
     metrics = evaluate_generator(G, config, real_x, real_labels, num_samples=num_samples or None, seed=seed,
-                                 cache_dir=cache_dir)
-    get_run_logger().info(format_report(metrics))
-    return metrics
+                                 feature_extractor=extractor, classifier=classifier, progress=say)
+    get_run_logger().info(format_report(metrics, extractor.name))
+    return metrics, extractor.name
 
 
 @task(name="register", **compute_task)
 def register(settings: Settings, checkpoint_uri: str, mlflow_run_id: str | None, metrics: dict[str, float],
-             manifest: dict):
-    """A new version of the registered model; the alias moves only for a strictly better version."""
-    from gan_core.evaluate import PRIMARY_METRIC
+             manifest: dict, features: str = ""):
+    """A new version of the registered model; the alias moves only for a strictly better version.
+    `features`: the evaluation's feature space (a version tag, eval.features)."""
+    from gan_core.evaluate import primary_metric
     from infra.evaluation import Evaluation
     from gan_core.data import Normalisation
     from infra.registry import register_generator
 
     # the evaluate step already scored this G_ema: hand the registry that result instead of recomputing it
-    evaluation = Evaluation({k: float(v) for k, v in metrics.items()}, PRIMARY_METRIC, False,
-                            {"evaluator": "gan_core.evaluate.evaluate_generator"})
+    evaluation = Evaluation({k: float(v) for k, v in metrics.items()}, primary_metric(metrics), False,
+                            {"evaluator": "gan_core.evaluate.evaluate_generator",
+                             **({"features": features} if features else {})})
     reg = register_generator(
         checkpoint_uri, settings.model_name, run_id=mlflow_run_id, evaluator=lambda G, config: evaluation,
         normalisation=Normalisation.from_dict(manifest["normalisation"]), dataset_name=manifest["name"],
@@ -237,11 +242,12 @@ def gan_pipeline(preset: str | None = None, config: dict[str, Any] | None = None
     with step("evaluation"), tempfile.TemporaryDirectory(prefix="ganpipe-eval-") as scratch:
         real_x, real_labels, manifest = load_real_data(dataset_uri)
         checkpoint_dir = fetch_checkpoint(outcome.checkpoint_uri, scratch)
-        metrics = evaluate(checkpoint_dir, real_x, real_labels, settings.evaluation.num_samples,
-                           settings.evaluation.seed)
+        metrics, features = evaluate(checkpoint_dir, real_x, real_labels, settings.evaluation.num_samples,
+                                     settings.evaluation.seed, settings.evaluation.inception)
     # 4. register (champion rule)
     mlflow_run_id = getattr(outcome, "mlflow_run_id", None)
-    reg = timed("registration", register, settings, outcome.checkpoint_uri, mlflow_run_id, metrics, manifest)
+    reg = timed("registration", register, settings, outcome.checkpoint_uri, mlflow_run_id, metrics, manifest,
+                features)
     # 5. preview from the registered model
     out_dir = settings.preview_uri(reg.name, reg.version)
     grid = timed("sampling", sample_preview, reg.model_uri, manifest, settings.sampling.num_samples,
@@ -254,7 +260,7 @@ def gan_pipeline(preset: str | None = None, config: dict[str, Any] | None = None
         "dataset_uri": dataset_uri, "dataset_version": outcome.dataset_version, "run_name": outcome.run_name,
         "checkpoint_uri": outcome.checkpoint_uri, "train_step": outcome.metrics.get("step"),
         "mlflow_run_id": mlflow_run_id or _model_run_id(reg.name, reg.version),
-        "metrics": {k: float(v) for k, v in metrics.items()}, "sample_grid": grid,
+        "metrics": {k: float(v) for k, v in metrics.items()}, "features": features, "sample_grid": grid,
         "seconds": seconds, "started_at": started,
         **report_picture_uris(mlflow_run_id),
     }
@@ -366,9 +372,10 @@ def report_markdown(summary: dict[str, Any]) -> str:
               f"(step {summary.get('train_step')})", ""]
     lines += ["| metric | G_ema | real vs real (floor) |", "|---|---:|---:|"]
     lines += [f"| {name} | {v} | {f} |" for name, v, f in metrics_rows(m)]
-    if "fd" in m and m.get("floor/fd"):
-        lines += ["", f"FD is {m['fd'] / m['floor/fd']:.2f}x its real-vs-real floor "
-                      f"({int(m.get('num_samples', 0))} samples per set)."]
+    fd = "fid" if "fid" in m else "fd"
+    if fd in m and m.get(f"floor/{fd}"):
+        lines += ["", f"{fd.upper()} is {m[fd] / m[f'floor/{fd}']:.2f}x its real-vs-real floor "
+                      f"({int(m.get('num_samples', 0))} samples per set; features: {summary.get('features', '?')})."]
     for title, key in (("Training curves", "training_curves"), ("Samples during training", "sample_strip")):
         if summary.get(key):  # the training run was tracked
             lines += _png_section(title, summary[key], _read_run_artifact(summary[key], MAX_INLINE_PNG_BYTES))
@@ -413,8 +420,11 @@ def summary_lines(summary: dict[str, Any], temporary_api_url: str | None = None)
            f"champion     {summary['alias_uri']} -> version {summary['champion_version'] or '-'}",
            f"samples      {summary['sample_grid']}", "metrics      (G_ema | real-vs-real floor)"]
     out += [f"  {name:<22} {v:>10}  {f:>10}" for name, v, f in metrics_rows(m)]
-    if "fd" in m and m.get("floor/fd"):
-        out.append(f"  FD / floor             {m['fd'] / m['floor/fd']:>10.2f}")
+    fd = "fid" if "fid" in m else "fd"
+    if fd in m and m.get(f"floor/{fd}"):
+        out.append(f"  {fd.upper() + ' / floor':<23}{m[fd] / m[f'floor/{fd}']:>10.2f}")
+    if summary.get("features"):
+        out.append(f"features     {summary['features']}")
     if summary.get("mlflow_run_url"):
         out.append(f"mlflow run   {summary['mlflow_run_url']}")
     ui = ui_commands(temporary_api_url)

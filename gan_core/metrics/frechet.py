@@ -3,17 +3,21 @@ a Two Time-Scale Update Rule Converge to a Local Nash Equilibrium", eq. 6).
 
     FD = ||mu_1 - mu_2||^2 + Tr(S_1 + S_2 - 2 (S_1 S_2)^(1/2))
 
-With Inception pool features this is FID; here it is generic over the feature extractor (the
-digits classifier, raw coordinates, or Inception when the user supplies weights).
+With Inception pool features this is FID. `frechet_distance` is generic over the feature extractor
+(the digits classifier, random-network embeddings, raw coordinates); `frechet_inception_distances`
+computes the standard FID with torchmetrics' implementation when the user supplies the Inception weights.
 """
 
 from __future__ import annotations
 
 import warnings
 
+from collections.abc import Mapping
+
 import numpy as np
 import scipy.linalg
 import torch
+from torch import nn
 
 
 def _as_array(x) -> np.ndarray:
@@ -57,3 +61,45 @@ def frechet_distance_from_statistics(mu1: np.ndarray, sigma1: np.ndarray, mu2: n
 def frechet_distance(features_a, features_b) -> float:
     """FD between Gaussians fitted to two (N, d) feature sets (Heusel et al. 2017)."""
     return frechet_distance_from_statistics(*gaussian_statistics(features_a), *gaussian_statistics(features_b))
+
+
+def frechet_inception_distances(network: nn.Module, reference: torch.Tensor, others: Mapping[str, torch.Tensor],
+                                batch_size: int = 256) -> tuple[dict[str, float], torch.Tensor, dict[str, torch.Tensor]]:
+    """FID (Heusel et al. 2017) of each image set in ``others`` against ``reference``, computed by torchmetrics'
+    ``FrechetInceptionDistance`` with ``network`` as its feature extractor (e.g.
+    `gan_core.metrics.features.FIDInceptionFeatures`; an nn.Module with an int ``num_features``).
+
+    Images: (N, C, H, W) float tensors in the network's input range. The reference statistics are
+    accumulated once and kept (``reset_real_features=False``) while each other set is scored. Returns
+    ``({name: fid}, reference features (N, d), {name: features (N, d)})``, float32 on the CPU: the
+    features the network produced (collected by a forward hook, so each image passes through it once)
+    serve the other metrics (KID, precision/recall). Raises ValueError for fewer than 2 images in a set.
+    """
+    from torchmetrics.image.fid import FrechetInceptionDistance
+
+    for name, x in {"reference": reference, **others}.items():
+        if len(x) < 2:
+            raise ValueError(f"FID: need at least 2 images per set, got {len(x)} in {name!r}")
+    fid = FrechetInceptionDistance(feature=network, reset_real_features=False)
+    seen: list[torch.Tensor] = []
+    hook = network.register_forward_hook(lambda _module, _inputs, out: seen.append(out.detach().float().cpu()))
+
+    def take() -> torch.Tensor:
+        out = torch.cat(seen)
+        seen.clear()
+        return out
+
+    try:
+        for batch in reference.split(batch_size):
+            fid.update(batch, real=True)
+        ref_features = take()
+        values, features = {}, {}
+        for name, x in others.items():
+            fid.reset()  # the fake statistics only: the reference's stay
+            for batch in x.split(batch_size):
+                fid.update(batch, real=False)
+            values[name] = max(float(fid.compute()), 0.0)  # rounding can give -1e-9 for identical statistics
+            features[name] = take()
+    finally:
+        hook.remove()
+    return values, ref_features, features

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import tempfile
 
 from pipelines.cli import UserError
@@ -17,9 +18,16 @@ after the manifest's normalisation), else the built-in dataset named in the chec
 Every metric is printed beside its floor: the same metric for two disjoint halves of the real data,
 i.e. what a perfect generator would score with as many samples. FD means something only next to it.
 
+FID: with --inception FILE (default $GANPIPE_FID_INCEPTION), a local copy of NVIDIA's TorchScript
+inception-2015-12-05.pt (the file StyleGAN2-ADA, StyleGAN3 and clean-fid use), the distance is the
+standard FID, computed by torchmetrics and reported as `fid`. Without it: `fd` in the digits
+classifier's features for digits, in random_conv256 features (a fixed random conv net) for other
+images, comparable between runs here but not with papers. Nothing is downloaded.
+
 examples:
   ganpipe evaluate ~/.ganpipe/ray_results/gan-digits-0123abcd/checkpoint-000003000
   ganpipe evaluate 5f2c0e... --dataset ~/.ganpipe/data/datasets/digits --json
+  ganpipe evaluate 5f2c0e... --dataset ~/.ganpipe/data/datasets/faces64 --inception ~/models/inception-2015-12-05.pt
   ganpipe evaluate s3://bucket/runs/gan-faces64-.../checkpoint-000050000 --dataset s3://bucket/root/datasets/faces64
 """
 
@@ -34,7 +42,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--num-samples", type=int, default=0,
                    help="generated samples (default: the reference half of the real data, at most 10,000)")
     p.add_argument("--seed", type=int, default=0, help="sampling and split seed (default 0)")
-    p.add_argument("--feature-network", metavar="TORCHSCRIPT", help="a TorchScript feature network (e.g. Inception)")
+    p.add_argument("--inception", metavar="FILE", help="FID Inception weights (NVIDIA's TorchScript "
+                   "inception-2015-12-05.pt); default $GANPIPE_FID_INCEPTION; then the metric is 'fid'")
+    p.add_argument("--feature-network", metavar="TORCHSCRIPT", help="any other TorchScript feature network ('fd')")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON instead of a table")
     p.set_defaults(func=run)
     return p
@@ -42,18 +52,30 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     from gan_core.checkpoint import CheckpointError, load_generator
-    from gan_core.evaluate import CACHE_ENV, evaluate_generator, format_report, load_real_data
+    from gan_core.config import ConfigError
+    from gan_core.evaluate import CACHE_ENV, evaluate_generator, feature_space, format_report, load_real_data
     from infra.datasets import DatasetError, load_numpy
     from infra.registry import RegistryError, resolve_checkpoint
     from infra.settings import local_home
     from infra.storage import StorageError
     from pipelines.flow import fetch_checkpoint
+    from pipelines.settings import default_inception
 
     if args.num_samples < 0:
         raise UserError(f"--num-samples: got {args.num_samples}; allowed: an integer >= 0")
     ckpt = args.checkpoint
     if ("/" in ckpt or ckpt.startswith(".")) and "://" not in ckpt and not os.path.isdir(ckpt):
         raise UserError(f"{ckpt}: no such checkpoint directory")
+    if args.inception and not os.path.isfile(os.path.expanduser(args.inception)):
+        raise UserError(f"--inception: got {args.inception!r}; allowed: an existing local file (NVIDIA's TorchScript "
+                        "inception-2015-12-05.pt; nothing is downloaded)")
+    try:
+        inception = os.path.expanduser(args.inception) if args.inception else default_inception() or None
+    except ConfigError as e:
+        raise UserError(str(e)) from None
+    if inception and args.feature_network:
+        raise UserError("--feature-network: give either it or the FID Inception weights (--inception, "
+                        "$GANPIPE_FID_INCEPTION), not both")
     try:
         with tempfile.TemporaryDirectory(prefix="ganpipe-evaluate-") as scratch:
             ref, _ = resolve_checkpoint(args.checkpoint)
@@ -62,10 +84,17 @@ def run(args: argparse.Namespace) -> int:
                 real_x, real_labels = load_numpy(args.dataset, normalised=True)
             else:
                 real_x, real_labels = load_real_data(config)
+            extractor, classifier = feature_space(
+                config, inception=inception, feature_network=args.feature_network,
+                cache_dir=os.environ.get(CACHE_ENV) or str(local_home() / "cache"))
+            # progress on stderr: stdout is the table or the JSON
             metrics = evaluate_generator(G, config, real_x, real_labels, num_samples=args.num_samples or None,
-                                         seed=args.seed, feature_network=args.feature_network,
-                                         cache_dir=os.environ.get(CACHE_ENV) or str(local_home() / "cache"))
+                                         seed=args.seed, feature_extractor=extractor, classifier=classifier,
+                                         progress=lambda line: print(line, file=sys.stderr, flush=True))
     except (CheckpointError, DatasetError, RegistryError, StorageError, ValueError, FileNotFoundError) as e:
         raise UserError(str(e).splitlines()[0] if str(e) else type(e).__name__) from None
-    print(json.dumps(metrics, indent=2) if args.json else format_report(metrics))
+    if args.json:
+        print(json.dumps({**metrics, "features": extractor.name}, indent=2))
+    else:
+        print(format_report(metrics, extractor.name))
     return 0
