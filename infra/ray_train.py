@@ -26,6 +26,7 @@ import logging
 import math
 import os
 import tempfile
+import sys
 import time
 from dataclasses import asdict, dataclass, replace
 from typing import Any
@@ -38,7 +39,10 @@ from .ray_cluster import ensure_ray
 DATA_LOADING = ("auto", "memory", "stream")
 PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
 MAX_STREAM_PASSES = 1000  # beyond this many epochs per execution the stream restarts (and pays a stall)
-MEMORY_LOADING_MAX_BYTES = 2 * 1024**3  # "auto" keeps datasets up to 2 GiB of Parquet in worker memory
+# The per-worker memory budget for training data (cluster.data_memory_mib): "auto" loads the dataset into
+# every worker's memory when its loading peak fits (see `memory_loading_bytes`), else streams it, and a
+# stream's read-ahead is sized from the same budget.
+DEFAULT_DATA_MEMORY_MIB = 4096
 
 
 @dataclass(frozen=True)
@@ -58,7 +62,8 @@ class ClusterConfig:
     storage_path: str | None = None  # default: <GANPIPE_HOME>/ray_results
     run_name: str | None = None  # default: derived from the config and the dataset version
     max_failures: int = 2  # worker-group restarts from the latest checkpoint; -1 = unlimited
-    data_loading: str = "auto"
+    data_loading: str = "auto"  # memory | stream | auto: memory when it fits data_memory_mib
+    data_memory_mib: int = DEFAULT_DATA_MEMORY_MIB  # per worker: in-memory data, or the stream's read-ahead
     verify_sync: bool = False  # compare parameter digests across workers after every update (debug)
     placement_strategy: str = "PACK"  # "SPREAD": one worker per node where possible
 
@@ -79,6 +84,8 @@ class ClusterConfig:
         check(self.placement_strategy in PLACEMENT_STRATEGIES, "cluster.placement_strategy",
               self.placement_strategy, " | ".join(PLACEMENT_STRATEGIES))
         check(self.data_loading in DATA_LOADING, "cluster.data_loading", self.data_loading, " | ".join(DATA_LOADING))
+        check(is_int(self.data_memory_mib) and self.data_memory_mib >= 16, "cluster.data_memory_mib",
+              self.data_memory_mib, "an integer >= 16 (MiB per worker)")
         check(self.run_name is None or (isinstance(self.run_name, str) and bool(self.run_name.strip())
                                         and "/" not in self.run_name),
               "cluster.run_name", self.run_name, "a non-empty name without '/'")
@@ -200,11 +207,21 @@ def worker_threads(cluster: ClusterConfig, loading: str) -> int:
     return max(threads, shared)
 
 
+def memory_loading_bytes(manifest: dict) -> int:
+    """Peak bytes a worker holds while loading the whole dataset into memory: per value, the float32
+    model input (4 bytes) plus two copies in the stored dtype (the Arrow table and its contiguous
+    numpy copy). Every worker holds the whole dataset (`_memory_batches`). The compressed Parquet size
+    says nothing about this: 8-bit pixels compress well and grow 4x as float32."""
+    import numpy as np
+
+    values = int(manifest["num_rows"]) * math.prod(manifest["shape"])
+    return values * (4 + 2 * np.dtype(manifest["dtype"]).itemsize)
+
+
 def _choose_loading(cluster: ClusterConfig, manifest: dict) -> str:
     if cluster.data_loading != "auto":
         return cluster.data_loading
-    total = sum(s["bytes"] for s in manifest["shards"])
-    return "memory" if total <= MEMORY_LOADING_MAX_BYTES else "stream"
+    return "memory" if memory_loading_bytes(manifest) <= cluster.data_memory_mib * 2**20 else "stream"
 
 
 def _stream_passes(config: GANConfig, manifest: dict, num_workers: int) -> int:
@@ -230,6 +247,7 @@ class WorkerPlan:
     dtype: str  # stored dtype of column x
     normalisation: Normalisation  # stored -> model values
     data_loading: str  # "memory" | "stream" (auto resolved)
+    data_memory_bytes: int  # the per-worker data budget: sizes a stream's read-ahead
     threads_per_worker: int
     verify_sync: bool
     use_gpu: bool
@@ -256,7 +274,8 @@ def plan_training(config: GANConfig, dataset_ref: str, cluster: ClusterConfig, t
     plan = WorkerPlan(
         config=config, shape=tuple(ds.manifest["shape"]), dtype=ds.manifest["dtype"],
         normalisation=Normalisation.from_dict(ds.manifest["normalisation"]),
-        data_loading=_choose_loading(cluster, ds.manifest), threads_per_worker=cluster.threads_per_worker,
+        data_loading=_choose_loading(cluster, ds.manifest), data_memory_bytes=cluster.data_memory_mib * 2**20,
+        threads_per_worker=cluster.threads_per_worker,
         verify_sync=cluster.verify_sync, use_gpu=cluster.use_gpu,
         run_name=cluster.run_name or deterministic_run_name(config, ds.version), storage_uri=storage_uri,
         tracking=tracking, manifest=ds.manifest)
@@ -284,6 +303,9 @@ def _ray_dataset(plan: WorkerPlan, ds, cluster: ClusterConfig):
             f"cluster.data_loading: got 'stream' with {cluster.num_workers} workers x {cluster.cpus_per_worker} "
             f"CPUs on a Ray cluster of {total_cpus:g} CPUs; streaming needs at least 1 CPU beyond the workers' "
             "for Ray Data's read tasks (use data_loading = 'memory', fewer workers or a smaller cpus_per_worker)")
+    # blocks no larger than a stream chunk: a worker maps whole blocks, so they count against its budget
+    ctx.target_max_block_size = min(ctx.target_max_block_size or STREAM_CHUNK_BYTES,
+                                    stream_chunk_bytes(plan.data_memory_bytes))
     ray_ds = ray.data.read_parquet(ds.shard_paths, filesystem=ds.filesystem, columns=["x"],
                                    file_extensions=["parquet"])
     passes = _stream_passes(plan.config, ds.manifest, cluster.num_workers)
@@ -399,16 +421,26 @@ def _memory_batches(shard, plan: WorkerPlan, rank: int, world_size: int):
     return InMemoryBatches(x, t.global_batch_size, t.seed, rank, world_size)
 
 
-STREAM_CHUNK_BYTES = 32 * 1024**2  # rows pulled from Ray Data at a time: large reads amortise its per-batch cost
+STREAM_CHUNK_BYTES = 32 * 1024**2  # float32 bytes pulled from Ray Data at a time: large reads amortise its per-batch cost
 STREAM_CHUNK_BATCHES = 64  # at most this many per-worker batches per chunk
 STREAM_PREFETCH_CHUNKS = 4  # chunks read ahead by a background thread, across epoch boundaries
 
 
+def stream_chunk_bytes(data_memory_bytes: int) -> int:
+    """The largest chunk a stream holds at once, from the per-worker data budget: up to
+    STREAM_PREFETCH_CHUNKS queued, one being converted, one being cut into batches, and Ray Data's own
+    prefetched batch and block (`_ray_dataset` caps its blocks to a chunk), all within the budget."""
+    return min(STREAM_CHUNK_BYTES, data_memory_bytes // (STREAM_PREFETCH_CHUNKS + 4))
+
+
 def _stream_chunk_rows(per_worker: int, plan: WorkerPlan) -> int:
+    """Rows per chunk: whole per-worker batches, each row counted as its float32 tensor plus the stored
+    Arrow copy it is converted from (both live while a chunk is converted)."""
     import numpy as np
 
-    row_bytes = int(np.prod(plan.shape)) * np.dtype(plan.dtype).itemsize
-    return per_worker * max(1, min(STREAM_CHUNK_BATCHES, STREAM_CHUNK_BYTES // max(1, row_bytes * per_worker)))
+    row_bytes = int(np.prod(plan.shape)) * (4 + np.dtype(plan.dtype).itemsize)
+    batches = stream_chunk_bytes(plan.data_memory_bytes) // max(1, row_bytes * per_worker)
+    return per_worker * max(1, min(STREAM_CHUNK_BATCHES, batches))
 
 
 def _stream_batches(shard, plan: WorkerPlan, rank: int, world_size: int):
@@ -527,6 +559,24 @@ def _restore(state, rank: int) -> int:
     return state.step
 
 
+class _DataMemory:
+    """This worker's resident memory around its training data: `metrics()` gives the peak RSS so far and
+    how far it rose above the RSS measured at construction (just before the data is loaded), in MiB.
+    The rise bounds what in-memory data or a stream's read-ahead costs, plus a fixed cost that does not
+    depend on the data (Ray Data's iterator, torch's autograd and allocator pools: about 220 MiB here)."""
+
+    def __init__(self):
+        import psutil
+
+        self.before = psutil.Process().memory_info().rss
+
+    def metrics(self) -> dict[str, float]:
+        import resource
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
+        return {"memory/peak_rss_mib": peak / 2**20, "memory/data_rss_growth_mib": (peak - self.before) / 2**20}
+
+
 def _announce(plan: WorkerPlan, rank: int, world_size: int) -> None:
     """One line from rank 0: where the workers landed, their threads and data mode (an all-gather, so
     every rank calls it)."""
@@ -565,7 +615,9 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     torch.set_num_threads(plan.threads_per_worker)
     # 1. data: through Ray Data, as this worker's share of every global batch
     make = _memory_batches if plan.data_loading == "memory" else _stream_batches
-    batches = make(ray.train.get_dataset_shard("train"), plan, rank, world_size)
+    shard = ray.train.get_dataset_shard("train")
+    memory = _DataMemory()  # what the data costs this worker: its peak RSS over the RSS before loading
+    batches = make(shard, plan, rank, world_size)
     # 2. state: fresh, or the latest checkpoint of this run
     state = build_training_state(config, get_device())
     start_step = _restore(state, rank)
@@ -585,7 +637,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     # 4. every rank reports every snapshot (report is a barrier); rank 0 attaches the checkpoint
     def report(snapshot) -> None:
         metrics = {**snapshot.metrics, "step": snapshot.step, "kimg": snapshot.kimg,
-                   "progress/resumed_from_step": start_step}
+                   "progress/resumed_from_step": start_step, **memory.metrics()}
         if sync is not None:
             metrics.update({"sync/checks": sync.checks, "sync/mismatches": sync.mismatches})
         if rank == 0:
