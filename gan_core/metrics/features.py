@@ -77,15 +77,6 @@ class TorchScriptFeatures:
         return self.module(x, **self.call_kwargs).flatten(1).float().cpu()
 
 
-def file_sha256(path: str | Path) -> str:
-    """Hex SHA-256 of a file's bytes (read in 1 MiB blocks)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 class FIDInceptionFeatures(nn.Module):
     """The FID feature network: (N, C, H, W) images in [-1, 1] -> (N, 2048) float32 Inception-v3 pool3
     features (Heusel et al. 2017), from a local TorchScript file with NVIDIA's calling convention
@@ -114,7 +105,8 @@ class FIDInceptionFeatures(nn.Module):
         except RuntimeError as e:
             raise ValueError(f"{path}: not a TorchScript file ({str(e).splitlines()[0]}); expected NVIDIA's "
                              "inception-2015-12-05.pt") from None
-        self.sha256 = file_sha256(path)
+        with open(path, "rb") as f:
+            self.sha256 = hashlib.file_digest(f, "sha256").hexdigest()
         self.name = f"inception:{path.name}@sha256:{self.sha256[:12]}"
         self.device = torch.device(device)
         probe = self(torch.zeros(2, 3, 32, 32))
