@@ -372,7 +372,9 @@ def report_markdown(summary: dict[str, Any]) -> str:
               f"(step {summary.get('train_step')})", ""]
     lines += ["| metric | G_ema | real vs real (floor) |", "|---|---:|---:|"]
     lines += [f"| {name} | {v} | {f} |" for name, v, f in metrics_rows(m)]
-    fd = "fid" if "fid" in m else "fd"
+    from gan_core.evaluate import primary_metric
+
+    fd = primary_metric(m)
     if fd in m and m.get(f"floor/{fd}"):
         lines += ["", f"{fd.upper()} is {m[fd] / m[f'floor/{fd}']:.2f}x its real-vs-real floor "
                       f"({int(m.get('num_samples', 0))} samples per set; features: {summary.get('features', '?')})."]
@@ -420,7 +422,9 @@ def summary_lines(summary: dict[str, Any], temporary_api_url: str | None = None)
            f"champion     {summary['alias_uri']} -> version {summary['champion_version'] or '-'}",
            f"samples      {summary['sample_grid']}", "metrics      (G_ema | real-vs-real floor)"]
     out += [f"  {name:<22} {v:>10}  {f:>10}" for name, v, f in metrics_rows(m)]
-    fd = "fid" if "fid" in m else "fd"
+    from gan_core.evaluate import primary_metric
+
+    fd = primary_metric(m)
     if fd in m and m.get(f"floor/{fd}"):
         out.append(f"  {fd.upper() + ' / floor':<23}{m[fd] / m[f'floor/{fd}']:>10.2f}")
     if summary.get("features"):

@@ -212,3 +212,18 @@ def test_random_conv_features_are_fixed_by_the_seed_and_separate_photos_from_noi
     # golden: the weights come from a seeded CPU generator, the same on every machine
     assert a.net[0].weight.flatten()[:3].tolist() == pytest.approx([-0.30046, -0.30754, -0.06687], abs=1e-4)
     assert a(torch.zeros(2, 1, 64, 64)).shape == (2, 256)  # grey, any resolution
+
+
+def test_the_pipeline_report_names_fid_its_floor_ratio_and_the_weights(tmp_path):
+    from pipelines.flow import report_markdown
+
+    weights = "inception:inception-2015-12-05.pt@sha256:0123456789ab"
+    summary = {"model_name": "ganpipe-photos", "version": "1", "model_uri": "models:/ganpipe-photos/1",
+               "alias": "champion", "champion_version": "1", "decision": "promoted: first champion (fid=12)",
+               "dataset_uri": str(tmp_path), "run_name": "gan-photos", "train_step": 1,
+               "sample_grid": str(tmp_path / "grid.png"), "seconds": {"evaluation": 1.0},
+               "metrics": {"fid": 12.0, "floor/fid": 3.0, "num_samples": 100.0}, "features": weights}
+    text = report_markdown(summary)
+    assert "| fid | 12 | 3 |" in text and f"FID is 4.00x its real-vs-real floor (100 samples per set; features: {weights})" in text
+    summary["metrics"], summary["features"] = {"fd": 12.0, "floor/fd": 6.0, "num_samples": 100.0}, "random_conv256"
+    assert "FD is 2.00x its real-vs-real floor (100 samples per set; features: random_conv256)" in report_markdown(summary)
