@@ -42,7 +42,9 @@ def ensure_ray(address: str | None = None) -> None:
 
     NOTE: "local", not None: `ray.init()` with no address joins whatever cluster /tmp/ray names (another
     user's, or a dead one it then waits on forever). Worker output reaches the driver (training's
-    per-tick lines come from the rank-0 worker).
+    per-tick lines come from the rank-0 worker). A local instance binds 127.0.0.1 only when the process
+    started with RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, as the CLI's embedded default sets it
+    (pipelines.cli.set_embedded_defaults): Ray reads it at import, so it is not an argument here.
     """
     import ray
 

@@ -10,15 +10,25 @@ line to stderr and exits 2, without a traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import os
+import signal
 import sys
+import threading
+
+
+# Ray's switch between a loopback-only local instance ("0") and one bound to all interfaces ("1"); see
+# set_embedded_defaults
+RAY_LOCAL_ONLY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 
 def set_embedded_defaults() -> str | None:
     """The embedded default, resolved once at the edge: the process environment that every tool reads.
 
     - telemetry off (there is nowhere to send it);
+    - a local Ray instance started here binds 127.0.0.1 only (unless RAY_ADDRESS names a cluster, or
+      RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=1 asks for all interfaces);
     - MLflow: `MLFLOW_TRACKING_URI` = SQLite under GANPIPE_HOME when nobody set one, so that MLflow's own
       resolution (its fluent API, every client, Ray workers started later) finds the same store;
     - Prefect: with no server and no Prefect home configured, the temporary server's database lives under
@@ -33,6 +43,13 @@ def set_embedded_defaults() -> str | None:
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    if not os.environ.get("RAY_ADDRESS"):
+        # NOTE: a local Ray instance we start serves this host only. This is Ray's own switch for that:
+        # off, the node IP of an instance it starts is the loopback address and every Ray process (GCS,
+        # raylet, agents, workers) binds 127.0.0.1; on (Ray's default on Linux) they bind all interfaces
+        # (ray.init(_node_ip_address="127.0.0.1") is turned back into the host's address). Ray reads it
+        # when imported, so here, first. Set it to 1 for a local instance other hosts must reach.
+        os.environ.setdefault(RAY_LOCAL_ONLY_ENV, "0")
     os.environ.setdefault("MLFLOW_TRACKING_URI", mlflow_tracking_uri())
     if any(os.environ.get(k) for k in ("PREFECT_API_URL", "PREFECT_HOME", "PREFECT_PROFILES_PATH")):
         return None
@@ -96,6 +113,37 @@ def _not_yet(name: str) -> int:
     return 2
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised in the main thread like Ctrl-C (SIGINT), so that the command unwinds the
+    same way: the flow is marked crashed, and the exit handlers stop what this process started (its local
+    Ray instance through ray.shutdown, the temporary Prefect server). Python's default for these signals is
+    to die at once, leaving those processes running. SIGKILL cannot be caught: after `kill -9` the
+    services of the embedded default stay until stopped by hand."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _raise_terminated(signum: int, frame) -> None:
+    raise Terminated(signum)
+
+
+@contextlib.contextmanager
+def _signals_unwind():
+    """SIGTERM and SIGHUP raise Terminated for the length of a command (main thread only; handlers of the
+    caller's restored afterwards, for in-process callers such as the tests)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.signal(s, _raise_terminated) for s in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
 def main(argv: list[str] | None = None) -> int:
     embedded_prefect_home = set_embedded_defaults()
     parser = build_parser()
@@ -104,17 +152,21 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     args.embedded_prefect_home = embedded_prefect_home
-    try:
-        return int(args.func(args) or 0)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except PipelineFailed as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    with _signals_unwind():
+        try:
+            return int(args.func(args) or 0)
+        except UserError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        except PipelineFailed as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        except Terminated as e:
+            print(f"interrupted ({e})", file=sys.stderr)
+            return 128 + e.signum
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            return 130
 
 
 if __name__ == "__main__":
