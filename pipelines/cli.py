@@ -10,12 +10,9 @@ line to stderr and exits 2, without a traceback.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib
 import os
-import signal
 import sys
-import threading
 
 
 # Ray's switch between a loopback-only local instance ("0") and one bound to all interfaces ("1"); see
@@ -113,37 +110,6 @@ def _not_yet(name: str) -> int:
     return 2
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM or SIGHUP, raised in the main thread like Ctrl-C (SIGINT), so that the command unwinds the
-    same way: the flow is marked crashed, and the exit handlers stop what this process started (its local
-    Ray instance through ray.shutdown, the temporary Prefect server). Python's default for these signals is
-    to die at once, leaving those processes running. SIGKILL cannot be caught: after `kill -9` the
-    services of the embedded default stay until stopped by hand."""
-
-    def __init__(self, signum: int):
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
-
-
-def _raise_terminated(signum: int, frame) -> None:
-    raise Terminated(signum)
-
-
-@contextlib.contextmanager
-def _signals_unwind():
-    """SIGTERM and SIGHUP raise Terminated for the length of a command (main thread only; handlers of the
-    caller's restored afterwards, for in-process callers such as the tests)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = {s: signal.signal(s, _raise_terminated) for s in (signal.SIGTERM, signal.SIGHUP)}
-    try:
-        yield
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
-
-
 def main(argv: list[str] | None = None) -> int:
     embedded_prefect_home = set_embedded_defaults()
     parser = build_parser()
@@ -152,21 +118,17 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     args.embedded_prefect_home = embedded_prefect_home
-    with _signals_unwind():
-        try:
-            return int(args.func(args) or 0)
-        except UserError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-        except PipelineFailed as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 1
-        except Terminated as e:
-            print(f"interrupted ({e})", file=sys.stderr)
-            return 128 + e.signum
-        except KeyboardInterrupt:
-            print("interrupted", file=sys.stderr)
-            return 130
+    try:
+        return int(args.func(args) or 0)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except PipelineFailed as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":
