@@ -1,5 +1,6 @@
-"""Sources that can be staged: built-in datasets, image folders, ``.npy``/``.npz`` arrays and Parquet,
-on local disk or under ``s3://``.
+"""Sources that can be staged: built-in datasets, ``.npy``/``.npz`` arrays, Parquet with a numeric
+column ``x``, and (in infra.image_sources) encoded images: an image folder, Parquet with an
+encoded-image column, a zip archive; on local disk or under ``s3://``. ``open_source`` picks one.
 
 A source answers four questions, cheaply and in this order:
 1. ``fingerprint()`` - what exactly is the input? (content hashes or S3 ETags, never the location)
@@ -18,7 +19,6 @@ import json
 import math
 import pickle
 import posixpath
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -34,7 +34,8 @@ from . import storage
 from .shardset import SCHEMA_METADATA_KEY, column_to_numpy, content_address
 from .storage import Location, StorageError
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+ZIP_SUFFIX = ".zip"
 ARRAY_SUFFIXES = (".npy", ".npz")
 PARQUET_SUFFIX = ".parquet"
 # dtypes an array source may have; everything else (ints, bools, complex, objects) is refused.
@@ -45,7 +46,6 @@ IMAGE_NORMALISATION = Normalisation(1.0 / 127.5, -1.0)  # uint8 images 0..255 ->
 # another version (ImageOps.fit crops in source pixels, then resizes; earlier staging did the reverse).
 RESIZE_METHOD = "ImageOps.fit/bicubic"
 BUILTIN_SOURCES = ("digits", "ring8", "grid25")
-S3_FETCH_THREADS = 16  # concurrent GETs per image chunk on S3
 
 
 class SourceError(ValueError):
@@ -220,13 +220,13 @@ def array_file_source(loc: Location, labels_loc: Location | None) -> ArraySource
         raise SourceError(f"{where}: empty source (0 examples)")
     spec = _array_spec(x, where, labels is not None)
     files = [f for loc_ in (loc, labels_loc) if loc_ is not None
-             for f in _file_tokens(loc_, [storage.require_exists(loc_)], [loc_.name])]
+             for f in file_tokens(loc_, [storage.require_exists(loc_)], [loc_.name])]
     fp = {"kind": "arrays", "files": files}
     name = posixpath.splitext(loc.name)[0]
     return ArraySource(x, labels, spec, fp, name, where)
 
 
-def _file_tokens(base: Location, files: Sequence[pafs.FileInfo], names: Sequence[str]) -> list[list]:
+def file_tokens(base: Location, files: Sequence[pafs.FileInfo], names: Sequence[str]) -> list[list]:
     """[name, size, content token] per file below (or at) `base`: the ETag on S3 (one listing, nothing
     downloaded), sha256 on local disk."""
     if isinstance(base.fs, pafs.S3FileSystem):
@@ -234,126 +234,6 @@ def _file_tokens(base: Location, files: Sequence[pafs.FileInfo], names: Sequence
         rels = [storage.relative(base, i.path) for i in files]
         return [[n, i.size, "etag:" + etags.get("" if r == "." else r, "")] for n, i, r in zip(names, files, rels)]
     return [[n, i.size, "sha256:" + storage.sha256_of(Location(base.fs, i.path, ""))[0]] for n, i in zip(names, files)]
-
-
-# --- image folders ------------------------------------------------------------------------------
-
-
-class ImageFolderSource(Source):
-    """PNG/JPEG files under a folder, sorted by path. If the images sit in sub-folders, the first
-    sub-folder level names the class and becomes the label (sorted names -> 0, 1, ...).
-
-    Every image is converted to RGB (or grayscale), and with a target size resized so that its
-    shorter side equals the size and centre-cropped to a square. Stored as uint8, (C, H, W).
-    """
-
-    kind = "image_folder"
-
-    def __init__(self, loc: Location, image_size: int | None, grayscale: bool, skip_bad: bool):
-        self.loc, self.image_size, self.grayscale, self.skip_bad = loc, image_size, grayscale, skip_bad
-        self.default_name = loc.name
-        if image_size is not None and image_size <= 0:
-            raise SourceError(f"--image-size must be positive, got {image_size}")
-        infos = [i for i in storage.list_files(loc) if i.path.lower().endswith(IMAGE_SUFFIXES)]
-        if not infos:
-            raise SourceError(f"{loc.uri}: empty source (no .png/.jpg/.jpeg files)")
-        self.files = infos
-        self.rel = [storage.relative(loc, i.path) for i in infos]
-        in_subdirs = ["/" in r for r in self.rel]
-        if any(in_subdirs) and not all(in_subdirs):
-            stray = self.rel[in_subdirs.index(False)]
-            raise SourceError(f"{storage.join_uri(loc.uri, stray)}: image outside the class sub-folders "
-                              "(put every image in a class folder, or none)")
-        self.class_names = sorted({r.split("/", 1)[0] for r in self.rel}) if all(in_subdirs) else None
-        self.labels = (np.array([self.class_names.index(r.split("/", 1)[0]) for r in self.rel], np.int64)
-                       if self.class_names else None)
-        channels = 1 if grayscale else 3
-        if image_size is None:
-            height, width = self._first_size()
-        else:
-            height = width = image_size
-        self.spec = ArraySpec((channels, height, width), "uint8", IMAGE_NORMALISATION, (0.0, 255.0),
-                              self.labels is not None, tuple(self.class_names) if self.class_names else None)
-        self._fingerprint: dict | None = None
-
-    def _uri(self, i: int) -> str:
-        return storage.join_uri(self.loc.uri, self.rel[i])
-
-    def _first_size(self) -> tuple[int, int]:
-        """(height, width) of the first readable image. Without a target size every image must have
-        it; the others are checked as they are decoded, so the files are read only once."""
-        from PIL import Image
-
-        for i, info in enumerate(self.files):
-            data = storage.read_bytes(Location(self.loc.fs, info.path, ""))  # storage errors propagate
-            try:
-                with Image.open(io.BytesIO(data)) as im:
-                    width, height = im.size  # from the header
-            except Exception as e:  # noqa: BLE001 - Pillow raises many types for bad files
-                if self.skip_bad:
-                    continue
-                raise SourceError(f"{self._uri(i)}: unreadable or corrupt image ({e})") from None
-            self._size_from = self._uri(i)
-            return height, width
-        raise SourceError(f"{self.loc.uri}: empty source (every image is unreadable)")
-
-    def fingerprint(self) -> dict[str, Any]:
-        if self._fingerprint is None:
-            tokens = _file_tokens(self.loc, self.files, self.rel)
-            self._fingerprint = {
-                "kind": self.kind, "num_files": len(tokens), "files_sha256": content_address(tokens, 64),
-                "image_size": self.image_size, "grayscale": self.grayscale, "skip_bad": self.skip_bad,
-            }
-            if self.image_size is not None:
-                self._fingerprint["resize"] = RESIZE_METHOD
-        return self._fingerprint
-
-    def __len__(self) -> int:
-        return len(self.files)
-
-    def _decode(self, data: bytes, i: int) -> np.ndarray | None:
-        """One image as uint8 (C, H, W); None for a bad file when skipping."""
-        from PIL import Image, ImageOps
-
-        try:
-            with Image.open(io.BytesIO(data)) as im:
-                im = im.convert("L" if self.grayscale else "RGB")
-                if self.image_size is not None:  # shorter side to image_size, centre square
-                    im = ImageOps.fit(im, (self.image_size,) * 2, method=Image.Resampling.BICUBIC)
-                elif (im.height, im.width) != self.spec.shape[1:]:
-                    raise SourceError(f"images of mixed sizes without --image-size: {self._uri(i)} is "
-                                      f"{im.width}x{im.height}, {self._size_from} is "
-                                      f"{self.spec.shape[2]}x{self.spec.shape[1]}")
-                a = np.asarray(im, dtype=np.uint8)
-        except SourceError:
-            raise
-        except Exception as e:  # noqa: BLE001 - Pillow raises many types for bad files
-            if self.skip_bad:
-                return None
-            raise SourceError(f"{self._uri(i)}: unreadable or corrupt image ({e})") from None
-        return a[None, :, :] if a.ndim == 2 else a.transpose(2, 0, 1)
-
-    def _fetch(self, i: int) -> bytes:
-        return storage.read_bytes(Location(self.loc.fs, self.files[i].path, ""))  # storage errors propagate
-
-    def read(self, start: int, stop: int) -> Chunk:
-        if isinstance(self.loc.fs, pafs.S3FileSystem):
-            # one GET per image: overlap their latency; map keeps the order
-            with ThreadPoolExecutor(max_workers=S3_FETCH_THREADS) as pool:
-                blobs = list(pool.map(self._fetch, range(start, stop)))
-        else:
-            blobs = [self._fetch(i) for i in range(start, stop)]
-        rows, keep, skipped = [], [], []
-        for i, data in zip(range(start, stop), blobs):
-            a = self._decode(data, i)
-            if a is None:
-                skipped.append(self._uri(i))
-                continue
-            rows.append(a.reshape(-1))
-            keep.append(i)
-        x = np.stack(rows) if rows else np.zeros((0, self.spec.row_size), np.uint8)
-        labels = None if self.labels is None else self.labels[np.array(keep, dtype=np.int64)]
-        return Chunk(x, labels, skipped)
 
 
 # --- Parquet ------------------------------------------------------------------------------------
@@ -427,13 +307,12 @@ class ParquetSource(Source):
         # NOTE: a ParquetFile per read. One shared by the staging threads races in its pre-buffer cache
         # over S3 ("ReadRangeCache did not find matching cache entry", or a crash). The footer parsed
         # once is handed in, so a fresh one costs only the open (on S3 a HEAD) per row group.
-        pf = pq.ParquetFile(self.loc.fs.open_input_file(self.files[fi].path), metadata=self.footers[fi])
-        return pf.read_row_group(g, columns=self.columns)
+        return read_row_group(self.loc.fs, self.files[fi].path, self.footers[fi], g, self.columns, self._uri(fi))
 
     def fingerprint(self) -> dict[str, Any]:
         rels = [storage.relative(self.loc, i.path) for i in self.files]
         names = [posixpath.basename(i.path) if r == "." else r for r, i in zip(rels, self.files)]
-        tokens = _file_tokens(self.loc, self.files, names)
+        tokens = file_tokens(self.loc, self.files, names)
         return {"kind": self.kind, "num_files": len(tokens), "files_sha256": content_address(tokens, 64)}
 
     def __len__(self) -> int:
@@ -460,14 +339,39 @@ class ParquetSource(Source):
         return Chunk(x, np.concatenate(ys) if self.spec.has_labels else None)
 
 
+def read_row_group(fs: pafs.FileSystem, path: str, footer: pq.FileMetaData, group: int, columns: list[str],
+                   where: str) -> pa.Table:
+    """Row group `group` of a Parquet file whose footer is parsed already. SourceError for corrupt
+    contents (the input is bad: retrying cannot help); storage errors propagate as OSError."""
+    pf = pq.ParquetFile(fs.open_input_file(path), metadata=footer)
+    try:
+        return pf.read_row_group(group, columns=columns)
+    except pa.ArrowInvalid as e:
+        raise SourceError(f"{where}: row group {group} is not readable ({e})") from None
+    except OSError as e:
+        # NOTE: Arrow raises a plain OSError both for undecodable pages ("Couldn't deserialize thrift",
+        # "Corrupt snappy compressed data") and for storage failures. The latter name their origin
+        # ("AWS Error ...", "[Errno 5] ..."); those stay OSErrors, which the staging flow retries.
+        message = str(e)
+        if "AWS Error" in message or "Errno" in message:
+            raise
+        raise SourceError(f"{where}: row group {group} is not readable ({message.splitlines()[0]})") from None
+
+
 # --- entry point --------------------------------------------------------------------------------
 
 
 def open_source(source: str, *, num_samples: int = 50_000, seed: int = 0, image_size: int | None = None,
-                grayscale: bool = False, skip_bad: bool = False, labels: str | None = None) -> Source:
+                grayscale: bool = False, skip_bad: bool = False, labels: str | None = None,
+                image_column: str | None = None, label_column: str | None = None) -> Source:
     """A source from its name or URI: a built-in name, or a local path / s3:// URI of an image folder,
-    a .npy/.npz file, or Parquet file(s)."""
+    a .npy/.npz file, a .zip of images, or Parquet file(s). Parquet holding a column ``x`` is numeric
+    unless `image_column` is given; otherwise it must hold an encoded-image column (`image_column`,
+    default ``image``). SourceError (one line) for anything unusable."""
+    from .image_sources import ImageFolderSource, ParquetImageSource, ZipImageSource  # they build on this module
+
     if source in BUILTIN_SOURCES:
+        _refuse_column_options(image_column, label_column)
         return builtin_source(source, num_samples, seed)
     try:
         loc = storage.resolve(source)
@@ -484,21 +388,46 @@ def open_source(source: str, *, num_samples: int = 50_000, seed: int = 0, image_
     if info.type == pafs.FileType.File:
         lower = loc.path.lower()
         if lower.endswith(ARRAY_SUFFIXES):
+            _refuse_column_options(image_column, label_column)
             return array_file_source(loc, labels_loc)
         if labels_loc is not None:
             raise SourceError("--labels applies to .npy/.npz sources only")
         if lower.endswith(PARQUET_SUFFIX):
-            return ParquetSource(loc, [info])
-        raise SourceError(f"{loc.uri}: unsupported source file (expected .npy, .npz or .parquet)")
-    if labels_loc is not None:
-        raise SourceError("--labels applies to .npy/.npz sources only")
-    files = storage.list_files(loc)
-    images = [i for i in files if i.path.lower().endswith(IMAGE_SUFFIXES)]
-    parquets = [i for i in files if i.path.lower().endswith(PARQUET_SUFFIX)]
-    if images and parquets:
-        raise SourceError(f"{loc.uri}: holds both images and Parquet files; point at one kind")
-    if parquets:
+            parquets = [info]
+        elif lower.endswith(ZIP_SUFFIX):
+            _refuse_column_options(image_column, label_column)
+            return ZipImageSource(loc, info, image_size, grayscale, skip_bad)
+        else:
+            raise SourceError(f"{loc.uri}: unsupported source file (expected .npy, .npz, .parquet or .zip)")
+    else:
+        if labels_loc is not None:
+            raise SourceError("--labels applies to .npy/.npz sources only")
+        files = storage.list_files(loc)
+        images = [i for i in files if i.path.lower().endswith(IMAGE_SUFFIXES)]
+        parquets = [i for i in files if i.path.lower().endswith(PARQUET_SUFFIX)]
+        if images and parquets:
+            raise SourceError(f"{loc.uri}: holds both images and Parquet files; point at one kind")
+        if images:
+            _refuse_column_options(image_column, label_column)
+            return ImageFolderSource(loc, image_size, grayscale, skip_bad)
+        if not parquets:
+            raise SourceError(f"{loc.uri}: empty source (no images, .npy/.npz or Parquet files)")
+    if image_column is None and _has_column_x(loc, parquets[0]):
+        if label_column is not None:
+            raise SourceError("--label-column applies to Parquet image sources only (numeric Parquet: column label)")
         return ParquetSource(loc, parquets)
-    if images:
-        return ImageFolderSource(loc, image_size, grayscale, skip_bad)
-    raise SourceError(f"{loc.uri}: empty source (no images, .npy/.npz or Parquet files)")
+    return ParquetImageSource(loc, parquets, image_size, grayscale, skip_bad, image_column, label_column)
+
+
+def _has_column_x(loc: Location, info: pafs.FileInfo) -> bool:
+    """Whether a Parquet file has the numeric column ``x`` (read from its footer)."""
+    try:
+        return "x" in pq.read_schema(loc.fs.open_input_file(info.path)).names
+    except pa.ArrowInvalid as e:
+        where = loc.uri if info.path == loc.path else storage.join_uri(loc.uri, storage.relative(loc, info.path))
+        raise SourceError(f"{where}: not a readable Parquet file ({e})") from None
+
+
+def _refuse_column_options(image_column: str | None, label_column: str | None) -> None:
+    if image_column is not None or label_column is not None:
+        raise SourceError("--image-column / --label-column apply to Parquet sources only")

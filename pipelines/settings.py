@@ -59,11 +59,17 @@ class SourceSettings:
     grayscale: bool = False  # images: one channel instead of RGB
     skip_bad: bool = False  # images: skip unreadable files instead of failing
     labels: str = ""  # .npy sources: a .npy file of integer labels
+    image_column: str = ""  # Parquet: the encoded-image column; "" = image (files with a column x are numeric)
+    label_column: str = ""  # Parquet images: the label column (integers or strings); "" = label, if present
 
     def __post_init__(self) -> None:
         check(self.num_samples >= 0, "source.num_samples", self.num_samples, "an integer >= 0")
         check(self.seed >= 0, "source.seed", self.seed, "an integer >= 0")
         check(self.image_size >= 0, "source.image_size", self.image_size, "an integer >= 0 (0 = keep the size)")
+        for key, column in (("source.image_column", self.image_column), ("source.label_column", self.label_column)):
+            check(column == column.strip(), key, column, "a column name without surrounding spaces")
+        check(not self.image_column or self.image_column != self.label_column, "source.label_column",
+              self.label_column, "a column other than source.image_column")
 
 
 @dataclass(frozen=True)
@@ -191,7 +197,8 @@ class Settings:
     def staging_options(self) -> dict[str, Any]:
         s = self.source
         return {"num_samples": s.num_samples or self.gan.data.num_examples, "seed": s.seed, "image_size": s.image_size or None,
-                "grayscale": s.grayscale, "skip_bad": s.skip_bad, "labels": s.labels or None}
+                "grayscale": s.grayscale, "skip_bad": s.skip_bad, "labels": s.labels or None,
+                "image_column": s.image_column or None, "label_column": s.label_column or None}
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"preset": self.preset}

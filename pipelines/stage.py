@@ -111,13 +111,15 @@ def summarise_version(manifest: dict, version_uri: str) -> None:
       log_prints=True)
 def stage_dataset(source: str, root: str, name: str | None = None, *, num_samples: int = 50_000, seed: int = 0,
                   image_size: int | None = None, grayscale: bool = False, skip_bad: bool = False,
-                  labels: str | None = None, rows_per_shard: int | None = None,
+                  labels: str | None = None, image_column: str | None = None, label_column: str | None = None,
+                  rows_per_shard: int | None = None,
                   target_shard_mib: float = datasets.DEFAULT_TARGET_SHARD_MIB, row_group_rows: int | None = None,
                   compression: str = datasets.DEFAULT_COMPRESSION, show_progress: bool = False) -> str:
-    """Stage `source` (digits | ring8 | grid25 | a path or s3:// URI of images, .npy/.npz, Parquet)
-    under `root`; return the committed version's URI."""
+    """Stage `source` (digits | ring8 | grid25 | a path or s3:// URI of images, .npy/.npz, Parquet, a .zip
+    of images) under `root`; return the committed version's URI."""
     options = dict(num_samples=num_samples, seed=seed, image_size=image_size, grayscale=grayscale,
-                   skip_bad=skip_bad, labels=labels, rows_per_shard=rows_per_shard,
+                   skip_bad=skip_bad, labels=labels, image_column=image_column, label_column=label_column,
+                   rows_per_shard=rows_per_shard,
                    target_shard_mib=target_shard_mib, row_group_rows=row_group_rows, compression=compression)
     # 1. Fingerprint: the version is known before anything is written.
     plan = fingerprint_source(source, root, name, options)

@@ -102,3 +102,13 @@ def mlflow_tracking(tmp_path, monkeypatch):
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     yield uri
+
+
+@pytest.fixture(scope="session")
+def photo_crops(tmp_path_factory):
+    """48 random 32x32 crops of scikit-learn's two sample photographs (labels 0 china, 1 flower), written
+    as an image folder, a Hugging Face-style Parquet file and a StyleGAN zip: see
+    tests.staging_data.make_photo_crops (keys folder, parquet, zip, x, labels)."""
+    from tests.staging_data import make_photo_crops
+
+    return make_photo_crops(tmp_path_factory.mktemp("photo-crops"), 48)

@@ -9,9 +9,13 @@ import sys
 EPILOG = """\
 sources:
   digits | ring8 | grid25           built-in datasets (mixtures take --num-samples and --seed)
-  PATH_OR_S3_URI                    a folder of PNG/JPEG images (class sub-folders become labels),
+  PATH_OR_S3_URI                    a folder of PNG/JPEG/WebP images (class sub-folders become labels),
                                     a .npy/.npz file (labels: --labels, or 'labels'/'y' in the .npz),
-                                    or Parquet file(s) with a column x (and optionally label)
+                                    Parquet file(s) with a numeric column x (and optionally label),
+                                    Parquet file(s) with encoded images, as Hugging Face datasets
+                                    publish them (--image-column, default image: struct {bytes, path}
+                                    or binary; --label-column, default label: integers or strings),
+                                    or a .zip of images (labels from StyleGAN's dataset.json, if any)
 
 The version is a hash of the input and the options: staging the same input again writes nothing.
 The version's URI is printed on stdout; train on it, or on ROOT/datasets/NAME (the latest version).
@@ -22,6 +26,8 @@ examples:
   ganpipe stage grid25 --num-samples 100000 --seed 1 --root s3://bucket/ganpipe
   ganpipe stage ./faces --image-size 64 --root s3://bucket/ganpipe --name faces64
   ganpipe stage s3://bucket/raw/cats --image-size 32 --grayscale --skip-bad --root ./data
+  ganpipe stage ./cifar10/train-00000-of-00001.parquet --image-size 32 --root ./data
+  ganpipe stage s3://bucket/raw/ffhq64.zip --root s3://bucket/ganpipe
   ganpipe stage ./x.npy --labels ./y.npy --root ./data --rows-per-shard 10000
   ganpipe stage ./data/datasets/faces64 --verify     (check the latest version's checksums)
 """
@@ -44,6 +50,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--skip-bad", action="store_true",
                    help="images: skip unreadable files and count them in the manifest (default: fail)")
     p.add_argument("--labels", metavar="NPY", help=".npy sources: a .npy file of integer labels, one per example")
+    p.add_argument("--image-column", metavar="NAME",
+                   help="Parquet: the encoded-image column (default: image; giving it reads x-holding files as images too)")
+    p.add_argument("--label-column", metavar="NAME",
+                   help="Parquet images: the label column, integers or strings (default: label, if present)")
     p.add_argument("--rows-per-shard", type=int,
                    help="rows per shard (default: about --target-shard-mib of uncompressed data)")
     p.add_argument("--target-shard-mib", type=float, default=64.0, help="shard size target (default 64 MiB)")
@@ -92,6 +102,7 @@ def run(args: argparse.Namespace) -> int:
 def _stage(args: argparse.Namespace) -> str:
     options = dict(num_samples=args.num_samples, seed=args.seed, image_size=args.image_size,
                    grayscale=args.grayscale, skip_bad=args.skip_bad, labels=args.labels,
+                   image_column=args.image_column, label_column=args.label_column,
                    rows_per_shard=args.rows_per_shard, target_shard_mib=args.target_shard_mib,
                    row_group_rows=args.row_group_rows, compression=args.compression)
     engine = args.engine

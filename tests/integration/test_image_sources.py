@@ -1,0 +1,161 @@
+"""Encoded-image sources on real photographs: the same random crops of scikit-learn's two sample
+photographs as an image folder, a Hugging Face-style Parquet file and a StyleGAN zip stage to the same
+rows, on local disk and on moto's S3 server, and each reruns as a cache hit."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+
+import boto3
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from infra import datasets
+from infra.image_sources import ParquetImageSource, ZipImageSource
+from infra.sources import ParquetSource, open_source
+from pipelines.cli import main
+from pipelines.settings import resolve_settings
+from tests.staging_data import file_mtimes, object_versions, upload_folder
+
+pytestmark = pytest.mark.integration
+
+KINDS = ("folder", "parquet", "zip")
+
+
+def _uri(crops: dict, kind: str, base: str | None) -> str:
+    """The crops of `kind` locally, or under s3://base (uploaded by the fixture)."""
+    if base is None:
+        return str(crops[kind])
+    return f"{base}/{crops[kind].relative_to(crops['folder'].parent).as_posix()}"
+
+
+@pytest.fixture(params=["local", "s3"])
+def where(request, photo_crops, tmp_path):
+    """(source base or None for local, storage root): on S3 the crops are uploaded to a fresh versioned
+    bucket, and the datasets are staged there too (to count rewrites)."""
+    if request.param == "local":
+        return None, str(tmp_path / "store")
+    bucket = request.getfixturevalue("s3_bucket")
+    boto3.client("s3").put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+    upload_folder(photo_crops["folder"].parent, bucket, "raw")
+    return f"s3://{bucket}/raw", f"s3://{bucket}/ganpipe"
+
+
+def _writes(root: str) -> dict:
+    """Everything written under a storage root: mtimes locally, object versions on S3."""
+    if root.startswith("s3://"):
+        bucket, _, prefix = root[len("s3://"):].partition("/")
+        return object_versions(bucket, prefix)
+    from pathlib import Path
+
+    return file_mtimes(Path(root))
+
+
+def test_folder_parquet_and_zip_stage_the_same_rows_and_rerun_as_cache_hits(photo_crops, where):
+    base, root = where
+    versions = {}
+    for kind in KINDS:
+        ds = datasets.stage(_uri(photo_crops, kind, base), root, name=f"crops-{kind}", rows_per_shard=24)
+        x, labels = ds.load_arrays()
+        assert np.array_equal(x, photo_crops["x"]), kind  # the same pixels, in the same order
+        assert np.array_equal(labels, photo_crops["labels"]), kind
+        m = ds.manifest
+        assert (m["shape"], m["dtype"], m["num_skipped"], m["has_labels"]) == ([3, 32, 32], "uint8", 0, True)
+        # the folder's class names, and the Parquet file's ClassLabel names; a zip's dataset.json has none
+        assert m["label_names"] == (None if kind == "zip" else ["china", "flower"])
+        versions[kind] = ds.version
+        before = _writes(root)
+        again = datasets.stage(_uri(photo_crops, kind, base), root, name=f"crops-{kind}", rows_per_shard=24)
+        assert again.version == ds.version and _writes(root) == before, kind  # a cache hit: nothing rewritten
+    assert len(set(versions.values())) == 3  # content addresses of three different inputs
+
+
+def test_resize_and_grayscale_go_through_one_decode_path(photo_crops):
+    from PIL import Image, ImageOps
+
+    rows = {}
+    for kind in KINDS:
+        source = open_source(str(photo_crops[kind]), image_size=20, grayscale=True)
+        assert source.spec.shape == (1, 20, 20)
+        rows[kind] = source.read(0, len(source)).x
+    assert np.array_equal(rows["folder"], rows["parquet"]) and np.array_equal(rows["folder"], rows["zip"])
+    first = ImageOps.fit(Image.fromarray(photo_crops["x"][0].transpose(1, 2, 0)).convert("L"), (20, 20),
+                         method=Image.Resampling.BICUBIC)
+    assert np.array_equal(rows["zip"][0], np.asarray(first).reshape(-1))
+
+
+def test_options_and_columns_are_part_of_the_version(photo_crops, tmp_path):
+    parquet = str(photo_crops["parquet"])
+    plain = datasets.plan_staging(parquet, str(tmp_path)).version
+    assert datasets.plan_staging(parquet, str(tmp_path)).version == plain
+    assert datasets.plan_staging(parquet, str(tmp_path), image_size=16).version != plain
+    assert datasets.plan_staging(parquet, str(tmp_path), grayscale=True).version != plain
+    assert datasets.plan_staging(parquet, str(tmp_path), skip_bad=True).version != plain
+    # the same bytes under other column names: another table, another version
+    table = pq.read_table(parquet).rename_columns(["img", "class"])
+    pq.write_table(table, tmp_path / "renamed.parquet")
+    renamed = datasets.plan_staging(str(tmp_path / "renamed.parquet"), str(tmp_path), image_column="img",
+                                    label_column="class")
+    assert renamed.version != plain and renamed.fingerprint["image_column"] == "img"
+
+
+def test_detection_between_numeric_and_image_parquet(photo_crops, tmp_path):
+    assert isinstance(open_source(str(photo_crops["parquet"])), ParquetImageSource)
+    assert isinstance(open_source(str(photo_crops["zip"])), ZipImageSource)
+    # a column x makes a file numeric unless an image column is named
+    table = pq.read_table(photo_crops["parquet"])
+    both = table.append_column("x", pa.array([[0.5, 1.0]] * len(table), pa.list_(pa.float32())))
+    pq.write_table(both, tmp_path / "both.parquet")
+    assert isinstance(open_source(str(tmp_path / "both.parquet")), ParquetSource)
+    assert isinstance(open_source(str(tmp_path / "both.parquet"), image_column="image"), ParquetImageSource)
+
+
+def test_string_labels_binary_images_and_a_folder_of_parquet_files_through_the_cli(photo_crops, tmp_path, capsys):
+    """Labels as strings (sorted -> 0..K-1), images as plain binary, two files read in path order."""
+    table = pq.read_table(photo_crops["parquet"])
+    n = len(table)
+    png = pa.array([cell["bytes"] for cell in table.column("image").to_pylist()], pa.binary())
+    names = pa.array(["china", "flower"], pa.string()).take(table.column("label"))
+    (tmp_path / "shards").mkdir()
+    half = n // 2
+    for k, (a, b) in enumerate(((0, half), (half, n))):
+        part = pa.table({"photo": png[a:b], "which": names[a:b]})
+        pq.write_table(part, tmp_path / "shards" / f"train-{k:05d}-of-00002.parquet", row_group_size=7)
+    root = tmp_path / "store"
+    rc = main(["stage", str(tmp_path / "shards"), "--root", str(root), "--image-column", "photo",
+               "--label-column", "which", "--image-size", "16", "--no-progress", "--engine", "direct"])
+    assert rc == 0, capsys.readouterr().err
+    ds = datasets.open_dataset(capsys.readouterr().out.strip())
+    x, labels = ds.load_arrays()
+    assert x.shape == (n, 3, 16, 16) and np.array_equal(labels, photo_crops["labels"])
+    assert ds.manifest["label_names"] == ["china", "flower"]
+    assert ds.manifest["source"]["label_column"] == "which"
+    expected = open_source(str(photo_crops["folder"]), image_size=16)
+    assert np.array_equal(x.reshape(n, -1), expected.read(0, n).x)
+
+
+def test_zip_without_labels_and_with_null_labels(photo_crops, tmp_path):
+    with zipfile.ZipFile(photo_crops["zip"]) as src, zipfile.ZipFile(tmp_path / "null.zip", "w") as dst, \
+            zipfile.ZipFile(tmp_path / "none.zip", "w") as bare:
+        for info in src.infolist():
+            if info.filename != "dataset.json":
+                dst.writestr(info.filename, src.read(info))
+                bare.writestr(info.filename, src.read(info))
+        dst.writestr("dataset.json", json.dumps({"labels": None}))
+    for name in ("null.zip", "none.zip"):
+        source = open_source(str(tmp_path / name))
+        chunk = source.read(0, len(source))
+        assert not source.spec.has_labels and chunk.labels is None
+        assert np.array_equal(chunk.x, photo_crops["x"].reshape(len(chunk.x), -1))
+
+
+def test_source_columns_from_settings_reach_staging():
+    settings = resolve_settings(preset="digits", overrides=["source.uri=./hf/train.parquet",
+                                                            "source.image_column=img", "source.label_column=fine"])
+    options = settings.staging_options()
+    assert (options["image_column"], options["label_column"]) == ("img", "fine")
+    defaults = resolve_settings(preset="digits").staging_options()
+    assert (defaults["image_column"], defaults["label_column"]) == (None, None)
