@@ -9,7 +9,7 @@
   (random-network embeddings, the fallback for images), `TorchScriptFeatures` (any user-supplied network).
 """
 
-from .coverage import class_coverage, mode_coverage
+from .coverage import class_coverage, covered_classes, mode_coverage
 from .digits import DigitsClassifierFeatures, DigitsCNN, load_or_train_digits_classifier, train_digits_classifier
 from .features import (FeatureExtractor, FIDInceptionFeatures, IdentityFeatures, RandomConvFeatures,
                        TorchScriptFeatures, extract_features)
@@ -19,7 +19,7 @@ from .kid import kernel_inception_distance, mmd2_unbiased, polynomial_kernel
 from .precision_recall import knn_radii, precision_recall
 
 __all__ = [
-    "class_coverage", "mode_coverage", "DigitsClassifierFeatures", "DigitsCNN", "load_or_train_digits_classifier",
+    "class_coverage", "covered_classes", "mode_coverage", "DigitsClassifierFeatures", "DigitsCNN", "load_or_train_digits_classifier",
     "train_digits_classifier", "FeatureExtractor", "IdentityFeatures", "TorchScriptFeatures", "extract_features",
     "FIDInceptionFeatures", "RandomConvFeatures", "frechet_inception_distances", "frechet_distance", "frechet_distance_from_statistics", "gaussian_statistics", "kernel_inception_distance",
     "mmd2_unbiased", "polynomial_kernel", "knn_radii", "precision_recall",

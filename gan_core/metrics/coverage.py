@@ -20,6 +20,22 @@ from ..data import mode_coverage
 MIN_SHARE_OF_EXPECTED = 0.25
 
 
+def _class_frequencies(predicted: np.ndarray, data_class_hist: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    data = np.asarray(data_class_hist, dtype=np.float64)
+    p_data = data / data.sum()
+    k = len(p_data)
+    counts = np.bincount(np.asarray(predicted).astype(np.int64), minlength=k)[:k].astype(np.float64)
+    return counts / max(counts.sum(), 1.0), p_data
+
+
+def covered_classes(predicted: np.ndarray, data_class_hist: np.ndarray,
+                    min_share: float = MIN_SHARE_OF_EXPECTED) -> np.ndarray:
+    """Which classes the generated samples cover: a (num_classes,) bool array, True where the fraction
+    of samples predicted as c is >= ``min_share`` times the data's fraction of c (see `class_coverage`)."""
+    p_gen, p_data = _class_frequencies(predicted, data_class_hist)
+    return (p_gen >= min_share * p_data) & (p_gen > 0)
+
+
 def class_coverage(predicted: np.ndarray, data_class_hist: np.ndarray,
                    min_share: float = MIN_SHARE_OF_EXPECTED) -> dict[str, float]:
     """Class coverage of generated samples from their predicted classes.
@@ -29,17 +45,12 @@ def class_coverage(predicted: np.ndarray, data_class_hist: np.ndarray,
     of c. ``class_kl`` = KL(p_gen || p_data) over predicted classes (0 when the histograms match; it
     stays finite under collapse, which is why this direction is used, as for the mixtures' reverse KL).
     """
-    data = np.asarray(data_class_hist, dtype=np.float64)
-    p_data = data / data.sum()
-    k = len(p_data)
-    predicted = np.asarray(predicted).astype(np.int64)
-    counts = np.bincount(predicted, minlength=k)[:k].astype(np.float64)
-    p_gen = counts / max(counts.sum(), 1.0)
-    covered = (p_gen >= min_share * p_data) & (counts > 0)
+    p_gen, p_data = _class_frequencies(predicted, data_class_hist)
+    covered = covered_classes(predicted, data_class_hist, min_share)
     nz = p_gen > 0
     with np.errstate(divide="ignore"):
         kl = float(np.sum(p_gen[nz] * (np.log(p_gen[nz]) - np.log(p_data[nz])))) if nz.any() else math.inf
-    return {"classes_covered": float(covered.sum()), "num_classes": float(k), "class_kl": kl}
+    return {"classes_covered": float(covered.sum()), "num_classes": float(len(p_data)), "class_kl": kl}
 
 
-__all__ = ["mode_coverage", "class_coverage", "MIN_SHARE_OF_EXPECTED"]
+__all__ = ["mode_coverage", "class_coverage", "covered_classes", "MIN_SHARE_OF_EXPECTED"]

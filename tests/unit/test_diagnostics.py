@@ -1,5 +1,7 @@
-"""Training diagnostics: the vanishing gradient of the saturating loss (and its indicator), the
-mode-collapse indicator, and the loop reporting both without disturbing training."""
+"""Training diagnostics: the vanishing gradient of the saturating loss (its gradient ratio to the
+non-saturating loss, analytic and measured, and the warning on it), the mode-collapse indicators (mode
+and class coverage, with the warning naming the missing classes), and the loop reporting both without
+disturbing training."""
 
 import copy
 import logging
@@ -12,8 +14,10 @@ from torch import nn
 
 from gan_core.config import DataConfig, GANConfig, NetworkConfig, OptimizerConfig, TrainConfig, get_preset
 from gan_core.data import InMemoryBatches, mixture, sample_mixture
-from gan_core.diagnostics import TrainingDiagnostics, g_loss_gain, vanishing_gradient_indicator
+from gan_core.diagnostics import (CONFIDENT_REJECTION, GRADIENT_PROBE_SAMPLES, GRADIENT_RATIO_WARN, TrainingDiagnostics,
+                                  g_gradient_ratio, g_loss_gain, measured_gradient_ratio, vanishing_gradient_indicator)
 from gan_core.loop import train
+from gan_core.sampling import latents_for_range
 from gan_core.training import build_training_state, discriminator_step, generator_step
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -59,13 +63,15 @@ def test_saturating_loss_gradient_vanishes_and_the_indicator_fires_only_for_it(c
     # the indicator, fed the tick's numbers, fires for the saturating run only, and the warning names the fix
     for kind, gn, expected in (("minimax", g_mm, 1.0), ("non_saturating", g_ns, 0.0)):
         diag = TrainingDiagnostics(with_loss(state, kind).config, num_samples=64)
-        fake_state = SimpleNamespace(G_ema=state.G_ema, device=state.device, step=150)
         with caplog.at_level(logging.WARNING, logger="gan_core.diagnostics"):
             caplog.clear()
-            out = diag(fake_state, {"D/fake": d_fake, "grad_norm/G": gn})
+            out = diag(with_loss(state, kind), {"D/fake": d_fake, "grad_norm/G": gn})
         assert out["vanishing_gradient/indicator"] == expected, kind
         if expected:
             assert "non_saturating" in caplog.text and "r1_gamma" in caplog.text and "d_optim.lr" in caplog.text
+            # the measured ratio at G's output agrees in scale with the ratio of G's parameter gradients
+            assert out["vanishing_gradient/gradient_ratio_measured"] >= 100
+            assert out["vanishing_gradient/gradient_ratio"] == pytest.approx((1 - d_fake) / d_fake)
         else:
             assert not caplog.records
     # the pure function agrees with the loss gains the theory predicts
@@ -79,6 +85,90 @@ def test_indicator_also_fires_when_g_gradient_collapses_from_its_peak():
     # not while D is unsure, however small the gradient
     assert vanishing_gradient_indicator(0.4, 1e-4, "minimax", peak_grad_norm_G=1.0)[
         "vanishing_gradient/indicator"] == 0.0
+
+
+def calibrated_state(d_fake_target):
+    """`strong_d_poor_g_state` with D's output bias shifted (bisection) so that the mean D(G(z)) on the
+    diagnostics' probe latents is ``d_fake_target``; returns (state, that mean)."""
+    state, _ = strong_d_poor_g_state()
+    z = latents_for_range(0, 0, GRADIENT_PROBE_SAMPLES, state.config.network.z_dim)
+    with torch.no_grad():
+        logits = state.D(state.G.eval()(z))
+        state.G.train()
+        lo, hi = -20.0, 20.0
+        for _ in range(60):
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if float(torch.sigmoid(logits + mid).mean()) < d_fake_target else (lo, mid)
+        state.D.net[-1].bias += (lo + hi) / 2
+        d_fake = float(torch.sigmoid(state.D(state.G(z))).mean())
+    return state, d_fake
+
+
+def test_the_vanishing_gradient_warning_fires_for_the_saturating_loss_at_d_fake_0_06(caplog):
+    state, d_fake = calibrated_state(0.06)
+    assert d_fake == pytest.approx(0.06, abs=1e-4)
+    assert d_fake > CONFIDENT_REJECTION  # the former rule (mean D(G(z)) < 0.05) stayed silent here
+    # what G really gets: the parameter gradients of both losses on the same batch
+    s_mm, s_ns = with_loss(state, "minimax"), with_loss(state, "non_saturating")
+    g_mm = float(generator_step(s_mm, s_mm.G)["grad_norm/G"])
+    g_ns = float(generator_step(s_ns, s_ns.G)["grad_norm/G"])
+    assert g_ns / g_mm >= GRADIENT_RATIO_WARN, f"non-saturating {g_ns:.3e} vs saturating {g_mm:.3e}"
+    for kind, gn in (("minimax", g_mm), ("non_saturating", g_ns)):
+        s = with_loss(state, kind)
+        diag = TrainingDiagnostics(s.config, num_samples=64)
+        with caplog.at_level(logging.WARNING, logger="gan_core.diagnostics"):
+            caplog.clear()
+            out = diag(s, {"D/fake": d_fake, "grad_norm/G": gn})
+        if kind == "minimax":
+            assert out["vanishing_gradient/gradient_ratio"] == pytest.approx(15.67, abs=0.02)
+            assert out["vanishing_gradient/indicator"] == 1.0
+            # measured at G's output, the ratio matches the one between G's parameter gradients
+            assert out["vanishing_gradient/gradient_ratio_measured"] == pytest.approx(g_ns / g_mm, rel=0.1)
+            [record] = caplog.records
+            text = record.getMessage()
+            assert text.startswith("step 150: vanishing generator gradient")
+            assert "15.7x weaker gradient than the non-saturating loss" in text and "D(G(z)) = 0.060" in text
+            assert "measured" in text and "loss.kind=non_saturating" in text
+        else:  # the same D, the non-saturating loss: nothing to warn about
+            assert out["vanishing_gradient/gradient_ratio"] == 1.0
+            assert out["vanishing_gradient/indicator"] == 0.0
+            assert "vanishing_gradient/gradient_ratio_measured" not in out
+            assert not caplog.records
+
+
+def test_measuring_the_gradient_ratio_leaves_g_and_d_untouched():
+    state, _ = strong_d_poor_g_state()
+    s = with_loss(state, "minimax")
+    before = [copy.deepcopy(m.state_dict()) for m in (s.G, s.D)]
+    s.G.train()
+    s.D.train()
+    ratio = measured_gradient_ratio(s.G, s.D, latents_for_range(0, 0, 64, s.config.network.z_dim))
+    assert ratio > 100
+    assert s.G.training and s.D.training
+    assert all(p.grad is None for m in (s.G, s.D) for p in m.parameters())
+    for module, saved in zip((s.G, s.D), before):
+        for key, value in module.state_dict().items():
+            assert torch.equal(value, saved[key]), key
+
+
+def test_the_gradient_ratio_threshold_and_one_warning_per_episode(caplog):
+    fires = lambda d, kind="minimax": vanishing_gradient_indicator(d, 1.0, kind)["vanishing_gradient/indicator"]
+    assert g_gradient_ratio("minimax", 1 / 11) == pytest.approx(GRADIENT_RATIO_WARN)
+    assert fires(1 / 11 - 1e-9) == 1.0 and fires(0.1) == 0.0  # ratios 10.0 and 9.0
+    assert g_gradient_ratio("minimax", 0.0) == float("inf")
+    for kind in ("non_saturating", "hinge", "wasserstein"):
+        assert g_gradient_ratio(kind, 1e-3) == 1.0 and fires(1e-3, kind) == 0.0, kind
+    cfg = get_preset("tiny").with_overrides({"loss.kind": "minimax"})
+    diag = TrainingDiagnostics(cfg, num_samples=64, measure_gradient_ratio=False)
+    tick = SimpleNamespace(G_ema=RingGenerator(False), device=torch.device("cpu"), step=0)
+    seen = []
+    with caplog.at_level(logging.WARNING, logger="gan_core.diagnostics"):
+        for step, d_fake in enumerate((0.06, 0.05, 0.3, 0.08)):
+            caplog.clear()
+            tick.step = step
+            out = diag(tick, {"D/fake": d_fake, "grad_norm/G": 1.0})
+            seen.append((out["vanishing_gradient/indicator"], len(caplog.records)))
+    assert seen == [(1.0, 1), (1.0, 0), (0.0, 0), (1.0, 1)]
 
 
 class RingGenerator(nn.Module):
@@ -105,8 +195,11 @@ def test_mode_collapse_indicator_on_ring8():
     assert collapsed["mode_collapse/reverse_kl"] == pytest.approx(np.log(8))
 
 
-def test_loop_reports_diagnostics_on_every_tick_without_changing_training(tmp_path):
-    cfg = get_preset("tiny").with_overrides({"train.total_steps": 10, "train.tick_every_steps": 5})
+@pytest.mark.parametrize("overrides", [{}, {"loss.kind": "minimax", "network.d_spectral_norm": True}],
+                         ids=["non_saturating", "minimax-measured-ratio"])
+def test_loop_reports_diagnostics_on_every_tick_without_changing_training(tmp_path, overrides):
+    # the minimax case measures the gradient ratio through G (BatchNorm) and D (spectral norm) at each tick
+    cfg = get_preset("tiny").with_overrides({"train.total_steps": 10, "train.tick_every_steps": 5, **overrides})
     x, _ = sample_mixture("ring8", 256, seed=0)
     snaps = []
     rng_before = torch.get_rng_state()
@@ -114,11 +207,15 @@ def test_loop_reports_diagnostics_on_every_tick_without_changing_training(tmp_pa
     off = train(cfg, batches=InMemoryBatches(x, 32, seed=0), checkpoint_root=tmp_path / "b", diagnostics=False)
     assert torch.equal(torch.get_rng_state(), rng_before)
     for key in ("D/real", "D/fake", "js_estimate", "grad_norm/G", "grad_norm/D", "vanishing_gradient/indicator",
-                "vanishing_gradient/loss_gain", "mode_collapse/modes_covered", "mode_collapse/diversity_ratio"):
+                "vanishing_gradient/loss_gain", "vanishing_gradient/gradient_ratio", "mode_collapse/modes_covered",
+                "mode_collapse/diversity_ratio"):
         assert all(key in s.metrics for s in snaps), key
+    measured = [s.metrics.get("vanishing_gradient/gradient_ratio_measured") for s in snaps]
+    assert all(m is not None and m > 0 for m in measured) if overrides else measured == [None] * len(snaps)
     assert not any(k.startswith(("vanishing_gradient/", "mode_collapse/")) for k in off.last_snapshot.metrics)
-    for a, b in zip(on.state.G.state_dict().values(), off.state.G.state_dict().values()):
-        assert torch.equal(a, b)
+    for net in ("G", "D", "G_ema"):  # parameters, BatchNorm statistics, spectral-norm vectors
+        for a, b in zip(getattr(on.state, net).state_dict().values(), getattr(off.state, net).state_dict().values()):
+            assert torch.equal(a, b), net
     assert on.last_snapshot.metrics["loss/D"] == off.last_snapshot.metrics["loss/D"]
 
 
@@ -163,7 +260,7 @@ def _ddp_worker(rank, world_size, port, out_dir):
     dist.init_process_group("gloo", rank=rank, world_size=world_size)
     try:
         cfg = get_preset("tiny").with_overrides({"train.total_steps": 6, "train.tick_every_steps": 3,
-                                                 "network.g_norm": "none"})
+                                                 "network.g_norm": "none", "loss.kind": "minimax"})
         x, _ = sample_mixture("ring8", 256, seed=0)
         snaps = []
         train(cfg, batches=InMemoryBatches(x, 32, seed=0, rank=rank, world_size=world_size), rank=rank,
@@ -187,5 +284,5 @@ def test_diagnostics_are_identical_on_every_rank_of_a_ddp_run(tmp_path):
     mp.spawn(_ddp_worker, args=(2, port, str(tmp_path)), nprocs=2)
     rank0, rank1 = (json.loads((tmp_path / f"{r}.json").read_text()) for r in (0, 1))
     assert len(rank0) == 2 and "mode_collapse/modes_covered" in rank0[-1]
-    assert "vanishing_gradient/indicator" in rank0[-1]
+    assert "vanishing_gradient/indicator" in rank0[-1] and "vanishing_gradient/gradient_ratio_measured" in rank0[-1]
     assert rank0 == rank1
