@@ -35,12 +35,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
-import pyarrow.parquet as pq
 
 from . import storage
 from .shardset import content_address
-from .sources import (IMAGE_NORMALISATION, IMAGE_SUFFIXES, RESIZE_METHOD, ArraySpec, Chunk, Source, SourceError,
-                      file_tokens, read_row_group)
+from .sources import (IMAGE_NORMALISATION, IMAGE_SUFFIXES, RESIZE_METHOD, ArraySpec, Chunk, ParquetFiles, Source,
+                      SourceError, file_tokens)
 from .storage import Location
 
 S3_FETCH_THREADS = 16  # concurrent GETs per image chunk of a folder on S3
@@ -238,89 +237,56 @@ class ParquetImageSource(EncodedImageSource):
 
     kind = "parquet_images"
 
-    def __init__(self, loc: Location, files: list[pafs.FileInfo], image_size: int | None, grayscale: bool,
-                 skip_bad: bool, image_column: str | None = None, label_column: str | None = None):
+    def __init__(self, parquet: ParquetFiles, image_size: int | None, grayscale: bool, skip_bad: bool,
+                 image_column: str | None = None, label_column: str | None = None):
         super().__init__(image_size, grayscale, skip_bad)
-        self.loc, self.files, self.where = loc, files, loc.uri
-        self.default_name = posixpath.splitext(loc.name)[0]
+        self.parquet, self.loc, self.where = parquet, parquet.loc, parquet.loc.uri
+        self.default_name = posixpath.splitext(self.loc.name)[0]
         self.image_column = image_column or DEFAULT_IMAGE_COLUMN
         self.label_column = label_column or DEFAULT_LABEL_COLUMN
-        self.footers: list[pq.FileMetaData] = []  # parsed once, handed to every read
-        # (file index, row group index, first global row, first row in its file, rows) per row group
-        self.row_groups: list[tuple[int, int, int, int, int]] = []
-        schemas = []
-        total = 0
-        for fi, info in enumerate(files):
-            try:
-                footer = pq.read_metadata(loc.fs.open_input_file(info.path))
-            except pa.ArrowInvalid as e:
-                raise SourceError(f"{self._uri(fi)}: not a readable Parquet file ({e})") from None
-            schema = footer.schema.to_arrow_schema()
+        for fi, schema in enumerate(parquet.schemas):
             self._check_columns(fi, schema, label_column is not None)
-            schemas.append(schema)
-            self.footers.append(footer)
-            in_file = 0
-            for g in range(footer.num_row_groups):
-                n = footer.row_group(g).num_rows
-                self.row_groups.append((fi, g, total, in_file, n))
-                total, in_file = total + n, in_file + n
-        self.num_rows = total
-        if total == 0:
-            raise SourceError(f"{loc.uri}: empty source (0 rows)")
-        has_labels = self.label_column in schemas[0].names
-        for fi, schema in enumerate(schemas):
+        if parquet.num_rows == 0:
+            raise SourceError(f"{self.where}: empty source (0 rows)")
+        first = parquet.schemas[0]
+        has_labels = self.label_column in first.names
+        for fi, schema in enumerate(parquet.schemas):
             if (self.label_column in schema.names) != has_labels:
-                raise SourceError(f"{self._uri(fi)}: column {self.label_column!r} present in some files but not others")
+                raise SourceError(f"{parquet.uri(fi)}: column {self.label_column!r} present in some files but "
+                                  "not others")
         self.columns = [self.image_column] + ([self.label_column] if has_labels else [])
         self.class_names: tuple[str, ...] | None = None  # string labels: sorted distinct values
-        label_names = None
+        self.label_names: tuple[str, ...] | None = None
         if has_labels:
-            label_type = schemas[0].field(self.label_column).type
+            label_type = first.field(self.label_column).type
             if _is_string(label_type):
-                self.class_names = self._string_classes()
-                label_names = self.class_names
+                self.class_names = self.label_names = self._string_classes()
             elif pa.types.is_integer(label_type):
-                label_names = _hf_class_names(schemas[0], self.label_column)
+                self.label_names = _hf_class_names(first, self.label_column)
             else:
-                raise SourceError(f"{self._uri(0)}: label column {self.label_column!r} must hold integers or "
+                raise SourceError(f"{parquet.uri(0)}: label column {self.label_column!r} must hold integers or "
                                   f"strings, got {label_type}")
-        self.label_names = label_names
         self._fingerprint: dict | None = None
-        self._set_spec(has_labels, label_names)
-
-    def _uri(self, fi: int) -> str:
-        return storage.join_uri(self.loc.uri, storage.relative(self.loc, self.files[fi].path)) \
-            if self.files[fi].path != self.loc.path else self.loc.uri
+        self._set_spec(has_labels, self.label_names)
 
     def _check_columns(self, fi: int, schema: pa.Schema, label_given: bool) -> None:
+        where = self.parquet.uri(fi)
         if self.image_column not in schema.names:
-            raise SourceError(f"{self._uri(fi)}: no image column {self.image_column!r} (found: "
+            raise SourceError(f"{where}: no image column {self.image_column!r} (found: "
                               f"{', '.join(schema.names)}; name it with --image-column / source.image_column, "
                               "or give a numeric column 'x')")
         t = schema.field(self.image_column).type
         if not (_is_binary(t) or (pa.types.is_struct(t) and t.get_field_index("bytes") >= 0
                                   and _is_binary(t.field("bytes").type))):
-            raise SourceError(f"{self._uri(fi)}: column {self.image_column!r} must hold encoded images (a struct "
+            raise SourceError(f"{where}: column {self.image_column!r} must hold encoded images (a struct "
                               f"{{bytes, path}} or binary), got {t}")
         if label_given and self.label_column not in schema.names:
-            raise SourceError(f"{self._uri(fi)}: no label column {self.label_column!r} "
-                              f"(found: {', '.join(schema.names)})")
-
-    def _tables(self, start: int, stop: int, columns: list[str]) -> Iterator[tuple[int, int, pa.Table]]:
-        """(file index, first row in the file, table of rows) for the row groups overlapping start..stop-1."""
-        for fi, g, first, in_file, n in self.row_groups:
-            if first + n <= start or first >= stop:
-                continue
-            lo, hi = max(start, first) - first, min(stop, first + n) - first
-            # NOTE: a ParquetFile per read (see sources.ParquetSource._read_group); the whole row group
-            # is read: Hugging Face writes image datasets in row groups of about 100 rows.
-            table = read_row_group(self.loc.fs, self.files[fi].path, self.footers[fi], g, columns, self._uri(fi))
-            yield fi, in_file + lo, table.slice(lo, hi - lo)
+            raise SourceError(f"{where}: no label column {self.label_column!r} (found: {', '.join(schema.names)})")
 
     def _string_classes(self) -> tuple[str, ...]:
         """Sorted distinct values of a string label column (one pass over that column only)."""
         seen: set[str] = set()
-        for fi, first, table in self._tables(0, self.num_rows, [self.label_column]):
+        for fi, first, table in self.parquet.tables(0, len(self), [self.label_column]):
             col = table.column(self.label_column)
             if col.null_count:
                 self._null_label(fi, first, col)
@@ -329,7 +295,7 @@ class ParquetImageSource(EncodedImageSource):
 
     def _null_label(self, fi: int, first: int, col: pa.ChunkedArray) -> None:
         row = first + int(np.argmax(col.is_null().to_numpy(zero_copy_only=False)))
-        raise SourceError(f"{self._uri(fi)} row {row}: no label (null in column {self.label_column!r})")
+        raise SourceError(f"{self.parquet.uri(fi)} row {row}: no label (null in column {self.label_column!r})")
 
     def _labels(self, fi: int, first: int, col: pa.ChunkedArray) -> np.ndarray:
         if col.null_count:
@@ -343,15 +309,13 @@ class ParquetImageSource(EncodedImageSource):
         if bad.any():
             k = int(np.argmax(bad))
             allowed = f"0..{limit - 1} (the ClassLabel names)" if limit else "integers >= 0"
-            raise SourceError(f"{self._uri(fi)} row {first + k}: label {labels[k]} in column "
+            raise SourceError(f"{self.parquet.uri(fi)} row {first + k}: label {labels[k]} in column "
                               f"{self.label_column!r} (allowed: {allowed})")
         return labels
 
     def fingerprint(self) -> dict[str, Any]:
         if self._fingerprint is None:
-            rels = [storage.relative(self.loc, i.path) for i in self.files]
-            names = [posixpath.basename(i.path) if r == "." else r for r, i in zip(rels, self.files)]
-            tokens = file_tokens(self.loc, self.files, names)
+            tokens = self.parquet.tokens()
             self._fingerprint = {"kind": self.kind, "num_files": len(tokens),
                                  "files_sha256": content_address(tokens, 64), "image_column": self.image_column,
                                  "label_column": self.label_column if self.spec.has_labels else None,
@@ -359,15 +323,15 @@ class ParquetImageSource(EncodedImageSource):
         return self._fingerprint
 
     def __len__(self) -> int:
-        return self.num_rows
+        return self.parquet.num_rows
 
     def _encoded(self, start: int, stop: int) -> tuple[list[str], list[bytes | Missing], np.ndarray | None]:
         names: list[str] = []
         blobs: list[bytes | Missing] = []
         labels: list[np.ndarray] = []
         has_labels = len(self.columns) > 1  # also while the spec is being built
-        for fi, first, table in self._tables(start, stop, self.columns):
-            names += [f"{self._uri(fi)} row {first + k}" for k in range(table.num_rows)]
+        for fi, first, table in self.parquet.tables(start, stop, self.columns):
+            names += [f"{self.parquet.uri(fi)} row {first + k}" for k in range(table.num_rows)]
             for cell in table.column(self.image_column).to_pylist():
                 data = cell.get("bytes") if isinstance(cell, dict) else cell
                 if data is None:

@@ -20,7 +20,7 @@ import math
 import pickle
 import posixpath
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -239,110 +239,59 @@ def file_tokens(base: Location, files: Sequence[pafs.FileInfo], names: Sequence[
 # --- Parquet ------------------------------------------------------------------------------------
 
 
-class ParquetSource(Source):
-    """Existing Parquet file(s) with a column ``x`` (a list of numbers per row, all the same length)
-    and optionally ``label``. Files written by ganpipe carry shape and normalisation in their schema
-    metadata; for others the shape is (row_size,) and the normalisation follows from the dtype."""
-
-    kind = "parquet"
+class ParquetFiles:
+    """Parquet file(s) below (or at) a location, their footers parsed once: the row groups in file order,
+    read a range of rows at a time. Shared by the numeric and the encoded-image Parquet sources."""
 
     def __init__(self, loc: Location, files: list[pafs.FileInfo]):
-        self.loc, self.default_name = loc, posixpath.splitext(loc.name)[0]
-        self.files = files
-        self.footers: list[pq.FileMetaData] = []  # parsed once, handed to every read
-        # (file index, row group index, first global row, rows) for every row group
-        self.row_groups: list[tuple[int, int, int, int]] = []
+        self.loc, self.files = loc, files
+        self.footers: list[pq.FileMetaData] = []  # handed to every read
+        # (file index, row group index, first global row, first row in its file, rows) per row group
+        self.row_groups: list[tuple[int, int, int, int, int]] = []
         total = 0
         for fi, info in enumerate(files):
             try:
                 footer = pq.read_metadata(loc.fs.open_input_file(info.path))
             except pa.ArrowInvalid as e:
-                raise SourceError(f"{self._uri(fi)}: not a readable Parquet file ({e})") from None
-            names = footer.schema.to_arrow_schema().names
-            if "x" not in names:
-                raise SourceError(f"{self._uri(fi)}: no column 'x' (found: {', '.join(names)})")
+                raise SourceError(f"{self.uri(fi)}: not a readable Parquet file ({e})") from None
             self.footers.append(footer)
+            in_file = 0
             for g in range(footer.num_row_groups):
                 n = footer.row_group(g).num_rows
-                self.row_groups.append((fi, g, total, n))
-                total += n
+                self.row_groups.append((fi, g, total, in_file, n))
+                total, in_file = total + n, in_file + n
         self.num_rows = total
-        if total == 0:
-            raise SourceError(f"{loc.uri}: empty source (0 rows)")
-        first = self.footers[0].schema.to_arrow_schema()
-        has_labels = "label" in first.names
-        self.columns = ["x", "label"] if has_labels else ["x"]
-        for fi, footer in enumerate(self.footers):
-            if ("label" in footer.schema.to_arrow_schema().names) != has_labels:
-                raise SourceError(f"{self._uri(fi)}: column 'label' present in some files but not others")
-        value_type = first.field("x").type
-        if not (pa.types.is_list(value_type) or pa.types.is_large_list(value_type)
-                or pa.types.is_fixed_size_list(value_type)):
-            raise SourceError(f"{self._uri(0)}: column 'x' must be a list of numbers, got {value_type}")
-        dtype = np.dtype(value_type.value_type.to_pandas_dtype())
-        if dtype.name not in SUPPORTED_DTYPES:
-            raise SourceError(f"{self._uri(0)}: unsupported dtype {dtype.name} in column 'x' "
-                              f"(allowed: {', '.join(SUPPORTED_DTYPES)})")
-        meta = json.loads((first.metadata or {}).get(SCHEMA_METADATA_KEY, b"null"))
-        sample = self._read_group(0)
-        row_size = len(sample.column("x")[0].values)
-        if meta:  # a staged dataset's shards (or a sample set's: data units, no normalisation)
-            self.spec = ArraySpec(tuple(meta["shape"]), meta["dtype"], Normalisation.from_dict(meta.get("normalisation")),
-                                  tuple(meta["value_range"]) if meta.get("value_range") else None,
-                                  has_labels, tuple(meta["label_names"]) if meta.get("label_names") else None)
-        elif dtype == np.uint8:
-            self.spec = ArraySpec((row_size,), "uint8", IMAGE_NORMALISATION, (0.0, 255.0), has_labels)
-        else:
-            self.spec = ArraySpec((row_size,), "float32", Normalisation(), None, has_labels)
-        if self.spec.row_size != row_size:
-            raise SourceError(f"{self._uri(0)}: rows hold {row_size} values but the metadata says shape "
-                              f"{list(self.spec.shape)}")
+        self.schemas = [f.schema.to_arrow_schema() for f in self.footers]
 
-    def _uri(self, fi: int) -> str:
+    def uri(self, fi: int) -> str:
+        """File `fi`'s URI, for messages."""
         return storage.join_uri(self.loc.uri, storage.relative(self.loc, self.files[fi].path)) \
             if self.files[fi].path != self.loc.path else self.loc.uri
 
-    def _read_group(self, k: int) -> pa.Table:
-        fi, g, _, _ = self.row_groups[k]
-        # NOTE: a ParquetFile per read. One shared by the staging threads races in its pre-buffer cache
-        # over S3 ("ReadRangeCache did not find matching cache entry", or a crash). The footer parsed
-        # once is handed in, so a fresh one costs only the open (on S3 a HEAD) per row group.
-        return read_row_group(self.loc.fs, self.files[fi].path, self.footers[fi], g, self.columns, self._uri(fi))
-
-    def fingerprint(self) -> dict[str, Any]:
+    def tokens(self) -> list[list]:
+        """[name, size, content token] per file (see file_tokens)."""
         rels = [storage.relative(self.loc, i.path) for i in self.files]
         names = [posixpath.basename(i.path) if r == "." else r for r, i in zip(rels, self.files)]
-        tokens = file_tokens(self.loc, self.files, names)
-        return {"kind": self.kind, "num_files": len(tokens), "files_sha256": content_address(tokens, 64)}
+        return file_tokens(self.loc, self.files, names)
 
-    def __len__(self) -> int:
-        return self.num_rows
-
-    def read(self, start: int, stop: int) -> Chunk:
-        xs, ys = [], []
-        for k, (fi, _, first, n) in enumerate(self.row_groups):
+    def tables(self, start: int, stop: int, columns: list[str]) -> Iterator[tuple[int, int, pa.Table]]:
+        """(file index, first row in that file, table) for each row group overlapping rows start..stop-1,
+        sliced to them. Holds one row group at a time."""
+        for fi, g, first, in_file, n in self.row_groups:
             if first + n <= start or first >= stop:
                 continue
-            table = self._read_group(k).slice(max(0, start - first), min(stop, first + n) - max(start, first))
-            col = table.column("x").combine_chunks()
-            lengths = pc.list_value_length(col).to_numpy(zero_copy_only=False)
-            if len(lengths) and (lengths != self.spec.row_size).any():
-                bad = int(np.argmax(lengths != self.spec.row_size))
-                raise SourceError(f"{self._uri(fi)}: row {first + max(0, start - first) + bad} holds "
-                                  f"{lengths[bad]} values, expected {self.spec.row_size}")
-            values = column_to_numpy(col, (self.spec.row_size,))
-            _check_finite(values, self._uri(fi), max(start, first))
-            xs.append(values.astype(self.spec.dtype, copy=False))
-            if self.spec.has_labels:
-                ys.append(table.column("label").to_numpy().astype(np.int64, copy=False))
-        x = np.concatenate(xs) if xs else np.zeros((0, self.spec.row_size), self.spec.dtype)
-        return Chunk(x, np.concatenate(ys) if self.spec.has_labels else None)
+            lo, hi = max(start, first) - first, min(stop, first + n) - first
+            table = read_row_group(self.loc.fs, self.files[fi].path, self.footers[fi], g, columns, self.uri(fi))
+            yield fi, in_file + lo, table.slice(lo, hi - lo)
 
 
 def read_row_group(fs: pafs.FileSystem, path: str, footer: pq.FileMetaData, group: int, columns: list[str],
                    where: str) -> pa.Table:
     """Row group `group` of a Parquet file whose footer is parsed already. SourceError for corrupt
     contents (the input is bad: retrying cannot help); storage errors propagate as OSError."""
+    # NOTE: a ParquetFile per read. One shared by the staging threads races in its pre-buffer cache
+    # over S3 ("ReadRangeCache did not find matching cache entry", or a crash). The footer parsed
+    # once is handed in, so a fresh one costs only the open (on S3 a HEAD) per row group.
     pf = pq.ParquetFile(fs.open_input_file(path), metadata=footer)
     try:
         return pf.read_row_group(group, columns=columns)
@@ -356,6 +305,77 @@ def read_row_group(fs: pafs.FileSystem, path: str, footer: pq.FileMetaData, grou
         if "AWS Error" in message or "Errno" in message:
             raise
         raise SourceError(f"{where}: row group {group} is not readable ({message.splitlines()[0]})") from None
+
+
+class ParquetSource(Source):
+    """Existing Parquet file(s) with a column ``x`` (a list of numbers per row, all the same length)
+    and optionally ``label``. Files written by ganpipe carry shape and normalisation in their schema
+    metadata; for others the shape is (row_size,) and the normalisation follows from the dtype."""
+
+    kind = "parquet"
+
+    def __init__(self, parquet: ParquetFiles):
+        self.parquet, self.loc = parquet, parquet.loc
+        self.default_name = posixpath.splitext(self.loc.name)[0]
+        uri = parquet.uri
+        for fi, schema in enumerate(parquet.schemas):
+            if "x" not in schema.names:
+                raise SourceError(f"{uri(fi)}: no column 'x' (found: {', '.join(schema.names)})")
+        if parquet.num_rows == 0:
+            raise SourceError(f"{self.loc.uri}: empty source (0 rows)")
+        first = parquet.schemas[0]
+        has_labels = "label" in first.names
+        self.columns = ["x", "label"] if has_labels else ["x"]
+        for fi, schema in enumerate(parquet.schemas):
+            if ("label" in schema.names) != has_labels:
+                raise SourceError(f"{uri(fi)}: column 'label' present in some files but not others")
+        value_type = first.field("x").type
+        if not (pa.types.is_list(value_type) or pa.types.is_large_list(value_type)
+                or pa.types.is_fixed_size_list(value_type)):
+            raise SourceError(f"{uri(0)}: column 'x' must be a list of numbers, got {value_type}")
+        dtype = np.dtype(value_type.value_type.to_pandas_dtype())
+        if dtype.name not in SUPPORTED_DTYPES:
+            raise SourceError(f"{uri(0)}: unsupported dtype {dtype.name} in column 'x' "
+                              f"(allowed: {', '.join(SUPPORTED_DTYPES)})")
+        meta = json.loads((first.metadata or {}).get(SCHEMA_METADATA_KEY, b"null"))
+        _, _, sample = next(parquet.tables(0, 1, ["x"]))
+        row_size = len(sample.column("x")[0].values)
+        if meta:  # a staged dataset's shards (or a sample set's: data units, no normalisation)
+            self.spec = ArraySpec(tuple(meta["shape"]), meta["dtype"], Normalisation.from_dict(meta.get("normalisation")),
+                                  tuple(meta["value_range"]) if meta.get("value_range") else None,
+                                  has_labels, tuple(meta["label_names"]) if meta.get("label_names") else None)
+        elif dtype == np.uint8:
+            self.spec = ArraySpec((row_size,), "uint8", IMAGE_NORMALISATION, (0.0, 255.0), has_labels)
+        else:
+            self.spec = ArraySpec((row_size,), "float32", Normalisation(), None, has_labels)
+        if self.spec.row_size != row_size:
+            raise SourceError(f"{uri(0)}: rows hold {row_size} values but the metadata says shape "
+                              f"{list(self.spec.shape)}")
+
+    def fingerprint(self) -> dict[str, Any]:
+        tokens = self.parquet.tokens()
+        return {"kind": self.kind, "num_files": len(tokens), "files_sha256": content_address(tokens, 64)}
+
+    def __len__(self) -> int:
+        return self.parquet.num_rows
+
+    def read(self, start: int, stop: int) -> Chunk:
+        xs, ys = [], []
+        for fi, first, table in self.parquet.tables(start, stop, self.columns):
+            where = self.parquet.uri(fi)
+            col = table.column("x").combine_chunks()
+            lengths = pc.list_value_length(col).to_numpy(zero_copy_only=False)
+            if len(lengths) and (lengths != self.spec.row_size).any():
+                bad = int(np.argmax(lengths != self.spec.row_size))
+                raise SourceError(f"{where}: row {first + bad} holds {lengths[bad]} values, expected "
+                                  f"{self.spec.row_size}")
+            values = column_to_numpy(col, (self.spec.row_size,))
+            _check_finite(values, where, first)
+            xs.append(values.astype(self.spec.dtype, copy=False))
+            if self.spec.has_labels:
+                ys.append(table.column("label").to_numpy().astype(np.int64, copy=False))
+        x = np.concatenate(xs) if xs else np.zeros((0, self.spec.row_size), self.spec.dtype)
+        return Chunk(x, np.concatenate(ys) if self.spec.has_labels else None)
 
 
 # --- entry point --------------------------------------------------------------------------------
@@ -412,20 +432,12 @@ def open_source(source: str, *, num_samples: int = 50_000, seed: int = 0, image_
             return ImageFolderSource(loc, image_size, grayscale, skip_bad)
         if not parquets:
             raise SourceError(f"{loc.uri}: empty source (no images, .npy/.npz or Parquet files)")
-    if image_column is None and _has_column_x(loc, parquets[0]):
+    parquet = ParquetFiles(loc, parquets)
+    if image_column is None and "x" in parquet.schemas[0].names:
         if label_column is not None:
             raise SourceError("--label-column applies to Parquet image sources only (numeric Parquet: column label)")
-        return ParquetSource(loc, parquets)
-    return ParquetImageSource(loc, parquets, image_size, grayscale, skip_bad, image_column, label_column)
-
-
-def _has_column_x(loc: Location, info: pafs.FileInfo) -> bool:
-    """Whether a Parquet file has the numeric column ``x`` (read from its footer)."""
-    try:
-        return "x" in pq.read_schema(loc.fs.open_input_file(info.path)).names
-    except pa.ArrowInvalid as e:
-        where = loc.uri if info.path == loc.path else storage.join_uri(loc.uri, storage.relative(loc, info.path))
-        raise SourceError(f"{where}: not a readable Parquet file ({e})") from None
+        return ParquetSource(parquet)
+    return ParquetImageSource(parquet, image_size, grayscale, skip_bad, image_column, label_column)
 
 
 def _refuse_column_options(image_column: str | None, label_column: str | None) -> None:

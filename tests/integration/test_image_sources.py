@@ -159,3 +159,20 @@ def test_source_columns_from_settings_reach_staging():
     assert (options["image_column"], options["label_column"]) == ("img", "fine")
     defaults = resolve_settings(preset="digits").staging_options()
     assert (defaults["image_column"], defaults["label_column"]) == (None, None)
+
+
+def test_parquet_and_zip_on_s3_read_from_many_threads(photo_crops, s3_bucket):
+    """Staging reads ranges of a source from several threads at once: each read opens its own file
+    (a ParquetFile, a ZipFile over a buffered S3 file), so concurrent reads return the right rows."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    upload_folder(photo_crops["folder"].parent, s3_bucket, "raw")
+    n = len(photo_crops["x"])
+    ranges = [(a, min(a + step, n)) for step in (5, 16, 30) for a in range(0, n, step)] * 3
+    for kind in ("parquet", "zip"):
+        source = open_source(_uri(photo_crops, kind, f"s3://{s3_bucket}/raw"))
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            chunks = list(pool.map(lambda r: source.read(*r), ranges))
+        for (a, b), chunk in zip(ranges, chunks):
+            assert np.array_equal(chunk.x, photo_crops["x"][a:b].reshape(b - a, -1)), (kind, a, b)
+            assert np.array_equal(chunk.labels, photo_crops["labels"][a:b]), (kind, a, b)

@@ -114,7 +114,7 @@ def test_parquet_source_on_s3_read_from_many_threads(s3_bucket, tmp_path):
     pq.write_table(pa.table({"x": shardset.fixed_size_list(x), "label": pa.array(labels)}), buf, row_group_size=1000)
     boto3.client("s3").put_object(Bucket=s3_bucket, Key="in/vectors.parquet", Body=buf.getvalue())
     source = open_source(f"s3://{s3_bucket}/in/vectors.parquet")
-    assert len(source.row_groups) == 4
+    assert len(source.parquet.row_groups) == 4
     ranges = [(a, min(a + step, 4000)) for step in (25, 1000, 1500) for a in range(0, 4000, step)] * 6
     with ThreadPoolExecutor(max_workers=8) as pool:
         chunks = list(pool.map(lambda r: source.read(*r), ranges))
