@@ -115,22 +115,32 @@ def test_step_flops_match_the_dcgan_arithmetic():
     assert with_r1["per_step"] > flops["per_step"]  # R1's double backward is counted
 
 
-@pytest.mark.parametrize("r1_gamma, d_update_compiled", [(0.2, False), (0.0, True)])
-def test_compile_wraps_the_d_update_only_without_double_backward(r1_gamma, d_update_compiled, one_thread):
-    config = get_preset("dcgan64").with_overrides({**bench_gpu.SMOKE_OVERRIDES, "loss.r1_gamma": r1_gamma})
+@pytest.mark.parametrize("r1_gamma, gp_lambda, d_update_compiled", [(0.2, 0.0, False), (0.0, 10.0, False),
+                                                                     (0.0, 0.0, True)])
+def test_compile_wraps_the_d_update_only_without_double_backward(r1_gamma, gp_lambda, d_update_compiled):
+    config = get_preset("dcgan64").with_overrides({**bench_gpu.SMOKE_OVERRIDES, "loss.r1_gamma": r1_gamma,
+                                                    "loss.gp_lambda": gp_lambda})
+    state = build_training_state(config)
+    D_eager = state.D
+    D_update, compiled = bench_gpu.apply_compile(state, lambda m: torch.compile(m, backend="eager"))
+    assert (D_update is not D_eager) == d_update_compiled
+    assert ("D in the D update" in compiled) == d_update_compiled
+    assert state.D is not D_eager and compiled[:3] == ["G", "D in the G update", "G_ema"]
+
+
+def test_a_compiled_step_trains_the_engines_parameters(one_thread):
+    config = get_preset("dcgan64").with_overrides({**bench_gpu.SMOKE_OVERRIDES, "loss.r1_gamma": 0.0})
     state = build_training_state(config)
     D_eager, G_eager = state.D, state.G
     try:
-        D_update, compiled = bench_gpu.apply_compile(state, lambda m: torch.compile(m, backend="eager"))
-        assert (D_update is not D_eager) == d_update_compiled
-        assert ("D in the D update" in compiled) == d_update_compiled
+        D_update, _ = bench_gpu.apply_compile(state, lambda m: torch.compile(m, backend="eager"))
         # the compiled modules share the parameters the optimisers and G_ema's update hold
         assert [p.data_ptr() for p in state.G.parameters()] == [p.data_ptr() for p in G_eager.parameters()]
-        next_real = bench_gpu.device_batches(config, torch.device("cpu"))
-        before = [p.detach().clone() for p in D_eager.parameters()]
-        stats = train_step(state, next_real, state.G, D_update)
+        before = [p.detach().clone() for p in (*D_eager.parameters(), *G_eager.parameters())]
+        stats = train_step(state, bench_gpu.device_batches(config, torch.device("cpu")), state.G, D_update)
         assert all(torch.isfinite(v) for v in stats.values())
-        assert any(not torch.equal(a, b) for a, b in zip(before, D_eager.parameters()))
+        after = (*D_eager.parameters(), *G_eager.parameters())
+        assert all(not torch.equal(a, b) for a, b in zip(before, after) if a.dim() == 4)
         assert state.step == 1
     finally:
         torch.compiler.reset()
