@@ -7,24 +7,44 @@ model folder holds:
     artifacts/config.json   the resolved GANConfig that rebuilds G
     code/gan_core/          the engine (pure PyTorch), so a consumer needs only mlflow + torch
 
-and the pyfunc's ``model_config`` (in the MLmodel file) carries the sha256 of both files, the data
-normalisation and the default device. Loading refuses files whose sha256 differs.
+and the pyfunc's ``model_config`` (in the MLmodel file) carries the sha256 of every one of those files
+(``sha256`` for the artifacts, ``code_sha256`` for each file under ``code/``), the data normalisation
+and the default device. Loading refuses a file whose sha256 differs, and a file missing or added under
+``code/``, with `ModelIntegrityError` naming the file.
+
+Each version runs the engine it shipped, whatever the process has imported: the verified bytes of
+``code/gan_core`` are imported under a private, version-specific package name,
+``_ganpipe_model_<first 16 hex digits of the code digest>`` (never from ``__pycache__``), so a process
+that already imported ``gan_core`` (a Ray actor of the batch sampler), or loads two versions, runs each
+version's own code. Versions with identical code share that package.
+NOTE: this file itself runs before any check (MLflow executes it to find the model); what it checks is
+everything else. Versions logged before ``code_sha256`` existed ship their older copy of this file and
+load as they always did (their engine resolved through ``sys.path``); re-register them to get this.
 
 Contract (see infra/registry.py for the signature):
 - ``predict(z)``: z float32 (n, z_dim) -> samples float32 (n, C, H, W) or (n, D) in the data's
-  original value range, x_data = (G_ema(z) - offset) / scale.
-- ``predict(None or empty, params={"num_samples": n, "seed": s, "start": i})``: samples
-  [i, i + n) of seed s, addressed exactly as gan_core.sampling.generate (sample i depends only on
-  (model, s, i)).
+  original value range, x_data = (G_ema(z) - offset) / scale. A float64 array is accepted only if
+  its values are exactly float32 values (as JSON from a float32 array arrives at the scoring
+  server); other dtypes and shapes raise ValueError naming the dtype and shape.
+- ``predict(None, params={"num_samples": n, "seed": s, "start": i})``: samples [i, i + n) of seed s,
+  addressed exactly as gan_core.sampling.generate (sample i depends only on (model, s, i));
+  1 <= n <= gan_core.sampling.MAX_NUM_SAMPLES and i >= 0, else ValueError. ``None`` and an empty
+  (0, z_dim) array are the same; latents and num_samples together are refused.
 
-This file must import only mlflow, numpy, torch and gan_core: it runs inside consumers' processes.
+This file must import only mlflow, numpy, torch and the shipped engine: it runs inside consumers'
+processes.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib
+import importlib.abc
+import importlib.util
 import json
+import sys
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import mlflow
@@ -33,6 +53,9 @@ import numpy as np
 FORMAT = "ganpipe-generator/1"
 WEIGHTS = "weights"  # artifact keys
 CONFIG = "config"
+CODE_PACKAGE = "gan_core"  # the engine's folder under code/
+CODE_SHA256 = "code_sha256"  # model_config key: {path under code/ ("gan_core/config.py"): sha256}
+PRIVATE_PACKAGE_PREFIX = "_ganpipe_model_"
 PREDICT_CHUNK_ROWS = 8192  # bounds memory for large latent inputs (rows are independent in eval mode)
 
 
@@ -50,15 +73,84 @@ def sha256_file(path: str | Path) -> str:
     return h.hexdigest()
 
 
+def code_files(code_dir: str | Path) -> dict[str, Path]:
+    """The engine's files under ``code_dir`` (the model's ``code/``), keyed by their POSIX path relative
+    to it ("gan_core/networks.py"); ``__pycache__`` folders are Python's, not the model's, and are left out."""
+    root = Path(code_dir)
+    return {p.relative_to(root).as_posix(): p for p in sorted((root / CODE_PACKAGE).rglob("*"))
+            if p.is_file() and "__pycache__" not in p.relative_to(root).parts}
+
+
+def code_digest(code_sha256: dict[str, str]) -> str:
+    """One sha256 over {path: sha256} of the shipped code; names the version's private package."""
+    return hashlib.sha256(json.dumps(sorted(code_sha256.items())).encode()).hexdigest()
+
+
+class _VerifiedPackage(importlib.abc.MetaPathFinder, importlib.abc.SourceLoader):
+    """Imports ``package`` and its submodules from in-memory source bytes (those that were hashed), so
+    that neither an edit after the check nor a stale ``__pycache__`` can change what runs."""
+
+    def __init__(self, package: str, root: Path, sources: dict[str, bytes]):
+        self.package, self.root, self.sources = package, root, sources  # sources: path under root -> bytes
+        self.paths: dict[str, str] = {}  # module name -> file path
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname != self.package and not fullname.startswith(self.package + "."):
+            return None
+        rel = fullname[len(self.package) + 1:].replace(".", "/")
+        for name, is_package in (((f"{rel}/" if rel else "") + "__init__.py", True), (f"{rel}.py", False)):
+            if name in self.sources:
+                self.paths[fullname] = str(self.root / name)
+                location = [str(self.root / rel)] if is_package else None
+                return importlib.util.spec_from_file_location(fullname, self.paths[fullname], loader=self,
+                                                              submodule_search_locations=location)
+        return None
+
+    def get_filename(self, fullname):
+        return self.paths[fullname]
+
+    def get_data(self, path):
+        rel = Path(path).relative_to(self.root).as_posix()
+        if rel not in self.sources:  # e.g. a .pyc: there is none, the verified source is compiled
+            raise OSError(f"{path} is not part of the verified code")
+        return self.sources[rel]
+
+
+def import_shipped_engine(code_dir: str | Path, code_sha256: dict[str, str]) -> ModuleType:
+    """The model's own ``code/gan_core``, verified against ``code_sha256`` and imported under its private
+    package name; returns that package (its submodules import lazily as usual: ``.config``, ...).
+
+    Raises ModelIntegrityError naming the first file that is modified, missing or not recorded.
+    """
+    shipped = code_files(code_dir)
+    for name in sorted(set(shipped) | set(code_sha256)):
+        if name not in shipped:
+            raise ModelIntegrityError(f"generator model code file code/{name} is missing; refusing to load it")
+        if name not in code_sha256:
+            raise ModelIntegrityError(f"generator model code file code/{name} was not shipped with the model "
+                                      f"(no sha256 recorded); refusing to load it")
+    sources = {}
+    for name, path in shipped.items():
+        data = path.read_bytes()  # hashed and then compiled from these same bytes
+        actual = hashlib.sha256(data).hexdigest()
+        if actual != code_sha256[name]:
+            raise ModelIntegrityError(
+                f"generator model code file code/{name} has been modified: sha256 {actual} does not match "
+                f"{code_sha256[name]} recorded when the model was logged; refusing to load it")
+        sources[name[len(CODE_PACKAGE) + 1:]] = data
+    package = PRIVATE_PACKAGE_PREFIX + code_digest(code_sha256)[:16]
+    if package not in sys.modules:  # the same verified code may already be imported (another version)
+        if not any(isinstance(f, _VerifiedPackage) and f.package == package for f in sys.meta_path):
+            sys.meta_path.insert(0, _VerifiedPackage(package, Path(code_dir) / CODE_PACKAGE, sources))
+        importlib.import_module(package)
+    return sys.modules[package]
+
+
 class GeneratorModel(mlflow.pyfunc.PythonModel):
     """G_ema from a state dict, mapping latents (or a seed range) to samples in data units."""
 
     def load_context(self, context):
         import torch
-
-        from gan_core.config import GANConfig
-        from gan_core.data import Normalisation
-        from gan_core.networks import build_generator
 
         cfg = dict(context.model_config or {})
         if cfg.get("format") != FORMAT:
@@ -75,32 +167,58 @@ class GeneratorModel(mlflow.pyfunc.PythonModel):
                 raise ModelIntegrityError(
                     f"generator model file {Path(path).name} has been modified: sha256 {actual} does not "
                     f"match {expected.get(key)} recorded when the model was logged; refusing to load it")
-        # 2. rebuild G from the config and load the EMA weights without executing pickled code
-        self.config = GANConfig.from_dict(json.loads(Path(context.artifacts[CONFIG]).read_text()))
+        if not cfg.get(CODE_SHA256):
+            raise ModelIntegrityError(f"generator model has no {CODE_SHA256!r} in its model_config; "
+                                      f"refusing to run code that was not checksummed")
+        # 2. the engine this version shipped (code/ beside artifacts/), under its private package name
+        engine = import_shipped_engine(Path(context.artifacts[WEIGHTS]).parent.parent / "code", cfg[CODE_SHA256])
+        self.engine = engine.__name__
+        config = importlib.import_module(f"{self.engine}.config")
+        data = importlib.import_module(f"{self.engine}.data")
+        networks = importlib.import_module(f"{self.engine}.networks")
+        self.sampling = importlib.import_module(f"{self.engine}.sampling")
+        # 3. rebuild G from the config and load the EMA weights without executing pickled code
+        self.config = config.GANConfig.from_dict(json.loads(Path(context.artifacts[CONFIG]).read_text()))
         self.device = torch.device(cfg.get("device") or "cpu")
-        G = build_generator(self.config)
+        G = networks.build_generator(self.config)
         state = torch.load(context.artifacts[WEIGHTS], map_location="cpu", weights_only=True)
         G.load_state_dict(state)
         self.G = G.to(self.device).eval().requires_grad_(False)
-        self.normalisation = Normalisation.from_dict(cfg.get("normalisation"))
+        self.normalisation = data.Normalisation.from_dict(cfg.get("normalisation"))
 
     def to_data_range(self, x):
         """G's outputs (torch, any device) -> float32 numpy in the data's own units:
         (x - offset) / scale (model value = data value * scale + offset)."""
         return self.normalisation.to_data(x.float().cpu()).numpy()
 
+    def sample(self, num_samples: int, seed: int, *, start: int = 0, batch_size: int = 1024) -> np.ndarray:
+        """Samples [start, start + num_samples) of ``seed``, float32 (num_samples, *shape) in data units,
+        drawn with this version's own engine (its ``sampling.generate``); ``batch_size`` only bounds memory."""
+        x = self.sampling.generate(self.G, num_samples, seed, start=start, batch_size=batch_size, device=self.device)
+        return self.to_data_range(x)
+
     def predict(self, context, model_input: np.ndarray, params: dict[str, Any] | None = None) -> np.ndarray:
         import torch
 
-        from gan_core.sampling import generate
-
         params = params or {}
         num_samples = int(params.get("num_samples") or 0)
-        if num_samples > 0:
-            x = generate(self.G, num_samples, int(params.get("seed") or 0), start=int(params.get("start") or 0),
-                         device=self.device)
-            return self.to_data_range(x)
         z = _as_latents(model_input, self.G.z_dim)
+        if num_samples or z is None:
+            seed, start = int(params.get("seed") or 0), int(params.get("start") or 0)
+            limit = self.sampling.MAX_NUM_SAMPLES
+            if z is not None and len(z):
+                raise ValueError(f"predict: pass latents z or params num_samples, not both (got z of shape "
+                                 f"{tuple(z.shape)} and num_samples={num_samples})")
+            if z is None and not num_samples:
+                raise ValueError(f"predict: no input; accepted: latents z float32 of shape (n, {self.G.z_dim}), or "
+                                 f"None with params {{'num_samples': n, 'seed': s}} (1 <= n <= {limit})")
+            if not 1 <= num_samples <= limit:
+                raise ValueError(f"predict: params num_samples={num_samples} is out of range; accepted: 1 to "
+                                 f"{limit} (gan_core.sampling.MAX_NUM_SAMPLES), or latents z float32 (n, "
+                                 f"{self.G.z_dim}) instead")
+            if start < 0:
+                raise ValueError(f"predict: params start={start} must be >= 0 (the first sample index)")
+            return self.sample(num_samples, seed, start=start)
         with torch.no_grad():
             out = [self.G(z[i:i + PREDICT_CHUNK_ROWS].to(self.device)).float().cpu()
                    for i in range(0, len(z), PREDICT_CHUNK_ROWS)]
@@ -109,18 +227,28 @@ class GeneratorModel(mlflow.pyfunc.PythonModel):
 
 
 def _as_latents(model_input, z_dim: int):
+    """Latents as a float32 tensor (n, z_dim), or None for no input. Errors name the dtype and shape,
+    never the values (an input can be large)."""
     import torch
 
     if model_input is None:
-        return torch.empty(0, z_dim)
+        return None
     if hasattr(model_input, "to_numpy"):  # a pandas DataFrame (e.g. from the scoring server)
         model_input = model_input.to_numpy()
     if isinstance(model_input, dict):  # {"z": array}
         model_input = next(iter(model_input.values()))
-    z = torch.as_tensor(np.asarray(model_input, dtype=np.float32))
-    if z.ndim != 2 or z.shape[1] != z_dim:
-        raise ValueError(f"latents must have shape (n, {z_dim}); got {tuple(z.shape)}")
-    return z
+    z = np.asarray(model_input)
+    accepted = (f"accepted: latents z float32 of shape (n, {z_dim}), or None with params "
+                f"{{'num_samples': n, 'seed': s}}")
+    if z.dtype == np.float64:  # JSON numbers arrive as float64; take them only if float32 holds them exactly
+        z32 = z.astype(np.float32)
+        if not np.array_equal(z32, z, equal_nan=True):
+            raise ValueError(f"predict: latents z are float64 of shape {z.shape} and not exactly float32 values; "
+                             f"{accepted} (cast with z.astype(np.float32))")
+        z = z32
+    if z.dtype != np.float32 or z.ndim != 2 or z.shape[1] != z_dim:
+        raise ValueError(f"predict: latents z are {z.dtype} of shape {z.shape}; {accepted}")
+    return torch.from_numpy(np.ascontiguousarray(z))
 
 
 mlflow.models.set_model(GeneratorModel())

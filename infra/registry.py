@@ -17,9 +17,16 @@ against eager, with outputs in the same data units as ``predict``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
+import random
+import shutil
+import socket
 import tempfile
+import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,6 +50,10 @@ CHAMPION = "champion"
 MODEL_FORMAT = "ganpipe-generator/1"  # must equal infra.generator_model.FORMAT
 PYFUNC_FILE = Path(__file__).with_name("generator_model.py")
 LOGGED_MODEL_NAME = "generator"
+PROMOTION_LOCK_SUFFIX = ".promotion-lock"  # the registered model that exists while an alias of <name> moves
+PROMOTION_LOCK_TAG = "ganpipe.lock.holder"  # host:pid:random of the holder
+PROMOTION_LOCK_WAIT_S = 120.0  # a promotion holds the lock for three registry calls (well under a second)
+PROMOTION_LOCK_STALE_S = 60.0  # a lock this old was left by a holder that died; it is broken
 
 
 class RegistryError(RuntimeError):
@@ -67,16 +78,26 @@ def _sha256(path: Path) -> str:
 
 
 def model_signature(config: GANConfig):
-    """Tensor signature: z float32 (-1, z_dim) -> x float32 (-1, *shape); params num_samples, seed, start."""
+    """Outputs x float32 (-1, *shape); params num_samples, seed, start (long, default 0). No input schema:
+    MLflow's tensor schema makes every input required (so ``predict(None, params=...)`` would fail) and
+    quotes the whole array in its dtype error; the pyfunc checks z itself (float32 (n, z_dim), one-line
+    errors) and the expected z is in the model's metadata (``ganpipe.z_dim``) and its input example."""
     from mlflow.models import ModelSignature
     from mlflow.types import ParamSchema, ParamSpec, Schema, TensorSpec
 
     return ModelSignature(
-        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, config.network.z_dim), "z")]),
+        inputs=None,
         outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, *config.data.shape), "x")]),
         params=ParamSchema([ParamSpec("num_samples", "long", 0), ParamSpec("seed", "long", 0),
                             ParamSpec("start", "long", 0)]),
     )
+
+
+def _code_sha256(code_dir: Path) -> dict[str, str]:
+    """{path under code/ ("gan_core/config.py"): sha256} of the engine shipped in ``code_dir``: the
+    files infra.generator_model.code_files lists on load (no ``__pycache__``)."""
+    return {p.relative_to(code_dir).as_posix(): _sha256(p) for p in sorted(code_dir.rglob("*"))
+            if p.is_file() and "__pycache__" not in p.relative_to(code_dir).parts}
 
 
 def log_generator(G_ema: nn.Module, config: GANConfig, *, run_id: str,
@@ -86,7 +107,9 @@ def log_generator(G_ema: nn.Module, config: GANConfig, *, run_id: str,
     (MLflow's ``ModelInfo``, {artifact key: sha256}).
 
     ``exports``: extra files (``{"pt2": path, "onnx": path}``) stored next to the weights and covered by
-    the same sha256 check.
+    the same sha256 check. The engine (``code/gan_core``) is a copy of this process's ``gan_core``
+    without ``__pycache__``; each of its files' sha256 is recorded too (``code_sha256``), and the pyfunc
+    imports exactly those bytes under a version-private name (see infra/generator_model.py).
     """
     import mlflow
     from mlflow.models import Model
@@ -98,8 +121,12 @@ def log_generator(G_ema: nn.Module, config: GANConfig, *, run_id: str,
         config_file.write_text(config.to_json())
         artifacts = {"weights": weights, "config": config_file, **(exports or {})}
         sha = {key: _sha256(Path(p)) for key, p in artifacts.items()}
-        model_config = {"format": MODEL_FORMAT, "sha256": sha, "normalisation": normalisation.to_dict(),
-                        "device": "cpu"}
+        # the engine that ships: a copy, so that what is hashed is what MLflow copies into code/
+        code_dir = Path(tmp) / "code"
+        shutil.copytree(Path(gan_core.__file__).parent, code_dir / "gan_core",
+                        ignore=shutil.ignore_patterns("__pycache__"))
+        model_config = {"format": MODEL_FORMAT, "sha256": sha, "code_sha256": _code_sha256(code_dir),
+                        "normalisation": normalisation.to_dict(), "device": "cpu"}
         metadata = {"ganpipe": {"format": MODEL_FORMAT, "z_dim": config.network.z_dim,
                                 "sample_shape": list(config.data.shape), "normalisation": normalisation.to_dict(),
                                 "dataset": config.data.name}}
@@ -113,7 +140,7 @@ def log_generator(G_ema: nn.Module, config: GANConfig, *, run_id: str,
             artifact_path=None, name=name, flavor=mlflow.pyfunc, flavor_name="pyfunc.ModelFromCode", run_id=run_id,
             model_id=logged.model_id, python_model=str(PYFUNC_FILE),
             artifacts={k: str(p) for k, p in artifacts.items()},
-            code_paths=[str(Path(gan_core.__file__).parent)], model_config=model_config, metadata=metadata,
+            code_paths=[str(code_dir / "gan_core")], model_config=model_config, metadata=metadata,
             signature=model_signature(config), input_example=example,
             # explicit requirements: inferring them would load the model once more in a subprocess
             pip_requirements=[f"mlflow=={mlflow.__version__}", f"torch=={torch.__version__.split('+')[0]}",
@@ -176,32 +203,106 @@ def champion_value(name: str, alias: str = CHAMPION) -> tuple[str, float, str, b
         return str(mv.version), float("nan"), t.get("eval.primary", "?"), True
 
 
+@contextlib.contextmanager
+def promotion_lock(name: str, *, wait_s: float = PROMOTION_LOCK_WAIT_S, stale_s: float = PROMOTION_LOCK_STALE_S):
+    """Hold the promotion lock of model ``name`` (any alias) across threads, processes and hosts.
+
+    MLflow has no compare-and-set on aliases, so a check-then-set promotion races (a worse version won
+    6 of 12 concurrent rounds). Creating a registered model is atomic on every registry backend (a
+    unique name in its database, behind a tracking server too), so the lock is the registered model
+    ``<name>.promotion-lock``: whoever creates it holds it, the others poll (with jitter) until it is
+    deleted. A file lock would serialise only processes that share a disk; this works wherever the
+    registry is reachable, with the registry's own permissions. A lock older than ``stale_s`` (its
+    holder died within the few calls it is held for) is broken with a warning; its age is read against
+    this machine's clock, so hosts must agree to within a fraction of ``stale_s``. Raises RegistryError
+    after ``wait_s`` without the lock.
+    """
+    from mlflow.exceptions import MlflowException
+
+    client = mlflow_client()
+    lock = f"{name}{PROMOTION_LOCK_SUFFIX}"
+    token = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
+    deadline, delay = time.monotonic() + wait_s, 0.02
+    while True:
+        try:
+            client.create_registered_model(lock, tags={PROMOTION_LOCK_TAG: token},
+                                           description=f"held while the alias of {name} moves; safe to "
+                                                       f"delete when no registration is running")
+            break
+        except MlflowException as e:
+            if e.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+        holder = _lock_holder(client, lock)
+        if holder is not None and time.time() - holder[1] > stale_s:
+            log.warning("breaking the promotion lock %s of %s: held by %s for %.0f s (more than %.0f s)",
+                        lock, name, holder[0], time.time() - holder[1], stale_s)
+            _delete_lock(client, lock, holder[0])
+            continue
+        if time.monotonic() > deadline:
+            raise RegistryError(f"could not move an alias of {name}: the promotion lock (registered model "
+                                f"{lock!r}, held by {holder[0] if holder else '?'}) stayed taken for {wait_s:.0f} s")
+        time.sleep(delay * (0.5 + random.random()))
+        delay = min(2 * delay, 0.5)
+    try:
+        yield
+    finally:
+        if not _delete_lock(client, lock, token):
+            log.warning("the promotion lock %s of %s was taken over while held by %s", lock, name, token)
+
+
+def _lock_holder(client, lock: str) -> tuple[str, float] | None:
+    """(holder token, creation time in seconds since the epoch) of the lock model, or None if gone."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        rm = client.get_registered_model(lock)
+    except MlflowException:
+        return None
+    return rm.tags.get(PROMOTION_LOCK_TAG, "?"), rm.creation_timestamp / 1000
+
+
+def _delete_lock(client, lock: str, token: str) -> bool:
+    """Delete the lock model if ``token`` holds it; whether it did."""
+    from mlflow.exceptions import MlflowException
+
+    holder = _lock_holder(client, lock)
+    if holder is None or holder[0] != token:
+        return False
+    try:
+        client.delete_registered_model(lock)
+    except MlflowException:
+        return False  # deleted meanwhile
+    return True
+
+
 def promote_if_better(name: str, version: str, evaluation: Evaluation, *, alias: str = CHAMPION,
                       force: bool = False) -> tuple[bool, str, str]:
     """Point ``alias`` at ``version`` if it strictly beats the holder (ties keep the holder).
 
     Returns (promoted, champion version afterwards, decision). A holder scored with another metric is
-    not comparable: it keeps the alias unless ``force``.
+    not comparable: it keeps the alias unless ``force``. The read, the comparison and the move happen
+    under `promotion_lock`, so concurrent registrations are decided one after the other and the alias
+    ends on the best of them. Raises RegistryError if the lock cannot be had.
     """
-    current = champion_value(name, alias)
-    client = mlflow_client()
-    if current is None:
-        decision = f"promoted: first {alias} ({evaluation.primary}={evaluation.value:.6g})"
-    elif force:
-        decision = f"promoted: forced over v{current[0]}"
-    else:
-        cur_version, cur_value, cur_metric, _ = current
-        if cur_version == str(version):
-            return True, cur_version, f"already {alias}"
-        if cur_metric != evaluation.primary:
-            return False, cur_version, (f"kept v{cur_version}: it was scored with {cur_metric}, not "
-                                        f"{evaluation.primary} (re-register with force to replace it)")
-        if not evaluation.beats(cur_value):
-            better = "higher" if evaluation.higher_is_better else "lower"
-            return False, cur_version, (f"kept v{cur_version}: {evaluation.primary}={evaluation.value:.6g} is not "
-                                        f"{better} than {cur_value:.6g}")
-        decision = f"promoted over v{cur_version}: {evaluation.primary} {cur_value:.6g} -> {evaluation.value:.6g}"
-    client.set_registered_model_alias(name, alias, str(version))
+    with promotion_lock(name):
+        current = champion_value(name, alias)
+        if current is None:
+            decision = f"promoted: first {alias} ({evaluation.primary}={evaluation.value:.6g})"
+        elif force:
+            decision = f"promoted: forced over v{current[0]}"
+        else:
+            cur_version, cur_value, cur_metric, _ = current
+            if cur_version == str(version):
+                return True, cur_version, f"already {alias}"
+            if cur_metric != evaluation.primary:
+                return False, cur_version, (f"kept v{cur_version}: it was scored with {cur_metric}, not "
+                                            f"{evaluation.primary} (re-register with force to replace it)")
+            if not evaluation.beats(cur_value):
+                better = "higher" if evaluation.higher_is_better else "lower"
+                return False, cur_version, (f"kept v{cur_version}: {evaluation.primary}={evaluation.value:.6g} "
+                                            f"is not {better} than {cur_value:.6g}")
+            decision = f"promoted over v{cur_version}: {evaluation.primary} {cur_value:.6g} -> {evaluation.value:.6g}"
+        mlflow_client().set_registered_model_alias(name, alias, str(version))
     return True, str(version), decision
 
 

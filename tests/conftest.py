@@ -91,6 +91,27 @@ def s3_bucket(s3_server, request):
     return name
 
 
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """One SQLite MLflow store (tracking + registry) for the module; artifacts next to it. The
+    process-wide URIs are set too (and cleared afterwards), so no earlier test's store leaks in."""
+    import mlflow
+
+    root = tmp_path_factory.mktemp("mlflow")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", uri)
+        mp.setenv("MLFLOW_REGISTRY_URI", uri)
+        mp.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_registry_uri(uri)
+        try:
+            yield uri
+        finally:
+            mlflow.set_tracking_uri(None)
+            mlflow.set_registry_uri(None)
+
+
 @pytest.fixture
 def mlflow_tracking(tmp_path, monkeypatch):
     """An MLflow SQLite tracking store and registry in a temp dir; yields the tracking URI."""
