@@ -163,7 +163,6 @@ def _portable_s3_filesystem():
     """An S3FileSystem that carries the driver's resolved credentials and endpoint when pickled to
     workers: Ray workers may have been started before AWS_* variables were set in this process."""
     import boto3
-    import pyarrow.fs as pafs
 
     from infra import storage
 
@@ -180,7 +179,7 @@ def _portable_s3_filesystem():
     region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
     if region:
         kwargs["region"] = region
-    return pafs.S3FileSystem(**kwargs)
+    return storage.s3_filesystem(**kwargs)  # with its retry budget, which survives the pickling
 
 
 def worker_threads(cluster: ClusterConfig, loading: str) -> int:

@@ -36,15 +36,64 @@ def is_s3(uri: str) -> bool:
     return uri.startswith(S3_SCHEME)
 
 
-def s3_filesystem() -> pafs.S3FileSystem:
+# Attempts per S3 request (the AWS SDK's own retries, inside pyarrow and boto3), unless AWS_MAX_ATTEMPTS
+# says otherwise. pyarrow's default (3 attempts of its standard strategy) gives up on a stopped endpoint
+# after 1.3 s; 9 attempts of the SDK's default strategy (exponential from 25 ms) after 12.8 s (measured
+# with pyarrow 25), so a server restarting for a few seconds costs a pause, not the job.
+S3_MAX_ATTEMPTS = 9
+# boto3's "standard" mode: jittered exponential backoff from 1 s (mean budget about 15 s for 6 attempts)
+S3_BOTO_MAX_ATTEMPTS = 6
+
+
+def s3_max_attempts() -> int:
+    """Attempts per S3 request: AWS_MAX_ATTEMPTS (the AWS SDKs' standard setting) when set, else
+    S3_MAX_ATTEMPTS."""
+    value = os.environ.get("AWS_MAX_ATTEMPTS", "").strip()
+    return int(value) if value.isdigit() and int(value) > 0 else S3_MAX_ATTEMPTS
+
+
+class RetryingS3FileSystem(pafs.S3FileSystem):
+    """pyarrow's S3FileSystem with a retry budget that outlasts a short outage, which it keeps when
+    pickled: pyarrow's own pickling drops `retry_strategy` (checked with pyarrow 25), so Ray workers and
+    Ray Data tasks (checkpoint uploads, shard reads) would otherwise run with 3 attempts."""
+
+    def __init__(self, *, max_attempts: int, **options):
+        super().__init__(retry_strategy=pafs.AwsDefaultS3RetryStrategy(max_attempts=max_attempts), **options)
+        self._options = dict(options, max_attempts=max_attempts)
+
+    def __reduce__(self):
+        return _rebuild_s3, (self._options,)
+
+
+def _rebuild_s3(options: dict) -> RetryingS3FileSystem:
+    return RetryingS3FileSystem(**options)
+
+
+def s3_filesystem(**overrides) -> pafs.S3FileSystem:
     """An S3FileSystem configured the standard AWS way, by pyarrow itself: endpoint from
     AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL (MinIO, moto; http:// or https://), region from AWS_REGION /
-    AWS_DEFAULT_REGION, credentials from the default AWS chain.
+    AWS_DEFAULT_REGION, credentials from the default AWS chain; `overrides` (S3FileSystem's arguments,
+    e.g. frozen credentials) replace what it resolved. Requests are retried s3_max_attempts() times.
 
-    NOTE: through ``FileSystem.from_uri``: pyarrow 25's ``S3FileSystem()`` constructor ignores
-    AWS_ENDPOINT_URL, its URI parser does not. No bucket in the URI: no region lookup request.
+    NOTE: the options through ``FileSystem.from_uri`` (read back from its pickling state): pyarrow 25's
+    ``S3FileSystem()`` constructor ignores AWS_ENDPOINT_URL, its URI parser does not. No bucket in the
+    URI: no region lookup request.
     """
-    return pafs.FileSystem.from_uri(S3_SCHEME)[0]
+    resolved = pafs.FileSystem.from_uri(S3_SCHEME)[0]
+    options = dict(resolved.__reduce__()[1][0], **overrides)
+    return RetryingS3FileSystem(max_attempts=s3_max_attempts(), **options)
+
+
+def boto3_s3_client():
+    """A boto3 S3 client configured the standard AWS way (endpoint, region and credentials from the
+    environment), retrying each request S3_BOTO_MAX_ATTEMPTS times unless AWS_MAX_ATTEMPTS /
+    AWS_RETRY_MODE say otherwise."""
+    import boto3
+    from botocore.config import Config
+
+    if os.environ.get("AWS_MAX_ATTEMPTS") or os.environ.get("AWS_RETRY_MODE"):
+        return boto3.client("s3")
+    return boto3.client("s3", config=Config(retries={"mode": "standard", "max_attempts": S3_BOTO_MAX_ATTEMPTS}))
 
 
 @dataclass(frozen=True)
@@ -202,11 +251,9 @@ def s3_etags(loc: Location) -> dict[str, str]:
     pyarrow's FileInfo has no ETag; boto3's ListObjectsV2 returns it with the listing, which lets a
     source be fingerprinted without downloading it.
     """
-    import boto3
-
     bucket, _, prefix = loc.path.partition("/")
     prefix = prefix.rstrip("/")
-    client = boto3.client("s3")  # endpoint and credentials from the standard AWS environment
+    client = boto3_s3_client()
     out: dict[str, str] = {}
     paginator = client.get_paginator("list_objects_v2")
     list_prefix = prefix + "/" if prefix else ""

@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
     from infra.shardset import ShardSetError
     from infra.sources import SourceError
     from infra.storage import StorageError
-    from pipelines.cli import UserError
+    from pipelines.cli import PipelineFailed, UserError
 
     try:
         if args.verify:
@@ -91,6 +91,10 @@ def run(args: argparse.Namespace) -> int:
         ds = open_dataset(uri)
     except (SourceError, ShardSetError, StorageError) as e:
         raise UserError(str(e)) from None
+    except OSError as e:  # storage that failed midway, after each S3 request's retries (infra.storage)
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise PipelineFailed(f"storage failed while staging ({reason}); nothing was committed: run the same "
+                             "command again") from None
     m = ds.manifest
     skipped = f", {m['num_skipped']} bad files skipped" if m["num_skipped"] else ""
     print(f"staged {m['name']} version {m['version']}: {m['num_rows']} rows of shape {tuple(m['shape'])} "
