@@ -3,10 +3,13 @@
     <dir>/state.pt      G, D, G_ema, both optimisers and their lr schedules, both AMP scalers,
                         counters, RNG states
     <dir>/config.json   the resolved GANConfig
-    <dir>/summary.json  step, kimg, last metrics (written last: a directory without it is incomplete)
+    <dir>/summary.json  step, kimg, last metrics
+    <dir>/sha256.json   size and sha256 of the three files above (written last)
 
 Format "ganpipe-checkpoint/2" added the lr schedules ("sched_G", "sched_D"); /1 checkpoints, without
-them, still load (the schedules are positioned at the saved step).
+them, still load (the schedules are positioned at the saved step). Format /3 added sha256.json, so that
+whether a checkpoint is intact (`verify_checkpoint`) costs one read of its files, not a model build;
+checkpoints without it (/1, /2) are verified by loading them.
 
 Loading uses ``torch.load(weights_only=True)``: a checkpoint cannot execute code. Where the directory
 is stored (local disk, S3, Ray Train's storage) is infra's business.
@@ -14,6 +17,7 @@ is stored (local disk, S3, Ray Train's storage) is infra's business.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -33,6 +37,9 @@ log = logging.getLogger(__name__)
 STATE_FILE = "state.pt"
 CONFIG_FILE = "config.json"
 SUMMARY_FILE = "summary.json"
+FILES_MANIFEST = "sha256.json"
+FORMAT = "ganpipe-checkpoint/3"
+_HASHED_FILES = (STATE_FILE, CONFIG_FILE, SUMMARY_FILE)
 
 
 class CheckpointError(RuntimeError):
@@ -41,7 +48,8 @@ class CheckpointError(RuntimeError):
 
 def save_checkpoint(state: TrainingState, directory: str | os.PathLike, metrics: dict[str, float] | None = None,
                     ) -> Path:
-    """Write ``state`` to ``directory`` atomically (a sibling temp dir renamed into place)."""
+    """Write ``state`` to ``directory`` atomically (a sibling temp dir renamed into place); sha256.json,
+    the files' sizes and digests, is written last."""
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
@@ -63,8 +71,9 @@ def save_checkpoint(state: TrainingState, directory: str | os.PathLike, metrics:
         torch.save(payload, tmp / STATE_FILE)
         (tmp / CONFIG_FILE).write_text(state.config.to_json())
         summary = {"step": state.step, "kimg": state.kimg, "images_seen": state.images_seen,
-                   "metrics": metrics or {}, "format": "ganpipe-checkpoint/2"}
+                   "metrics": metrics or {}, "format": FORMAT}
         (tmp / SUMMARY_FILE).write_text(json.dumps(summary, indent=2, sort_keys=True))
+        write_files_manifest(tmp)
         if directory.exists():
             shutil.rmtree(directory)
         os.replace(tmp, directory)
@@ -74,16 +83,83 @@ def save_checkpoint(state: TrainingState, directory: str | os.PathLike, metrics:
     return directory
 
 
-def read_checkpoint_config(directory: str | os.PathLike) -> GANConfig:
+def write_files_manifest(directory: str | os.PathLike) -> None:
+    """(Re)write ``<directory>/sha256.json`` from the checkpoint files as they are now."""
+    directory = Path(directory)
+    files = {name: {"bytes": (directory / name).stat().st_size, "sha256": _file_sha256(directory / name)}
+             for name in _HASHED_FILES}
+    (directory / FILES_MANIFEST).write_text(json.dumps({"format": FORMAT, "files": files}, indent=2, sort_keys=True))
+
+
+def _file_sha256(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def verify_checkpoint(directory: str | os.PathLike) -> dict[str, Any]:
+    """Check that a checkpoint directory is whole and return its summary.
+
+    With sha256.json (format /3): every file's size and sha256 against it, one read of each file.
+    Without it (formats /1, /2): config.json must be a valid config and state.pt must load.
+
+    Raises CheckpointError naming the directory and the first missing, truncated, altered or
+    unreadable file.
+    """
     directory = Path(directory)
     _require_complete(directory)
-    return GANConfig.from_dict(json.loads((directory / CONFIG_FILE).read_text()))
+    if not _check_files(directory):  # no sha256.json (an older format, or a copy that lost it): load it
+        read_checkpoint_config(directory)
+        load_state_dict_file(directory)
+    return read_summary(directory)
+
+
+def _check_files(directory: Path) -> bool:
+    """The files against sha256.json: False if the checkpoint has none (older formats), True if all
+    match; raises CheckpointError naming the first file that does not."""
+    path = directory / FILES_MANIFEST
+    if not path.is_file():
+        return False
+    try:
+        files = json.loads(path.read_text())["files"]
+        expected = {name: (int(files[name]["bytes"]), str(files[name]["sha256"])) for name in _HASHED_FILES}
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{path}: unreadable ({type(e).__name__}: {e})") from None
+    for name, (size, digest) in expected.items():
+        actual = (directory / name).stat().st_size
+        if actual != size:
+            raise CheckpointError(f"{directory / name}: {actual} bytes where {FILES_MANIFEST} records {size} "
+                                  f"(truncated or altered)")
+        if _file_sha256(directory / name) != digest:
+            raise CheckpointError(f"{directory / name}: its sha256 differs from {FILES_MANIFEST} (altered)")
+    return True
+
+
+def read_checkpoint_config(directory: str | os.PathLike) -> GANConfig:
+    """The checkpoint's GANConfig. Raises CheckpointError naming config.json if it is not a valid config."""
+    directory = Path(directory)
+    _require_complete(directory)
+    path = directory / CONFIG_FILE
+    try:
+        return GANConfig.from_dict(_read_json(path))
+    except ValueError as e:  # ConfigError: names the field and what is allowed
+        raise CheckpointError(f"{path}: {e}") from None
 
 
 def read_summary(directory: str | os.PathLike) -> dict[str, Any]:
     directory = Path(directory)
     _require_complete(directory)
-    return json.loads((directory / SUMMARY_FILE).read_text())
+    return _read_json(directory / SUMMARY_FILE)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    """A checkpoint's JSON object; CheckpointError naming the file if it is unreadable or not an object."""
+    try:
+        table = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:  # JSON and UTF-8 errors are ValueErrors
+        raise CheckpointError(f"{path}: not readable as JSON ({e})") from None
+    if not isinstance(table, dict):
+        raise CheckpointError(f"{path}: a JSON object expected, got {type(table).__name__}")
+    return table
 
 
 def _require_complete(directory: Path) -> None:
@@ -97,10 +173,12 @@ def _require_complete(directory: Path) -> None:
 def load_state_dict_file(directory: str | os.PathLike, device: str | torch.device = "cpu") -> dict[str, Any]:
     directory = Path(directory)
     _require_complete(directory)
+    _check_files(directory)
     try:
         return torch.load(directory / STATE_FILE, map_location=device, weights_only=True)
     except Exception as e:  # a truncated or tampered file
-        raise CheckpointError(f"{directory / STATE_FILE}: cannot be read as a checkpoint ({e})") from e
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise CheckpointError(f"{directory / STATE_FILE}: cannot be read as a checkpoint ({reason})") from e
 
 
 def restore_training_state(state: TrainingState, directory: str | os.PathLike, *, restore_rng: bool = True,

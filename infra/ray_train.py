@@ -25,10 +25,12 @@ import json
 import logging
 import math
 import os
+import posixpath
 import tempfile
 import sys
 import time
 from dataclasses import asdict, dataclass, replace
+from functools import partial
 from typing import Any
 
 from gan_core.config import ConfigError, GANConfig, check
@@ -38,11 +40,18 @@ from .ray_cluster import ensure_ray
 
 DATA_LOADING = ("auto", "memory", "stream")
 PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
+STOP_FILE = "stopped.json"  # in the run's folder: why its workers stopped for a fault a restart cannot fix
 MAX_STREAM_PASSES = 1000  # beyond this many epochs per execution the stream restarts (and pays a stall)
 # The per-worker memory budget for training data (cluster.data_memory_mib): "auto" loads the dataset into
 # every worker's memory when its loading peak fits (see `memory_loading_bytes`), else streams it, and a
 # stream's read-ahead is sized from the same budget.
 DEFAULT_DATA_MEMORY_MIB = 4096
+
+
+class TrainingStopped(RuntimeError):
+    """Training stopped for a fault that restarting the workers cannot fix: a non-finite loss (named
+    with its step; the latest checkpoint is the last good one) or no intact checkpoint to resume from.
+    One-line message."""
 
 
 @dataclass(frozen=True)
@@ -254,6 +263,8 @@ class WorkerPlan:
     storage_uri: str
     tracking: TrackingSpec | None  # with tracking_uri resolved on the driver
     manifest: dict[str, Any]  # the dataset's manifest, for the MLflow run's params and artifact
+    storage_fs: Any = None  # storage_uri's pyarrow filesystem as Ray Train uses it (S3: the driver's credentials)
+    storage_fs_path: str = ""  # storage_uri's path in storage_fs
 
 
 def plan_training(config: GANConfig, dataset_ref: str, cluster: ClusterConfig, tracking: TrackingSpec | None):
@@ -277,7 +288,7 @@ def plan_training(config: GANConfig, dataset_ref: str, cluster: ClusterConfig, t
         threads_per_worker=cluster.threads_per_worker,
         verify_sync=cluster.verify_sync, use_gpu=cluster.use_gpu,
         run_name=cluster.run_name or deterministic_run_name(config, ds.version), storage_uri=storage_uri,
-        tracking=tracking, manifest=ds.manifest)
+        tracking=tracking, manifest=ds.manifest, storage_fs=storage_fs, storage_fs_path=storage_path)
     return plan, ds, storage_path, storage_fs
 
 
@@ -341,8 +352,11 @@ def launch_training(config: GANConfig, dataset_ref: str, cluster: ClusterConfig 
                     tracking: TrackingSpec | None = None) -> TrainOutcome:
     """Train `config` on the staged dataset `dataset_ref` with Ray Train; blocks until done.
 
-    Re-submitting the same (config, dataset, run_name) resumes from the run's latest checkpoint.
-    Raises ConfigError / DatasetError / StorageError (one line) before any cluster work for a bad request.
+    Re-submitting the same (config, dataset, run_name) resumes from the run's latest intact checkpoint.
+    Raises ConfigError / DatasetError / StorageError (one line) before any cluster work for a bad request,
+    TrainingStopped (one line) for a non-finite loss or a run without an intact checkpoint; neither is
+    retried (the workers record it in the run's stopped.json and end; the MLflow run of a non-finite loss
+    is marked FAILED).
     """
     t0 = time.perf_counter()
     # 1. resolve and validate everything before touching the cluster
@@ -352,7 +366,14 @@ def launch_training(config: GANConfig, dataset_ref: str, cluster: ClusterConfig 
     plan = replace(plan, threads_per_worker=worker_threads(cluster, plan.data_loading))
     trainer = _trainer(plan, _ray_dataset(plan, ds, cluster), cluster, storage_path, storage_fs)
     # 3. run (or resume) and describe the result
+    from .storage import read_bytes
+
+    stop_file = _stop_file(plan)
+    if stop_file.exists():  # an earlier submission's: this one may get further
+        stop_file.fs.delete_file(stop_file.path)
     result = trainer.fit()
+    if stop_file.exists():
+        raise TrainingStopped(f"training run {plan.run_name} stopped: {json.loads(read_bytes(stop_file))['reason']}")
     checkpoint_uri = None
     if result.checkpoint is not None:
         path = result.checkpoint.path
@@ -379,9 +400,11 @@ def _find_mlflow_run(spec: TrackingSpec, run_name: str) -> str | None:
         return None
 
 
-def _open_tracker(plan: WorkerPlan, state):
+def _open_tracker(plan: WorkerPlan, state, checkpoint_name):
     """Rank 0's MLflow tracker; the run is named after the Ray run, so a restarted worker group and a
-    re-submitted job continue the same MLflow run."""
+    re-submitted job continue the same MLflow run. `checkpoint_name(step)`: a checkpoint's folder name in
+    the run's storage."""
+    from gan_core.checkpoint import read_summary
     from infra.storage import join_uri
     from infra.tracking import DatasetRef, TrainingTracker
 
@@ -389,7 +412,7 @@ def _open_tracker(plan: WorkerPlan, state):
         plan.config, run_name=plan.run_name, experiment=plan.tracking.experiment,
         tracking_uri=plan.tracking.tracking_uri, dataset=DatasetRef.from_manifest(plan.manifest["name"], plan.manifest),
         generator=state.G_ema,
-        checkpoint_uri=lambda d: join_uri(plan.storage_uri, plan.run_name, os.path.basename(os.path.normpath(d))),
+        checkpoint_uri=lambda d: join_uri(plan.storage_uri, plan.run_name, checkpoint_name(read_summary(d)["step"])),
     ).start()
 
 
@@ -541,21 +564,28 @@ def _say(line: str) -> None:
     say(line)
 
 
-def _restore(state, rank: int) -> int:
+def _restore(state, plan: WorkerPlan, rank: int) -> tuple[int, list[str]]:
     """The run's latest checkpoint (after a worker-group restart or a re-submission), if any, into
-    `state`; returns the step training starts from."""
+    `state`; returns the step training starts from and the names of the damaged checkpoints skipped.
+    A damaged latest checkpoint falls back to the newest intact one of the run (one warning line from
+    rank 0, naming both); raises CheckpointError (one line) if none is intact."""
     import ray.train
 
     from gan_core.checkpoint import restore_training_state
+    from infra.checkpoints import newest_intact
+    from infra.storage import Location, join_uri
 
     checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as d:
-            restore_training_state(state, d, log_changes=rank == 0)
-        if rank == 0:
-            _say(f"resuming {ray.train.get_context().get_experiment_name()} from step {state.step} "
-                 f"({state.kimg:.1f} kimg)")
-    return state.step
+    if checkpoint is None:
+        return state.step, []
+    name = os.path.basename(checkpoint.path.rstrip("/"))
+    latest = Location(checkpoint.filesystem, checkpoint.path, join_uri(plan.storage_uri, plan.run_name, name))
+    # restore_training_state verifies the files (sha256.json) before it changes anything in `state`
+    _, used, skipped = newest_intact(latest, lambda d: restore_training_state(state, d, log_changes=rank == 0),
+                                     warn=_say if rank == 0 else (lambda line: None))
+    if rank == 0:
+        _say(f"resuming {plan.run_name} from step {state.step} ({state.kimg:.1f} kimg, {used.name})")
+    return state.step, skipped
 
 
 class _DataMemory:
@@ -594,6 +624,28 @@ def _announce(plan: WorkerPlan, rank: int, world_size: int) -> None:
              f"{torch.get_num_threads()} torch threads each, data {plan.data_loading}")
 
 
+def _stop_file(plan: WorkerPlan):
+    """The run's stop record (STOP_FILE), an infra.storage Location."""
+    import pyarrow.fs as pafs
+
+    from infra.storage import Location, join_uri
+
+    fs = plan.storage_fs or pafs.LocalFileSystem()
+    path = posixpath.join(plan.storage_fs_path, plan.run_name, STOP_FILE)
+    return Location(fs, path, join_uri(plan.storage_uri, plan.run_name, STOP_FILE))
+
+
+def _stop(plan: WorkerPlan, rank: int, e: Exception) -> None:
+    """Record a fault that a restart cannot fix, for the driver to raise. Every rank meets it (the same
+    files, the same reduced statistics) and its worker function returns: raising would make Ray Train
+    restart the group max_failures times into the same fault."""
+    from infra.storage import write_bytes
+
+    if rank == 0:
+        reason = (str(e).strip().splitlines() or [""])[0]
+        write_bytes(_stop_file(plan), json.dumps({"reason": f"{type(e).__name__}: {reason}"}).encode())
+
+
 def train_worker(loop_config: dict[str, Any]) -> None:
     """The per-worker function: a short adapter around gan_core's loop. `loop_config["plan"]` is the
     driver's WorkerPlan, as resolved there."""
@@ -602,7 +654,9 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     import torch
     from ray.train.torch import get_device, prepare_model
 
-    from gan_core.loop import format_tick, train
+    from gan_core.checkpoint import CheckpointError
+    from gan_core.loop import NonFiniteLossError, format_tick, train
+    from infra.checkpoints import checkpoint_name as checkpoint_name_after
     from gan_core.training import build_training_state
 
     plan: WorkerPlan = loop_config["plan"]
@@ -619,13 +673,19 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     batches = make(shard, plan, rank, world_size)
     # 2. state: fresh, or the latest checkpoint of this run
     state = build_training_state(config, get_device())
-    start_step = _restore(state, rank)
+    try:
+        start_step, skipped = _restore(state, plan, rank)
+    except CheckpointError as e:  # the same files on every rank: every rank stops here, without retries
+        _stop(plan, rank, e)
+        return
+    # past skipped (damaged) checkpoints, new folder names: see infra.checkpoints
+    checkpoint_name = partial(checkpoint_name_after, taken=skipped)
     _announce(plan, rank, world_size)
     sync = _ParameterSync(state, world_size) if plan.verify_sync and world_size > 1 else None
     if sync is not None:
         state.opt_D.register_step_post_hook(sync)
         state.opt_G.register_step_post_hook(sync)
-    tracker = _open_tracker(plan, state) if rank == 0 and plan.tracking is not None else None
+    tracker = _open_tracker(plan, state, checkpoint_name) if rank == 0 and plan.tracking is not None else None
 
     # 3. G and D wrapped in DDP separately; SyncBatchNorm only on GPUs (it refuses CPU modules)
     def wrap(module: torch.nn.Module) -> torch.nn.Module:
@@ -647,12 +707,19 @@ def train_worker(loop_config: dict[str, Any]) -> None:
         # the loop's local copies in `scratch` are pruned by the loop (num_checkpoints_to_keep) and go with it
         ckpt = ray.train.Checkpoint.from_directory(snapshot.checkpoint_dir) if snapshot.checkpoint_dir else None
         ray.train.report(metrics, checkpoint=ckpt,
-                         checkpoint_dir_name=f"checkpoint-{snapshot.step:09d}" if ckpt else None)
+                         checkpoint_dir_name=checkpoint_name(snapshot.step) if ckpt else None)
 
     with tempfile.TemporaryDirectory(prefix="gan-ckpt-") as scratch:
-        # NOTE: on failure the MLflow run stays RUNNING, so the restarted group continues it
-        result = train(config, batches=batches, rank=rank, world_size=world_size, device=get_device(),
-                       wrap_model=wrap, on_snapshot=report, checkpoint_root=scratch, state=state)
+        # NOTE: on a failure that a restart may fix the MLflow run stays RUNNING, so the restarted group
+        # continues it; a non-finite loss (the same on every rank: the statistics are reduced) stops the run
+        try:
+            result = train(config, batches=batches, rank=rank, world_size=world_size, device=get_device(),
+                           wrap_model=wrap, on_snapshot=report, checkpoint_root=scratch, state=state)
+        except NonFiniteLossError as e:
+            if tracker is not None:
+                tracker.finish(status="FAILED")
+            _stop(plan, rank, e)
+            return
     if tracker is not None:
         tracker.finish(result.history)
 
@@ -663,5 +730,5 @@ def outcome_to_json(outcome: TrainOutcome) -> str:
     return json.dumps(d, indent=2, default=str)
 
 
-__all__ = ["ClusterConfig", "TrackingSpec", "TrainOutcome", "WorkerPlan", "launch_training", "plan_training",
-           "train_worker", "deterministic_run_name", "validate_launch", "resolve_config_for_dataset", "outcome_to_json"]
+__all__ = ["ClusterConfig", "TrackingSpec", "TrainOutcome", "TrainingStopped", "WorkerPlan", "launch_training",
+           "plan_training", "train_worker", "deterministic_run_name", "validate_launch", "resolve_config_for_dataset", "outcome_to_json"]

@@ -150,22 +150,63 @@ def log_generator(G_ema: nn.Module, config: GANConfig, *, run_id: str,
 
 
 def resolve_checkpoint(ref: str) -> tuple[str, str | None]:
-    """(checkpoint URI or directory, training run id or None) from a run id or a checkpoint reference."""
-    if Path(ref).is_dir():
-        return str(Path(ref).resolve()), None
-    if "://" in ref:
-        return ref, None
+    """(checkpoint URI or directory, training run id or None) from a run id or a checkpoint reference.
+
+    A checkpoint named directly must be intact (gan_core.checkpoint.verify_checkpoint). For a run id,
+    the run's last checkpoint (tag ``ganpipe.last_checkpoint``) or, when that one is damaged, the
+    newest intact checkpoint beside it, with one warning line on stderr naming both. Raises RegistryError (one
+    line, naming the damaged file) when there is none.
+    """
+    import sys
+
+    from gan_core.checkpoint import CheckpointError, verify_checkpoint
+
+    from .checkpoints import local_directory, newest_intact
+    from .console import say
+
+    if Path(ref).is_dir() or "://" in ref:
+        uri = str(Path(ref).resolve()) if Path(ref).is_dir() else ref
+        try:
+            if storage.is_s3(uri) or not _is_remote(uri):
+                with local_directory(storage.resolve(uri)) as d:
+                    verify_checkpoint(d)
+        except CheckpointError as e:
+            raise RegistryError(f"checkpoint {uri} is damaged: {e}") from None
+        return uri, None
     from mlflow.exceptions import MlflowException
 
+    client = mlflow_client()
     try:
-        run = mlflow_client().get_run(ref)
+        run = client.get_run(ref)
     except MlflowException as e:
+        if not _is_not_found(e):
+            raise RegistryError(f"the MLflow tracking store {client.tracking_uri} cannot be reached "
+                                f"({_first_line(e.message)}); retry once it is back") from None
         raise RegistryError(f"{ref!r} is neither a checkpoint directory nor an MLflow run id ({e.message})") from None
     uri = run.data.tags.get(tracking.TAG_LAST_CHECKPOINT)
     if not uri:
         raise RegistryError(f"MLflow run {ref} has no checkpoint recorded (tag {tracking.TAG_LAST_CHECKPOINT}); "
                             f"pass the checkpoint directory instead")
-    return uri, ref
+    if _is_remote(uri) and not storage.is_s3(uri):
+        return uri, ref  # an MLflow artifact URI: verified when loaded
+    try:
+        _, used, _ = newest_intact(storage.resolve(uri), verify_checkpoint,
+                                   warn=lambda line: say(f"warning: {line}", sys.stderr))
+    except CheckpointError as e:
+        raise RegistryError(f"MLflow run {ref}: {e}") from None
+    return used.uri, ref
+
+
+def _is_remote(uri: str) -> bool:
+    return "://" in uri and not uri.startswith("file://")
+
+
+def _is_not_found(e) -> bool:
+    return getattr(e, "error_code", "") in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")
+
+
+def _first_line(text: str) -> str:
+    return (str(text).strip().splitlines() or [""])[0]
 
 
 def _local_checkpoint(uri: str, tmp: str) -> Path:

@@ -45,13 +45,16 @@ def resolve_train_settings(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     from gan_core.config import ConfigError
     from infra.datasets import DatasetError
-    from infra.ray_train import launch_training, outcome_to_json
+    from infra.ray_train import TrainingStopped, launch_training, outcome_to_json
     from infra.storage import StorageError
+    from pipelines.cli import PipelineFailed
 
     settings = resolve_train_settings(args)
     try:
         outcome = launch_training(settings.gan, args.dataset, settings.cluster)
     except (ConfigError, DatasetError, StorageError) as e:
         raise UserError(str(e)) from None
+    except TrainingStopped as e:
+        raise PipelineFailed(str(e)) from None
     print(outcome_to_json(outcome))
     return 0

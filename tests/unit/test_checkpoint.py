@@ -7,8 +7,8 @@ import sys
 import pytest
 import torch
 
-from gan_core.checkpoint import (CheckpointError, load_generator, load_training_state, restore_training_state,
-                                 save_checkpoint)
+from gan_core.checkpoint import (CheckpointError, load_generator, load_training_state, read_checkpoint_config,
+                                 restore_training_state, save_checkpoint, verify_checkpoint, write_files_manifest)
 from gan_core.config import get_preset
 from gan_core.data import InMemoryBatches, sample_mixture
 from gan_core.loop import train
@@ -185,6 +185,7 @@ def write_old_format(ckpt):
     torch.save(payload, ckpt / "state.pt")
     summary = json.loads((ckpt / "summary.json").read_text())
     (ckpt / "summary.json").write_text(json.dumps({**summary, "format": "ganpipe-checkpoint/1"}))
+    (ckpt / "sha256.json").unlink()  # added by format /3
 
 
 def test_a_checkpoint_without_lr_schedules_resumes_bitwise(tmp_path):
@@ -208,5 +209,83 @@ def test_a_schedule_at_another_step_than_the_counters_is_refused(tmp_path):
     payload = torch.load(path, weights_only=True)
     payload["sched_D"]["last_epoch"] = 2
     torch.save(payload, path)
+    write_files_manifest(path.parent)
     with pytest.raises(CheckpointError, match="lr schedule is at step 2 but the counters at step 3"):
         load_training_state(result.checkpoint_dir)
+
+
+# -- damaged checkpoints: every kind named by its file ----------------------------------------------
+
+def truncate(path):
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def garbage(path):
+    path.write_bytes(b"\x00garbage\xff" * 64)
+
+
+def bad_config(path):
+    table = json.loads(path.read_text())
+    table["train"]["total_steps"] = -3
+    path.write_text(json.dumps(table))
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    root = tmp_path_factory.mktemp("saved")
+    return train(cfg_for(2), batches=data(), checkpoint_root=root).checkpoint_dir
+
+
+@pytest.mark.parametrize("name,damage,message", [
+    ("state.pt", truncate, "state.pt: .* bytes where sha256.json records .* \\(truncated or altered\\)"),
+    ("state.pt", garbage, "state.pt: .* bytes where sha256.json records"),
+    ("state.pt", lambda p: p.unlink(), "state.pt is missing"),
+    ("config.json", bad_config, "config.json: (.* \\(truncated or altered\\)|train.total_steps: got -3)"),
+    ("config.json", lambda p: p.unlink(), "config.json is missing"),
+    ("summary.json", garbage, "summary.json: .* \\(truncated or altered\\)"),
+    ("summary.json", lambda p: p.unlink(), "summary.json is missing"),
+    ("sha256.json", garbage, "sha256.json: unreadable"),
+])
+def test_a_damaged_checkpoint_is_refused_naming_the_file(saved, tmp_path, name, damage, message):
+    import shutil
+
+    ckpt = shutil.copytree(saved, tmp_path / "ckpt")
+    assert verify_checkpoint(ckpt)["step"] == 2
+    damage(ckpt / name)
+    for load in (verify_checkpoint, load_training_state, load_generator):
+        with pytest.raises(CheckpointError, match=message) as e:
+            load(ckpt)
+        assert str(ckpt) in str(e.value) and "\n" not in str(e.value)
+
+
+def test_an_altered_state_file_of_the_same_size_is_refused(saved, tmp_path):
+    import shutil
+
+    ckpt = shutil.copytree(saved, tmp_path / "ckpt")
+    data = bytearray((ckpt / "state.pt").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (ckpt / "state.pt").write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="state.pt: its sha256 differs from sha256.json"):
+        verify_checkpoint(ckpt)
+
+
+@pytest.mark.parametrize("name,damage,message", [
+    ("state.pt", truncate, "state.pt: cannot be read as a checkpoint"),
+    ("state.pt", garbage, "state.pt: cannot be read as a checkpoint"),
+    ("config.json", bad_config, "config.json: train.total_steps: got -3; allowed"),
+    ("config.json", garbage, "config.json: not readable as JSON"),
+])
+def test_a_checkpoint_without_sha256_json_is_verified_by_loading_it(saved, tmp_path, name, damage, message):
+    import shutil
+
+    ckpt = shutil.copytree(saved, tmp_path / "ckpt")
+    write_old_format(ckpt)
+    assert verify_checkpoint(ckpt)["format"] == "ganpipe-checkpoint/1"  # an older checkpoint still loads
+    damage(ckpt / name)
+    with pytest.raises(CheckpointError, match=message) as e:
+        verify_checkpoint(ckpt)
+    assert str(ckpt / name) in str(e.value) and "\n" not in str(e.value)
+    if name == "config.json":
+        with pytest.raises(CheckpointError, match=message):
+            read_checkpoint_config(ckpt)
