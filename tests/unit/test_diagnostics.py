@@ -248,6 +248,98 @@ def test_class_coverage_indicator_with_the_digits_classifier(digits_cache):
     assert collapsed["mode_collapse/diversity_ratio"] < healthy["mode_collapse/diversity_ratio"]
 
 
+def class_warnings(caplog):
+    return [r.getMessage() for r in caplog.records if "classes; missing" in r.getMessage()]
+
+
+def test_a_digits_run_with_a_generator_forced_to_one_class_warns_naming_the_missing_classes(
+        digits_cache, tmp_path, caplog):
+    from gan_core.data import load_digits
+
+    x, y = load_digits()
+    cfg = get_preset("digits").with_overrides({"train.total_steps": 4, "train.tick_every_steps": 2,
+                                               "train.checkpoint_every_steps": 4})
+    state = build_training_state(cfg)
+    # G (and G_ema) forced to one class: a real 3, perturbed by the trained network's own output
+    three = torch.as_tensor(x[np.flatnonzero(y == 3)[0]])
+    for G in (state.G, state.G_ema):
+        G.register_forward_hook(lambda module, inputs, out: (three + 0.1 * out).clamp(-1, 1))
+    snaps = []
+    with caplog.at_level(logging.WARNING, logger="gan_core.diagnostics"):
+        train(cfg, batches=InMemoryBatches(x, 64, seed=0), state=state, on_snapshot=snaps.append,
+              checkpoint_root=tmp_path, diagnostics=TrainingDiagnostics.for_config(cfg, cache_dir=digits_cache))
+    assert [s.step for s in snaps] == [2, 4]
+    for s in snaps:  # every tick reports the collapse
+        assert s.metrics["mode_collapse/classes_covered"] == 1 and s.metrics["mode_collapse/num_classes"] == 10
+        # KL(p_gen || p_data) with all mass on class 3: -log p_data(3)
+        assert s.metrics["mode_collapse/class_kl"] == pytest.approx(-np.log(np.mean(y == 3)), abs=0.01)
+    # one warning for the episode, at its first tick, naming the missing classes
+    [warning] = class_warnings(caplog)
+    assert warning.startswith("step 2: generated samples cover 1/10 classes; missing: 0, 1, 2, 4, 5, 6, 7, 8, 9 ")
+    assert "d_pack" in warning
+
+
+def test_the_class_warning_names_a_dropped_class_and_warns_again_only_when_another_drops(digits_cache, caplog):
+    from gan_core.data import load_digits
+
+    x, y = load_digits()
+    diag = TrainingDiagnostics.for_config(get_preset("digits"), cache_dir=digits_cache)
+    assert diag.classifier is not None  # digits: the classifier comes with the config
+    generators = {"all": x, "no 7": x[y != 7], "no 1 or 7": x[(y != 7) & (y != 1)]}
+    seen = []
+    with caplog.at_level(logging.WARNING, logger="gan_core.diagnostics"):
+        for step, which in enumerate(("all", "no 7", "no 7", "all", "no 7", "no 1 or 7"), start=1):
+            caplog.clear()
+            out = diag(SimpleNamespace(G_ema=DigitGenerator(generators[which]), device=torch.device("cpu"),
+                                       step=100 * step), {})
+            seen.append((out["mode_collapse/classes_covered"], [w.split(" (")[0] for w in class_warnings(caplog)]))
+            if which == "all":
+                assert out["mode_collapse/class_kl"] < 0.05
+            else:
+                assert out["mode_collapse/class_kl"] > 0.05
+    assert seen == [
+        (10, []),
+        (9, ["step 200: generated samples cover 9/10 classes; missing: 7"]),
+        (9, []),  # the same episode
+        (10, []),
+        (9, ["step 500: generated samples cover 9/10 classes; missing: 7"]),  # dropped again
+        (8, ["step 600: generated samples cover 8/10 classes; missing: 1, 7"]),  # another class dropped
+    ]
+
+
+def test_class_coverage_needs_a_classifier_and_goes_without_one_when_asked(digits_cache, monkeypatch):
+    import gan_core.metrics.digits as digits
+
+    monkeypatch.setattr(digits, "train_digits_classifier", lambda *a, **k: pytest.fail("cached: no training"))
+    assert TrainingDiagnostics.for_config(get_preset("digits"), cache_dir=digits_cache).classifier is not None
+    monkeypatch.setenv("GANPIPE_CACHE_DIR", str(digits_cache))  # the loop's default: the cache from the environment
+    assert TrainingDiagnostics.for_config(get_preset("digits")).classifier is not None
+    off = TrainingDiagnostics.for_config(get_preset("digits"), classifier=None)
+    out = off(SimpleNamespace(G_ema=DigitGenerator(np.zeros((4, 1, 8, 8), np.float32)), device=torch.device("cpu"),
+                              step=0), {})
+    assert "mode_collapse/classes_covered" not in out and "mode_collapse/diversity_ratio" in out
+    assert TrainingDiagnostics.for_config(get_preset("tiny")).classifier is None  # ring8: modes, not classes
+
+
+@pytest.mark.parametrize("cache", ["foreign file", "not a directory"])
+def test_an_unusable_classifier_cache_costs_a_warning_not_the_run(cache, digits_cache, tmp_path, monkeypatch, caplog):
+    import gan_core.metrics.digits as digits
+
+    cached = digits.load_or_train_digits_classifier(digits_cache)
+    monkeypatch.setattr(digits, "train_digits_classifier", lambda *a, **k: (cached, 1.0))  # stands in for 3 s
+    if cache == "foreign file":
+        cache_dir = tmp_path
+        torch.save({"format": "something-else/1"}, tmp_path / digits.CACHE_FILE)
+    else:
+        cache_dir = tmp_path / "a-file"
+        cache_dir.write_text("")
+    with caplog.at_level(logging.WARNING, logger="gan_core.diagnostics"):
+        diag = TrainingDiagnostics.for_config(get_preset("digits"), cache_dir=cache_dir)
+    assert diag.classifier is cached
+    [record] = caplog.records
+    assert str(cache_dir) in record.getMessage() and "training one in memory" in record.getMessage()
+
+
 def _ddp_worker(rank, world_size, port, out_dir):
     import json
     import os
