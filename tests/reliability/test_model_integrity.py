@@ -134,6 +134,7 @@ def _plant_bytecode(source: Path, code: str) -> None:
     ("edited", r"code file code/gan_core/networks\.py has been modified: sha256 \w+ does not match"),
     ("added", r"code file code/gan_core/extra\.py was not shipped with the model"),
     ("removed", r"code file code/gan_core/sampling\.py is missing"),
+    ("unrecorded", r"has no 'code_sha256' in its model_config; refusing to run code that was not checksummed"),
 ])
 def test_shipped_code_is_checksummed_on_load(store, tiny, fault, message):
     G, cfg = tiny
@@ -144,8 +145,15 @@ def test_shipped_code_is_checksummed_on_load(store, tiny, fault, message):
         (code / "networks.py").write_text((code / "networks.py").read_text() + "\nimport os  # edited\n")
     elif fault == "added":
         (code / "extra.py").write_text("print('not shipped')\n")
-    else:
+    elif fault == "removed":
         (code / "sampling.py").unlink()
+    else:  # the MLmodel file edited to drop the code's checksums
+        from mlflow.models import Model
+
+        mlmodel = stored_model_dir(uri) / "MLmodel"
+        meta = Model.load(mlmodel)
+        del meta.flavors["python_function"]["config"]["code_sha256"]
+        meta.save(mlmodel)
     with pytest.raises(Exception, match=message) as e:
         load(uri)
     assert type(e.value).__name__ == "ModelIntegrityError"
@@ -269,7 +277,7 @@ def test_concurrent_promotions_leave_the_alias_on_the_best(store, tiny, monkeypa
         return mv
 
     rng = np.random.default_rng(0)
-    for round_ in range(4):
+    for round_ in range(2):
         name = f"race-{round_}"
         scores = [float(s) for s in rng.permutation([0.2, 0.4, 0.6, 0.8])]
         versions = _register_scored(name, source, scores)
@@ -298,6 +306,55 @@ def test_concurrent_promotions_leave_the_alias_on_the_best(store, tiny, monkeypa
     leftovers = [m.name for m in MlflowClient().search_registered_models()
                  if m.name.endswith(registry.PROMOTION_LOCK_SUFFIX)]
     assert leftovers == [], "no promotion lock is left behind"
+
+
+# One contender in its own process: reads the champion slowly (``delay`` seconds), then promotes.
+CONTENDER = """
+import sys, time
+from pathlib import Path
+from mlflow import MlflowClient
+from infra.evaluation import Evaluation
+from infra.registry import promote_if_better
+
+name, version, score, delay, sync = sys.argv[1], sys.argv[2], float(sys.argv[3]), float(sys.argv[4]), Path(sys.argv[5])
+read = MlflowClient.get_model_version_by_alias
+
+def slow_read(self, *args):
+    mv = read(self, *args)
+    time.sleep(delay)
+    return mv
+
+MlflowClient.get_model_version_by_alias = slow_read
+(sync / f"ready-{version}").touch()
+while not (sync / "go").exists():
+    time.sleep(0.01)
+print(promote_if_better(name, version, Evaluation({"score": score}, "score", True, {}))[:2])
+"""
+
+
+def test_concurrent_promotions_from_separate_processes_leave_the_alias_on_the_best(store, tiny, tmp_path):
+    from mlflow import MlflowClient
+
+    log_version("race-procs-base", *tiny)
+    source = MlflowClient().get_model_version("race-procs-base", "1").source
+    name, scores = "race-procs", [0.8, 0.2, 0.6]
+    first = _register_scored(name, source, [0.1])[0]
+    MlflowClient().set_registered_model_alias(name, "champion", first)
+    versions = _register_scored(name, source, scores)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    procs = [subprocess.Popen([sys.executable, "-c", CONTENDER, name, v, repr(s), repr(0.6 * (1.0 - s)), str(tmp_path)],
+                              cwd=Path(__file__).parents[2], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for v, s in zip(versions, scores)]
+    deadline = time.monotonic() + 240
+    while len(list(tmp_path.glob("ready-*"))) < len(procs) and time.monotonic() < deadline:
+        assert all(p.poll() is None for p in procs), [p.communicate()[1][-2000:] for p in procs if p.poll() is not None]
+        time.sleep(0.05)
+    (tmp_path / "go").touch()  # all start together
+    outputs = [p.communicate(timeout=120) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [err[-2000:] for _, err in outputs]
+    best = versions[int(np.argmax(scores))]
+    assert str(MlflowClient().get_model_version_by_alias(name, "champion").version) == best
+    assert outputs[scores.index(max(scores))][0].strip() == f"(True, '{best}')"
 
 
 def test_a_held_promotion_lock_times_out_clearly_and_a_stale_one_is_broken(store, caplog):
