@@ -372,3 +372,39 @@ def test_a_held_promotion_lock_times_out_clearly_and_a_stale_one_is_broken(store
         assert holder != "host:1:dead"
     assert "breaking the promotion lock held-gen.promotion-lock" in caplog.text
     assert not [m for m in MlflowClient().search_registered_models() if m.name == lock]
+
+
+def test_the_promotion_lock_works_through_an_mlflow_server(tmp_path, monkeypatch):
+    """Behind a tracking server (REST), the registry's duplicate-name refusal is what the lock relies on."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    from tests.integration.test_external_services import wait_for
+    from tests.ray_head import free_port
+
+    port, log = free_port(), tmp_path / "mlflow-server.log"
+    cmd = [str(Path(sys.executable).with_name("mlflow")), "server", "--host", "127.0.0.1", "--port", str(port),
+           "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}", "--workers", "1"]
+    with open(log, "wb") as out:
+        server = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path)
+    before = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
+    try:
+        uri = f"http://127.0.0.1:{port}"
+        wait_for(f"{uri}/health", server, log)
+        for var in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
+            monkeypatch.setenv(var, uri)
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_registry_uri(uri)
+        with promotion_lock("served-gen"):
+            with pytest.raises(RegistryError, match=r"promotion lock .*stayed taken"):
+                with promotion_lock("served-gen", wait_s=0.5):
+                    pass
+        with promotion_lock("served-gen", wait_s=5):  # released: free again
+            pass
+        assert not [m for m in MlflowClient().search_registered_models()
+                    if m.name.endswith(registry.PROMOTION_LOCK_SUFFIX)]
+    finally:
+        mlflow.set_tracking_uri(before[0])
+        mlflow.set_registry_uri(before[1])
+        server.terminate()
+        server.wait(timeout=30)
