@@ -2,7 +2,8 @@
 
     reg = register_generator(checkpoint_dir, "ganpipe-digits", run_id=run_id, normalisation=Normalisation(1/8, -1))
     # -> logs G_ema as a pyfunc (infra/generator_model.py, models-from-code), registers a new version,
-    #    tags it, evaluates it and moves @champion only if it beats the current champion.
+    #    tags it, evaluates it and moves @champion only if it beats the current champion (under a
+    #    promotion lock, so registrations racing each other end on the best of them).
 
     G = mlflow.pyfunc.load_model("models:/ganpipe-digits@champion")
     G.predict(z)                                              # z float32 (n, z_dim)
