@@ -176,3 +176,16 @@ def test_parquet_and_zip_on_s3_read_from_many_threads(photo_crops, s3_bucket):
         for (a, b), chunk in zip(ranges, chunks):
             assert np.array_equal(chunk.x, photo_crops["x"][a:b].reshape(b - a, -1)), (kind, a, b)
             assert np.array_equal(chunk.labels, photo_crops["labels"][a:b]), (kind, a, b)
+
+
+def test_prefect_flow_passes_the_column_options(prefect_harness, photo_crops, tmp_path):
+    from pipelines.stage import stage_dataset
+
+    table = pq.read_table(photo_crops["parquet"]).rename_columns(["img", "kind"])
+    pq.write_table(table, tmp_path / "renamed.parquet", row_group_size=10)
+    uri = stage_dataset(str(tmp_path / "renamed.parquet"), str(tmp_path / "store"), image_column="img",
+                        label_column="kind", rows_per_shard=20)
+    ds = datasets.open_dataset(uri)
+    x, labels = ds.load_arrays()
+    assert np.array_equal(x, photo_crops["x"]) and np.array_equal(labels, photo_crops["labels"])
+    assert ds.manifest["options"]["image_column"] == "img" and ds.manifest["num_shards"] == 3
