@@ -19,7 +19,10 @@ Each step is a named Prefect step, so the UI shows its state, logs and timing:
    strip (the training run's MLflow artifacts), the grid, the version and alias, and the MLflow run link.
 
 Retries sit on I/O steps only (reading data and checkpoints, publishing); training has Ray's own
-fault tolerance, and registering twice would create two versions. No maths here: the steps call infra.
+fault tolerance, and registering twice would create two versions. A retry of the flow run (after a late
+failure: sampling, the report) does not redo a finished training, evaluation or registration: their
+results are persisted and cached for the flow run (`once_per_flow_run`); staging and sampling are no-ops
+once committed. A new flow run does the work afresh. No maths here: the steps call infra.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
-from prefect.cache_policies import NO_CACHE
+from prefect.cache_policies import NO_CACHE, RUN_ID, TASK_SOURCE
 
 from infra.console import say
 from pipelines.settings import Settings, resolve_settings
@@ -51,6 +54,13 @@ REPORT_METRICS = ("fid", "fd", "kid", "precision", "recall", "classes_covered", 
 io_task = dict(retries=STORAGE_RETRIES, retry_delay_seconds=STORAGE_RETRY_DELAYS_S,
                retry_condition_fn=retry_on_storage_io, cache_policy=NO_CACHE, persist_result=False)
 compute_task = dict(cache_policy=NO_CACHE, persist_result=False)
+# keyed on the flow run and the step's code: a retried flow run reuses the step's persisted result
+once_per_flow_run = dict(cache_policy=RUN_ID + TASK_SOURCE, persist_result=True)
+
+
+class RegistrationFailed(RuntimeError):
+    """The register step could not reach the MLflow store; one line naming the checkpoint and the command
+    that registers it later."""
 
 
 # -- steps ------------------------------------------------------------------------------------------
@@ -63,7 +73,7 @@ def start_ray(address: str) -> None:
     ensure_ray(address)
 
 
-@task(name="train", **compute_task)
+@task(name="train", **once_per_flow_run)
 def train(settings: Settings, dataset_uri: str):
     """Train (or resume) on Ray Train; returns infra.ray_train.TrainOutcome."""
     from infra import ray_train
@@ -103,7 +113,7 @@ def fetch_checkpoint(checkpoint_uri: str, scratch: str) -> str:
     return str(dest)
 
 
-@task(name="evaluate", **compute_task)
+@task(name="evaluate", **once_per_flow_run)
 def evaluate(checkpoint_dir: str, real_x, real_labels, num_samples: int, seed: int,
              inception: str = "") -> tuple[dict[str, float], str]:
     """gan_core.evaluate on the checkpoint's G_ema: (metrics and, under floor/, real vs real; the feature
@@ -121,11 +131,14 @@ def evaluate(checkpoint_dir: str, real_x, real_labels, num_samples: int, seed: i
     return metrics, extractor.name
 
 
-@task(name="register", **compute_task)
+@task(name="register", **once_per_flow_run)
 def register(settings: Settings, checkpoint_uri: str, mlflow_run_id: str | None, metrics: dict[str, float],
              manifest: dict, features: str = ""):
     """A new version of the registered model; the alias moves only for a strictly better version.
-    `features`: the evaluation's feature space (a version tag, eval.features)."""
+    `features`: the evaluation's feature space (a version tag, eval.features). An MLflow store that does
+    not answer fails the step with one line (RegistrationFailed) naming the checkpoint, which stays where
+    it is, and the command that registers it later."""
+    from mlflow.exceptions import MlflowException
     from gan_core.evaluate import primary_metric
     from infra.evaluation import Evaluation
     from gan_core.data import Normalisation
@@ -135,12 +148,19 @@ def register(settings: Settings, checkpoint_uri: str, mlflow_run_id: str | None,
     evaluation = Evaluation({k: float(v) for k, v in metrics.items()}, primary_metric(metrics), False,
                             {"evaluator": "gan_core.evaluate.evaluate_generator",
                              **({"features": features} if features else {})})
-    reg = register_generator(
-        checkpoint_uri, settings.model_name, run_id=mlflow_run_id, evaluator=lambda G, config: evaluation,
-        normalisation=Normalisation.from_dict(manifest["normalisation"]), dataset_name=manifest["name"],
-        dataset_version=manifest["version"], alias=settings.registry.alias, promote=settings.registry.promote,
-        export_formats=("pt2", "onnx") if settings.registry.export else (),
-        experiment=settings.tracking.experiment)
+    try:
+        reg = register_generator(
+            checkpoint_uri, settings.model_name, run_id=mlflow_run_id, evaluator=lambda G, config: evaluation,
+            normalisation=Normalisation.from_dict(manifest["normalisation"]), dataset_name=manifest["name"],
+            dataset_version=manifest["version"], alias=settings.registry.alias, promote=settings.registry.promote,
+            export_formats=("pt2", "onnx") if settings.registry.export else (),
+            experiment=settings.tracking.experiment)
+    except MlflowException as e:
+        reason = (str(e.message).strip().splitlines() or [type(e).__name__])[0]
+        raise RegistrationFailed(
+            f"registration failed, the MLflow store did not answer ({reason}); the checkpoint {checkpoint_uri} is "
+            f"kept: `ganpipe register --run {mlflow_run_id or checkpoint_uri} --name {settings.model_name}` "
+            f"registers it once the store is back") from None
     get_run_logger().info(f"registered {reg.model_uri}; {reg.decision}")
     return reg
 

@@ -86,7 +86,7 @@ def test_nan_in_the_data_stops_naming_the_step_and_keeps_the_last_good_checkpoin
 def test_an_absurd_learning_rate_is_refused_before_anything_starts(tmp_path, capsys, override):
     rc = main(["train", "--dataset", str(tmp_path / "never-read"), "--preset", "tiny", "--set", override,
                "--storage", str(tmp_path / "runs")])
-    err = capsys.readouterr().err.strip().splitlines()
+    err = own_lines(capsys.readouterr().err)
     field = override.split("=")[0]
     assert rc == 2 and len(err) == 1 and err[0].startswith(f"error: {field}: got "), err
     assert "allowed: a number" in err[0]

@@ -1,0 +1,124 @@
+"""Pipeline faults: the MLflow store unreachable at registration (the step fails with one line, the
+checkpoint stays, `ganpipe register --run` completes it later); a retry of the flow run after a late
+failure does not redo the finished steps (training, evaluation, registration)."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+
+from pipelines.cli import main
+
+pytestmark = pytest.mark.integration
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # nothing listens once the socket is closed
+
+
+def tiny_checkpoint(root: Path) -> Path:
+    from gan_core.config import get_preset
+    from gan_core.data import InMemoryBatches, sample_mixture
+    from gan_core.loop import train
+
+    x, _ = sample_mixture("ring8", 256, seed=0)
+    cfg = get_preset("tiny").with_overrides({"train.total_steps": 4, "train.checkpoint_every_steps": 4})
+    return Path(train(cfg, batches=InMemoryBatches(x, 64, seed=0), checkpoint_root=root).checkpoint_dir)
+
+
+def test_mlflow_unreachable_at_registration_fails_in_one_line_and_register_completes_later(
+        tmp_path, mlflow_tracking, monkeypatch, capsys):
+    import mlflow
+
+    from infra.settings import mlflow_client
+    from infra.tracking import TAG_LAST_CHECKPOINT
+    from pipelines.flow import RegistrationFailed, register
+    from pipelines.settings import resolve_settings
+
+    ckpt = tiny_checkpoint(tmp_path / "run")
+    files = {p.name: p.read_bytes() for p in ckpt.iterdir()}
+    client = mlflow_client(mlflow_tracking)
+    run = client.create_run(client.create_experiment("trained"), run_name="trained-run")
+    client.set_tag(run.info.run_id, TAG_LAST_CHECKPOINT, str(ckpt))
+    client.set_terminated(run.info.run_id)
+    settings = resolve_settings(preset="tiny", overrides=["registry.model_name=late-model", "registry.export=false"])
+    manifest = {"normalisation": {"scale": 1.0, "offset": 0.0}, "name": "ring8", "version": "v0"}
+    # 1. the store goes away for the registration step only
+    down = f"http://127.0.0.1:{closed_port()}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", down)
+    monkeypatch.setenv("MLFLOW_REGISTRY_URI", down)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # MLflow's own budget is minutes long
+    mlflow.set_tracking_uri(down)
+    mlflow.set_registry_uri(down)
+    with pytest.raises(RegistrationFailed) as e:
+        register.fn(settings, str(ckpt), run.info.run_id, {"fd": 1.0}, manifest)
+    line = str(e.value)
+    assert "\n" not in line and "the MLflow store did not answer" in line and f"the checkpoint {ckpt} is kept" in line
+    assert f"`ganpipe register --run {run.info.run_id} --name late-model`" in line
+    assert {p.name: p.read_bytes() for p in ckpt.iterdir()} == files  # the checkpoint stays, untouched
+    # 2. the store is back: the command the line names completes the registration
+    for var in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
+        monkeypatch.setenv(var, mlflow_tracking)
+    mlflow.set_tracking_uri(mlflow_tracking)
+    mlflow.set_registry_uri(mlflow_tracking)
+    assert client.search_registered_models() == []
+    capsys.readouterr()
+    assert main(["register", "--run", run.info.run_id, "--name", "late-model", "--no-export"]) == 0
+    [version] = client.search_model_versions("name = 'late-model'")
+    assert version.tags["checkpoint_uri"] == str(ckpt) and version.run_id == run.info.run_id
+    # 3. the CLI against a store that does not answer: one line, exit 2
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", down)
+    mlflow.set_tracking_uri(down)
+    capsys.readouterr()
+    assert main(["register", "--run", run.info.run_id, "--name", "late-model", "--no-export"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"the MLflow tracking store {down} cannot be reached" in err[0], err
+
+
+def test_a_flow_retry_after_a_late_failure_does_not_redo_finished_steps(
+        ray_cluster, prefect_harness, mlflow_tracking, tmp_path, monkeypatch):
+    """The report step fails once; the flow run's retry publishes it, reusing training, evaluation and
+    registration (each ran once: one training launch, one evaluation, one model version)."""
+    from mlflow import MlflowClient
+    from prefect import task
+
+    import gan_core.evaluate
+    import infra.ray_train
+    import infra.registry
+    import pipelines.flow as flow
+
+    calls = {"train": 0, "evaluate": 0, "register": 0, "report": 0}
+
+    def counted(name, fn):
+        def wrapper(*args, **kwargs):
+            calls[name] += 1
+            return fn(*args, **kwargs)
+        return wrapper
+
+    monkeypatch.setattr(infra.ray_train, "launch_training", counted("train", infra.ray_train.launch_training))
+    monkeypatch.setattr(gan_core.evaluate, "evaluate_generator",
+                        counted("evaluate", gan_core.evaluate.evaluate_generator))
+    monkeypatch.setattr(infra.registry, "register_generator", counted("register", infra.registry.register_generator))
+    real_report = flow.publish_report
+
+    @task(name="publish-report", persist_result=False)
+    def failing_once(summary):
+        calls["report"] += 1
+        if calls["report"] == 1:
+            raise RuntimeError("the report store is down")  # a late failure, after registration
+        return real_report.fn(summary)
+
+    monkeypatch.setattr(flow, "publish_report", failing_once)
+    monkeypatch.setenv("GANPIPE_HOME", str(tmp_path / "home"))
+    overrides = [f"storage.root={tmp_path / 'root'}", f"cluster.storage_path={tmp_path / 'runs'}",
+                 "registry.model_name=retried-model", "registry.export=false", "sampling.num_samples=16",
+                 "train.total_steps=10", "network.g_norm=layer"]
+    summary = flow.gan_pipeline.with_options(retries=1)(preset="tiny", overrides=overrides)
+    assert calls == {"train": 1, "evaluate": 1, "register": 1, "report": 2}, calls
+    assert summary["version"] == "1" and summary["train_step"] == 10
+    versions = MlflowClient(mlflow_tracking).search_model_versions("name = 'retried-model'")
+    assert [str(v.version) for v in versions] == ["1"]
