@@ -52,6 +52,9 @@ ZIP_LABELS_FILE = "dataset.json"  # StyleGAN's dataset_tool: {"labels": [[name, 
 # A buffered reader in front of the archive: members stored in name order are read by consecutive
 # small reads (local header, name, data), which this turns into one GET per MiB on S3.
 ZIP_READ_BUFFER_BYTES = 1 << 20
+# A member larger than this (uncompressed, as its header states; zipfile never returns more) is a bad
+# item, not a buffer to allocate: a zip bomb's members are small compressed and huge expanded.
+MAX_MEMBER_BYTES = 256 << 20
 # refused member names: absolute (/x, \x, C:x), Windows separators, or a '..' component
 _UNSAFE_MEMBER = re.compile(r"^[/\\]|^[A-Za-z]:|\\|(^|/)\.\.(/|$)")
 
@@ -474,6 +477,11 @@ class ZipImageSource(EncodedImageSource):
         blobs: list[bytes | Missing] = []
         with self._open() as archive:
             for name in names:
+                size = archive.getinfo(name).file_size
+                if size > MAX_MEMBER_BYTES:
+                    blobs.append(Missing(f"member of {size} bytes uncompressed, over the {MAX_MEMBER_BYTES} allowed "
+                                         "for one image"))
+                    continue
                 try:
                     blobs.append(archive.read(name))
                 except (zipfile.BadZipFile, zlib.error, EOFError, RuntimeError, NotImplementedError) as e:

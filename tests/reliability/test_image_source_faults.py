@@ -232,3 +232,18 @@ def test_undecodable_member_and_bad_crc_name_the_member_and_skip_bad_drops_them(
     assert ds.manifest["num_rows"] == 4
     assert ds.manifest["skipped_files"] == [f"{crc} member img2.png", f"{crc} member img4.png"]
     assert np.array_equal(ds.load_arrays()[0][:, 0, 0, 0], [0, 10, 30, 50])
+
+
+def test_member_over_the_size_limit_is_never_expanded(tmp_path, capsys, monkeypatch):
+    """A zip bomb: a member small compressed and huge expanded is a bad item, read no further (the limit
+    lowered here so that the test stays small; the real one is 256 MiB)."""
+    from infra import image_sources
+
+    monkeypatch.setattr(image_sources, "MAX_MEMBER_BYTES", 1 << 20)
+    with zipfile.ZipFile(tmp_path / "bomb.zip", "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("a.png", _png())
+        archive.writestr("b.png", b"\0" * (8 << 20))  # 8 MiB of zeros: about 8 KiB compressed
+    assert (tmp_path / "bomb.zip").stat().st_size < 64 << 10
+    line = _stage_error(capsys, tmp_path / "bomb.zip", tmp_path / "store")
+    assert "bomb.zip member b.png: member of 8388608 bytes uncompressed, over the 1048576 allowed" in line
+    assert datasets.stage(str(tmp_path / "bomb.zip"), str(tmp_path / "store"), skip_bad=True).manifest["num_rows"] == 1
