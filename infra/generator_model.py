@@ -29,7 +29,8 @@ Contract (see infra/registry.py for the signature):
 - ``predict(None, params={"num_samples": n, "seed": s, "start": i})``: samples [i, i + n) of seed s,
   addressed exactly as gan_core.sampling.generate (sample i depends only on (model, s, i));
   1 <= n <= gan_core.sampling.MAX_NUM_SAMPLES and i >= 0, else ValueError. ``None`` and an empty
-  (0, z_dim) array are the same; latents and num_samples together are refused.
+  (0, z_dim) array are the same; latents and num_samples together are refused. The result is one
+  in-memory array (n * prod(shape) * 4 bytes): for large n, ``ganpipe sample`` writes shards instead.
 
 This file must import only mlflow, numpy, torch and the shipped engine: it runs inside consumers'
 processes.
