@@ -144,7 +144,8 @@ def test_register_uses_the_newest_intact_checkpoint_of_a_run(tmp_path, mlflow_tr
     x, _ = sample_mixture("ring8", 256, seed=0)
     train(tiny(30), batches=InMemoryBatches(x, 64, seed=0), checkpoint_root=run_dir)
     client = mlflow_client(mlflow_tracking)
-    run = client.create_run(client.create_experiment("damaged"), run_name=RUN)
+    experiment = client.create_experiment("damaged", artifact_location=str(tmp_path / "artifacts"))  # not ./mlruns
+    run = client.create_run(experiment, run_name=RUN)
     client.set_tag(run.info.run_id, TAG_LAST_CHECKPOINT, str(run_dir / "checkpoint-000000030"))
     client.set_terminated(run.info.run_id)
     truncate(run_dir / "checkpoint-000000030" / "state.pt")

@@ -42,7 +42,8 @@ def test_mlflow_unreachable_at_registration_fails_in_one_line_and_register_compl
     ckpt = tiny_checkpoint(tmp_path / "run")
     files = {p.name: p.read_bytes() for p in ckpt.iterdir()}
     client = mlflow_client(mlflow_tracking)
-    run = client.create_run(client.create_experiment("trained"), run_name="trained-run")
+    experiment = client.create_experiment("trained", artifact_location=str(tmp_path / "artifacts"))  # not ./mlruns
+    run = client.create_run(experiment, run_name="trained-run")
     client.set_tag(run.info.run_id, TAG_LAST_CHECKPOINT, str(ckpt))
     client.set_terminated(run.info.run_id)
     settings = resolve_settings(preset="tiny", overrides=["registry.model_name=late-model", "registry.export=false"])
