@@ -256,6 +256,7 @@ class WorkerPlan:
     normalisation: Normalisation  # stored -> model values
     data_loading: str  # "memory" | "stream" (auto resolved)
     data_memory_bytes: int  # the per-worker data budget: sizes a stream's read-ahead
+    cache_dir: str  # the driver's cache folder (infra.settings.cache_dir): the diagnostics' digits classifier
     threads_per_worker: int
     verify_sync: bool
     use_gpu: bool
@@ -272,7 +273,7 @@ def plan_training(config: GANConfig, dataset_ref: str, cluster: ClusterConfig, t
     Returns (WorkerPlan without the thread count, the opened dataset, storage path and filesystem for Ray).
     Raises ConfigError / DatasetError / StorageError with one-line messages."""
     from infra.datasets import open_dataset
-    from infra.settings import mlflow_tracking_uri
+    from infra.settings import cache_dir, mlflow_tracking_uri
 
     ds = open_dataset(dataset_ref)
     config = resolve_config_for_dataset(config, ds.manifest)
@@ -285,6 +286,7 @@ def plan_training(config: GANConfig, dataset_ref: str, cluster: ClusterConfig, t
         config=config, shape=tuple(ds.manifest["shape"]), dtype=ds.manifest["dtype"],
         normalisation=Normalisation.from_dict(ds.manifest["normalisation"]),
         data_loading=_choose_loading(cluster, ds.manifest), data_memory_bytes=cluster.data_memory_mib * 2**20,
+        cache_dir=str(cache_dir()),
         threads_per_worker=cluster.threads_per_worker,
         verify_sync=cluster.verify_sync, use_gpu=cluster.use_gpu,
         run_name=cluster.run_name or deterministic_run_name(config, ds.version), storage_uri=storage_uri,
@@ -655,9 +657,10 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     from ray.train.torch import get_device, prepare_model
 
     from gan_core.checkpoint import CheckpointError
+    from gan_core.diagnostics import TrainingDiagnostics
     from gan_core.loop import NonFiniteLossError, format_tick, train
-    from infra.checkpoints import checkpoint_name as checkpoint_name_after
     from gan_core.training import build_training_state
+    from infra.checkpoints import checkpoint_name as checkpoint_name_after
 
     plan: WorkerPlan = loop_config["plan"]
     config = plan.config
@@ -714,7 +717,8 @@ def train_worker(loop_config: dict[str, Any]) -> None:
         # continues it; a non-finite loss (the same on every rank: the statistics are reduced) stops the run
         try:
             result = train(config, batches=batches, rank=rank, world_size=world_size, device=get_device(),
-                           wrap_model=wrap, on_snapshot=report, checkpoint_root=scratch, state=state)
+                           wrap_model=wrap, on_snapshot=report, checkpoint_root=scratch, state=state,
+                           diagnostics=TrainingDiagnostics.for_config(config, cache_dir=plan.cache_dir))
         except NonFiniteLossError as e:
             if tracker is not None:
                 tracker.finish(status="FAILED")

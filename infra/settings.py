@@ -24,6 +24,14 @@ def local_home() -> Path:
     return home
 
 
+def cache_dir() -> Path:
+    """Where the pipeline caches what it can rebuild (the digits classifier): $GANPIPE_CACHE_DIR, else
+    <local home>/cache. Resolved on the driver and passed to workers, never re-read there."""
+    from gan_core.evaluate import CACHE_ENV
+
+    return Path(os.environ.get(CACHE_ENV) or local_home() / "cache")
+
+
 def mlflow_tracking_uri() -> str:
     """``MLFLOW_TRACKING_URI`` if set, else SQLite under the local home (MLflow 3 refuses ./mlruns)."""
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{local_home() / 'mlflow.db'}"

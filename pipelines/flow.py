@@ -119,12 +119,11 @@ def evaluate(checkpoint_dir: str, real_x, real_labels, num_samples: int, seed: i
     """gan_core.evaluate on the checkpoint's G_ema: (metrics and, under floor/, real vs real; the feature
     space's name, e.g. the Inception weights' file and SHA-256 prefix). `inception`: `[evaluation] inception`."""
     from gan_core.checkpoint import load_generator
-    from gan_core.evaluate import CACHE_ENV, evaluate_generator, feature_space, format_report
-    from infra.settings import local_home
+    from gan_core.evaluate import evaluate_generator, feature_space, format_report
+    from infra.settings import cache_dir
 
     G, config = load_generator(checkpoint_dir)
-    cache_dir = os.environ.get(CACHE_ENV) or str(local_home() / "cache")
-    extractor, classifier = feature_space(config, inception=inception or None, cache_dir=cache_dir)
+    extractor, classifier = feature_space(config, inception=inception or None, cache_dir=cache_dir())
     metrics = evaluate_generator(G, config, real_x, real_labels, num_samples=num_samples or None, seed=seed,
                                  feature_extractor=extractor, classifier=classifier, progress=say)
     get_run_logger().info(format_report(metrics, extractor.name))
