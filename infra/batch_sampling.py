@@ -41,12 +41,12 @@ import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, NonNegativeInt
 
 from gan_core.data import Normalisation
-from gan_core.sampling import LATENT_BLOCK
+from gan_core.sampling import LATENT_BLOCK, MAX_NUM_SAMPLES
 
 from . import shardset, storage
 from .shardset import MANIFEST_NAME, PNG_FOLDERS, Layout, Manifest, ShardEntry, ShardPlan, ShardSet, ShardSetError
 from .settings import mlflow_client, mlflow_registry_uri, mlflow_tracking_uri
-from .storage import StorageError
+from .storage import StorageError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +58,11 @@ DEFAULT_TARGET_SHARD_MIB = 16.0
 MIN_SHARDS = 16  # small requests still split into enough shards to keep several actors busy
 DEFAULT_COMPRESSION = "zstd"
 DEFAULT_BATCH_SIZE = 4096
+# Documented bounds of one request (beside gan_core.sampling.MAX_NUM_SAMPLES), checked before anything
+# starts: latents per forward pass, actors, and the float32 bytes of one shard (an actor holds one whole).
+MAX_BATCH_SIZE = 1 << 20
+MAX_ACTORS = 1024
+MAX_SHARD_BYTES = 1 << 30
 # Variables a sampling actor needs to reach MLflow and storage, handed over in its runtime_env: they
 # may have been set in the driver after Ray started. MLFLOW_TRACKING_URI / MLFLOW_REGISTRY_URI too,
 # always (see actor_env).
@@ -92,11 +97,6 @@ class SampleManifest(Manifest):
     seed: NonNegativeInt
     num_samples: NonNegativeInt
     sample_format: Literal["parquet", "png"]
-
-
-def _first_line(e: BaseException) -> str:
-    msg = getattr(e, "message", None) or str(e) or type(e).__name__
-    return str(msg).strip().splitlines()[0] if str(msg).strip() else type(e).__name__
 
 
 # --- the model ------------------------------------------------------------------------------------
@@ -165,9 +165,9 @@ def resolve_model(model_uri: str) -> ResolvedModel:
             else:
                 mv = None  # a logged model id
         except MlflowException as e:
-            raise SamplingError(f"--model {uri!r}: {_first_line(e)}") from None
+            raise SamplingError(f"--model {uri!r}: {first_line(e)}") from None
         except Exception as e:  # unreachable tracking server, bad database, ...
-            raise SamplingError(f"--model {uri!r}: cannot reach the MLflow registry ({_first_line(e)})") from None
+            raise SamplingError(f"--model {uri!r}: cannot reach the MLflow registry ({first_line(e)})") from None
         if mv is not None:
             version, run_id = str(mv.version), mv.run_id
             pinned = f"models:/{name}/{version}"
@@ -182,9 +182,9 @@ def resolve_model(model_uri: str) -> ResolvedModel:
     try:
         info = mlflow.models.get_model_info(pinned)
     except MlflowException as e:
-        raise SamplingError(f"--model {uri!r}: {_first_line(e)}") from None
+        raise SamplingError(f"--model {uri!r}: {first_line(e)}") from None
     except OSError as e:
-        raise SamplingError(f"--model {uri!r}: cannot read the model ({_first_line(e)})") from None
+        raise SamplingError(f"--model {uri!r}: cannot read the model ({first_line(e)})") from None
     meta = (info.metadata or {}).get("ganpipe") or {}
     pyfunc_conf = (info.flavors.get("python_function") or {}).get("config") or {}
     if meta.get("format") != MODEL_FORMAT:
@@ -238,9 +238,14 @@ def choose_layout(num_samples: int, sample_shape: tuple[int, ...], fmt: str, *, 
         rows_per_shard = min(shardset.rows_for_bytes(row_bytes, target_shard_mib, LATENT_BLOCK),
                              LATENT_BLOCK * max(1, math.ceil(num_samples / MIN_SHARDS / LATENT_BLOCK)))
     elif rows_per_shard <= 0:
-        raise SamplingError(f"--rows-per-shard must be positive; got {rows_per_shard}")
+        raise SamplingError(f"--rows-per-shard: got {rows_per_shard}; allowed: a positive integer")
     else:
         rows_per_shard = LATENT_BLOCK * math.ceil(rows_per_shard / LATENT_BLOCK)
+        # an actor holds one shard's samples at once: bound its memory, whatever N
+        if rows_per_shard * row_bytes > MAX_SHARD_BYTES:
+            raise SamplingError(f"--rows-per-shard: got {rows_per_shard:,} for samples of shape {sample_shape} "
+                                f"({rows_per_shard * row_bytes / 2**20:,.0f} MiB per shard); allowed: at most "
+                                f"{MAX_SHARD_BYTES >> 20} MiB per shard ({MAX_SHARD_BYTES // row_bytes:,} rows)")
     return Layout(int(rows_per_shard), shardset.default_row_group_rows(row_bytes),
                   compression if fmt == "parquet" else PNG_FOLDERS, layout_version=LAYOUT_VERSION)
 
@@ -354,31 +359,49 @@ class SamplingPlan(ShardPlan):
                                 f"choose another --out")
 
 
+def check_request(num_samples: int, seed: int, out: str, *, fmt: str = "parquet", rows_per_shard: int | None = None,
+                  batch_size: int = DEFAULT_BATCH_SIZE, actors: int = 1, gpus_per_actor: float = 0.0
+                  ) -> storage.Location:
+    """Every check on a sampling request that needs neither the model nor Ray: the sizes against their
+    documented bounds (MAX_NUM_SAMPLES, MAX_BATCH_SIZE, MAX_ACTORS), and `out`, which must be a folder
+    that can be written (not an existing file; the S3 bucket reachable). The CLI calls it before any
+    service starts; plan_sampling again. Returns out's Location; SamplingError names the option."""
+    if fmt not in FORMATS:
+        raise SamplingError(f"--format: got {fmt!r}; allowed: {', '.join(FORMATS)}")
+    for option, value, ok, allowed in (
+            ("--num-samples", num_samples, 0 < num_samples <= MAX_NUM_SAMPLES,
+             f"an integer from 1 to {MAX_NUM_SAMPLES:,} (gan_core.sampling.MAX_NUM_SAMPLES)"),
+            ("--seed", seed, seed >= 0, "an integer >= 0"),
+            ("--batch-size", batch_size, 0 < batch_size <= MAX_BATCH_SIZE, f"an integer from 1 to {MAX_BATCH_SIZE}"),
+            ("--actors", actors, 0 < actors <= MAX_ACTORS, f"an integer from 1 to {MAX_ACTORS}"),
+            ("--gpus", gpus_per_actor, 0 <= gpus_per_actor <= 8, "a number from 0 to 8"),
+            ("--rows-per-shard", rows_per_shard, rows_per_shard is None or 0 < rows_per_shard <= MAX_NUM_SAMPLES,
+             "a positive integer")):
+        if not ok:
+            raise SamplingError(f"{option}: got {value:,}; allowed: {allowed}")
+    try:
+        loc = storage.resolve(out)
+        storage.check_output_folder(loc, "--out")
+    except StorageError as e:
+        raise SamplingError(str(e) if str(e).startswith("--out") else f"--out: {e}") from None
+    return loc
+
+
 def plan_sampling(model: str | ResolvedModel, num_samples: int, seed: int, out: str, *, fmt: str = "parquet",
                   rows_per_shard: int | None = None, target_shard_mib: float = DEFAULT_TARGET_SHARD_MIB,
                   compression: str = DEFAULT_COMPRESSION, batch_size: int = DEFAULT_BATCH_SIZE, actors: int = 1,
                   gpus_per_actor: float = 0.0) -> SamplingPlan:
-    """Validate the request and fix the model version, shard layout and fingerprint (cheap: the model
-    is not loaded here). Raises SamplingError naming the option."""
-    if fmt not in FORMATS:
-        raise SamplingError(f"--format: got {fmt!r}; allowed: {', '.join(FORMATS)}")
-    for option, value, ok in (("--num-samples", num_samples, num_samples > 0), ("--seed", seed, seed >= 0),
-                              ("--batch-size", batch_size, batch_size > 0), ("--actors", actors, actors > 0),
-                              ("--gpus", gpus_per_actor, gpus_per_actor >= 0)):
-        if not ok:
-            raise SamplingError(f"{option} must be {'>= 0' if option in ('--seed', '--gpus') else 'positive'}; "
-                                f"got {value:g}")
+    """Validate the request (check_request) and fix the model version, shard layout and fingerprint
+    (cheap: the model is not loaded, and the shard ranges are computed on access, so planning takes
+    the same memory for any request). Raises SamplingError naming the option."""
+    loc = check_request(num_samples, seed, out, fmt=fmt, rows_per_shard=rows_per_shard, batch_size=batch_size,
+                        actors=actors, gpus_per_actor=gpus_per_actor)
     resolved = model if isinstance(model, ResolvedModel) else resolve_model(model)
     if fmt == "png" and not resolved.is_image:
         raise SamplingError(f"--format png needs an image model (samples of shape (C, H, W)); "
                             f"{resolved.requested_uri} makes samples of shape {resolved.sample_shape}")
     if fmt == "png" and resolved.sample_shape[0] not in (1, 3, 4):
         raise SamplingError(f"--format png: {resolved.sample_shape[0]} channels cannot be a PNG (1, 3 or 4)")
-    try:
-        loc = storage.resolve(out)
-        storage.check_bucket(loc)
-    except StorageError as e:
-        raise SamplingError(f"--out: {e}") from None
     layout = choose_layout(num_samples, resolved.sample_shape, fmt, rows_per_shard=rows_per_shard,
                            target_shard_mib=target_shard_mib, compression=compression)
     return SamplingPlan(resolved, int(num_samples), int(seed), loc.uri, fmt, layout,

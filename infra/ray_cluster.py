@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import threading
 
 from .ray_hooks import SETUP_HOOK
 
@@ -51,4 +53,12 @@ def ensure_ray(address: str | None = None) -> None:
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS") or "local"
+    main_thread = threading.current_thread() is threading.main_thread()
+    on_sigterm = signal.getsignal(signal.SIGTERM) if main_thread else None
     ray.init(address=address, include_dashboard=False, log_to_driver=True, runtime_env=driver_runtime_env())
+    if callable(on_sigterm):
+        # NOTE: the driver's core worker installs absl's failure-signal handler for SIGTERM too, over the
+        # Python one: measured, a SIGTERM'd `ganpipe run` then dumped stacks and hung in training until
+        # killed, never running its exit handlers (ray.shutdown, the Prefect server's stop), leaving the
+        # local Ray instance running. A handler the caller installed (pipelines.cli) keeps SIGTERM.
+        signal.signal(signal.SIGTERM, on_sigterm)

@@ -18,6 +18,7 @@ are both shard sets; each keeps its own rows and manifest fields, the mechanics 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -155,15 +156,47 @@ def rows_for_bytes(row_bytes: int, target_shard_mib: float, align: int = 1) -> i
     return align * max(1, int(target_shard_mib * (1 << 20)) // (row_bytes * align))
 
 
-def split_rows(num_rows: int, rows_per_shard: int, *, balanced: bool = True) -> list[tuple[int, int]]:
-    """[start, stop) ranges of ceil(num_rows / rows_per_shard) shards: sizes that differ by at most one
-    (balanced), else rows_per_shard rows in each but the last (boundaries stay on its blocks)."""
-    num_shards = max(1, math.ceil(num_rows / rows_per_shard))
-    if balanced:
-        bounds = [num_rows * i // num_shards for i in range(num_shards + 1)]
-    else:
-        bounds = [min(num_rows, i * rows_per_shard) for i in range(num_shards + 1)]
-    return list(zip(bounds[:-1], bounds[1:]))
+class ShardRanges(Sequence):
+    """The [start, stop) item ranges of a plan's shards, computed on access: a plan's memory does not
+    grow with its shard count (a 10^9-sample request has up to ~10^6 shards). Compares equal to the
+    list of the same ranges; pickles as three numbers (plans travel to Ray actors)."""
+
+    def __init__(self, num_rows: int, rows_per_shard: int, balanced: bool = True):
+        self.num_rows, self.rows_per_shard, self.balanced = int(num_rows), int(rows_per_shard), balanced
+        self._len = max(1, math.ceil(self.num_rows / self.rows_per_shard))
+
+    def __len__(self) -> int:
+        return self._len
+
+    def _bound(self, i: int) -> int:
+        if self.balanced:
+            return self.num_rows * i // self._len
+        return min(self.num_rows, i * self.rows_per_shard)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(self._len))]
+        if index < 0:
+            index += self._len
+        if not 0 <= index < self._len:
+            raise IndexError(index)
+        return self._bound(index), self._bound(index + 1)
+
+    def __eq__(self, other) -> bool:
+        if isinstance(other, ShardRanges):
+            return (self.num_rows, self.rows_per_shard, self.balanced) == (other.num_rows, other.rows_per_shard,
+                                                                          other.balanced)
+        return isinstance(other, Sequence) and len(other) == len(self) and list(self) == list(other)
+
+    def __repr__(self) -> str:
+        return f"ShardRanges({self.num_rows}, {self.rows_per_shard}, balanced={self.balanced})"
+
+
+def split_rows(num_rows: int, rows_per_shard: int, *, balanced: bool = True) -> ShardRanges:
+    """[start, stop) ranges of ceil(num_rows / rows_per_shard) shards (a lazy sequence): sizes that differ
+    by at most one (balanced), else rows_per_shard rows in each but the last (boundaries stay on its
+    blocks)."""
+    return ShardRanges(num_rows, rows_per_shard, balanced)
 
 
 # --- Arrow --------------------------------------------------------------------------------------
@@ -192,7 +225,11 @@ def column_to_numpy(data: pa.Table | pa.ChunkedArray | pa.Array, shape: Sequence
     col = data.column(column) if isinstance(data, pa.Table) else data
     if isinstance(col, pa.ChunkedArray):
         col = col.combine_chunks()
-    return col.flatten().to_numpy(zero_copy_only=False).reshape((len(col), *shape))
+    values = col.flatten().to_numpy(zero_copy_only=False)
+    if values.size != len(col) * math.prod(shape):
+        raise ShardSetError(f"column {column!r} holds {values.size / max(1, len(col)):g} values per row; the "
+                            f"manifest's shape {list(shape)} needs {math.prod(shape)} (an edited manifest?)")
+    return values.reshape((len(col), *shape))
 
 
 # --- the plan and the shard writer ----------------------------------------------------------------
@@ -240,8 +277,14 @@ class ShardPlan:
                 yield futures[f], f.result()
             else:
                 return
+        except BaseException:  # the caller failed or was interrupted while we were writing
+            pool.shutdown(wait=True, cancel_futures=True)
+            discard_written(self, [f.result() for f in futures if f.done() and not f.cancelled()
+                                   and f.exception() is None])
+            raise
         finally:  # a failure, or a caller that stopped early: start no further shard
             pool.shutdown(wait=True, cancel_futures=True)
+        discard_written(self, [f.result() for f in futures if not f.cancelled() and f.exception() is None])
         # the first failure in shard order, not in time: the same bad input names the same file
         raise next(f.exception() for f in futures if not f.cancelled() and f.exception() is not None)
 
@@ -251,6 +294,29 @@ class ShardPlan:
 
     def check_committed(self, manifest: dict) -> None:
         """Raise self.error when the manifest committed at `uri` is another request's."""
+
+
+def discard_written(plan: ShardPlan, records: list[dict]) -> None:
+    """After a failed job, delete the shards it wrote, so that nothing is left behind in the uncommitted
+    folder (then the folder itself when it is empty, on local disk). A resumable plan keeps them: its
+    rerun skips them (see write_pending). Best effort: the job's own error is the one to report."""
+    if plan.RESUMABLE or not records:
+        return
+    loc = plan.location()
+    if loc.join(MANIFEST_NAME).exists():  # committed meanwhile by another run of the same plan: keep
+        return
+    for record in records:
+        shard = loc.join(record["path"])
+        try:
+            if shard.is_dir():
+                loc.fs.delete_dir(shard.path)
+            else:
+                loc.fs.delete_file(shard.path)
+        except OSError as e:
+            log.warning("could not delete %s after the failure: %s", shard.uri, e)
+    if isinstance(loc.fs, pafs.LocalFileSystem):
+        with contextlib.suppress(OSError):
+            os.rmdir(loc.path)  # only when empty
 
 
 def write_parquet_shard(plan: ShardPlan, index: int, schema: pa.Schema, tables: Iterable[pa.Table], *,
@@ -514,5 +580,13 @@ class ShardSet:
 
     def read_table(self, columns: list[str] | None = None) -> pa.Table:
         """All rows (of `columns`, default all), shards in manifest order (a stable order)."""
-        return pa.concat_tables([pq.read_table(p, columns=columns, filesystem=self.filesystem)
-                                 for p in self.shard_paths])
+        tables = []
+        for entry, path in zip(self.manifest["shards"], self.shard_paths):
+            table = pq.read_table(path, columns=columns, filesystem=self.filesystem)
+            x = table.schema.field("x").type if "x" in table.schema.names else None
+            if isinstance(x, pa.FixedSizeListType) and x.list_size != math.prod(self.shape):
+                raise self.error(f"{storage.join_uri(self.uri, MANIFEST_NAME)}: shape {list(self.shape)} "
+                                 f"({math.prod(self.shape)} values per row) but shard {entry['path']} holds "
+                                 f"{x.list_size} values per row; the manifest was edited or is another set's")
+            tables.append(table)
+        return pa.concat_tables(tables)

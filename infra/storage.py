@@ -149,11 +149,48 @@ def resolve(uri: str) -> Location:
 
 
 def check_bucket(loc: Location) -> None:
-    """Fail with one line when an S3 location's bucket does not exist (local: nothing to check)."""
+    """Fail with one line (StorageError) when an S3 location's bucket does not exist or S3 cannot be
+    reached at all (a wrong AWS_ENDPOINT_URL, a server that is down: after pyarrow's own retries);
+    local: nothing to check."""
     if isinstance(loc.fs, pafs.S3FileSystem):
         bucket = loc.path.split("/", 1)[0]
-        if loc.fs.get_file_info(bucket).type == pafs.FileType.NotFound:
+        try:
+            missing = loc.fs.get_file_info(bucket).type == pafs.FileType.NotFound
+        except OSError as e:
+            endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or "AWS S3"
+            raise StorageError(f"cannot reach S3 at {endpoint} for {loc.uri} ({first_line(e)}); check "
+                               "AWS_ENDPOINT_URL and the credentials") from None
+        if missing:
             raise StorageError(f"bucket {bucket!r} does not exist ({loc.uri})")
+
+
+def check_output_folder(loc: Location, what: str) -> None:
+    """Fail with one line (StorageError naming `what`, e.g. "--out") when `loc` cannot be an output folder:
+    an existing file, a local path under a file or one this user cannot create or write; an S3 bucket
+    that is missing or unreachable. Cheap: no write, so it runs before any service starts."""
+    try:
+        check_bucket(loc)
+    except StorageError as e:
+        raise StorageError(f"{what}: {e}") from None
+    if not isinstance(loc.fs, pafs.LocalFileSystem):
+        return
+    path = loc.path
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise StorageError(f"{what} {loc.uri}: is an existing file; allowed: a folder (new or existing)")
+    parent = path
+    while not os.path.exists(parent):  # the nearest existing ancestor decides whether it can be created
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise StorageError(f"{what} {loc.uri}: {parent} is a file; allowed: a folder (new or existing)")
+    if not os.access(parent, os.W_OK | os.X_OK) or os.statvfs(parent).f_flag & os.ST_RDONLY:
+        raise StorageError(f"{what} {loc.uri}: {parent} is not writable by this user; allowed: a writable folder")
+
+
+def first_line(e: BaseException) -> str:
+    """An exception's message (its `message` attribute when it has one, as MlflowException) cut to its
+    first line: library errors can span many."""
+    text = str(getattr(e, "message", None) or e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
 
 
 def require_exists(loc: Location) -> pafs.FileInfo:
@@ -183,7 +220,8 @@ def read_bytes(loc: Location) -> bytes:
 def atomic_output(loc: Location) -> Iterator[pa.NativeFile]:
     """An output stream whose file appears whole or not at all, so that a reader (or a crash) never
     sees a partial file: on local disk a temporary file renamed at the end (rename(2) is atomic on
-    POSIX); on S3 the object itself (an upload only becomes visible when it completes)."""
+    POSIX); on S3 the object itself (an upload only becomes visible when it completes; an exception
+    inside the block deletes what the close uploaded)."""
     local = isinstance(loc.fs, pafs.LocalFileSystem)
     path = f"{loc.path}.tmp-{uuid.uuid4().hex[:8]}" if local else loc.path
     if local:
@@ -193,7 +231,9 @@ def atomic_output(loc: Location) -> Iterator[pa.NativeFile]:
         yield stream
     except BaseException:
         stream.close()
-        if local:
+        # NOTE: pyarrow has no abort for an S3 upload: closing completes it, so the partial object is
+        # deleted here (best effort: the original error is the one to report)
+        with contextlib.suppress(OSError):
             loc.fs.delete_file(path)
         raise
     stream.close()

@@ -10,9 +10,13 @@ line to stderr and exits 2, without a traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import os
+import signal
+import socket
 import sys
+import threading
 
 
 # Ray's switch between a loopback-only local instance ("0") and one bound to all interfaces ("1"); see
@@ -110,6 +114,61 @@ def _not_yet(name: str) -> int:
     return 2
 
 
+TERMINATING = (signal.SIGTERM, signal.SIGHUP)
+
+
+def _note_signal(signum: int, frame) -> None:
+    """The Python-level handler for SIGTERM/SIGHUP: it only keeps Python's C trampoline installed, which
+    writes the signal to the wakeup fd the watcher reads (see unwind_on_termination)."""
+
+
+@contextlib.contextmanager
+def unwind_on_termination():
+    """SIGTERM and SIGHUP unwind the command like Ctrl-C (SIGINT): the flow is marked crashed and the exit
+    handlers stop what this process started (its local Ray instance through ray.shutdown, the temporary
+    Prefect server). Python's default is to die at once, leaving those processes running.
+
+    How: a watcher thread reads the signal wakeup fd and sends this process SIGINT, once, whose handler
+    (Python's KeyboardInterrupt, or Ray Train's graceful abort during training) runs in the main
+    thread. NOTE: not a handler that raises: during a flow Prefect installs its own SIGTERM handler,
+    whose TerminationSignal Ray's blocking `ray.get` swallows (measured: a SIGTERM'd `ganpipe run`
+    trained on until killed); a KeyboardInterrupt is what `ray.get` passes on. Yields a
+    list that holds the signal number once one arrived. Main thread only (elsewhere: nothing changes);
+    the caller's handlers and wakeup fd are restored afterwards. SIGKILL cannot be caught: after
+    `kill -9` the local services stay until stopped by hand (by PID). SIGINT is noted too, so that the
+    command exits 130 whatever the KeyboardInterrupt became on its way up.
+    """
+    received: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+    read_end, write_end = socket.socketpair()
+    write_end.setblocking(False)
+
+    def watch() -> None:
+        while data := read_end.recv(64):
+            for signum in data:
+                if received or signum not in (*TERMINATING, signal.SIGINT):
+                    continue
+                received.append(signum)
+                if signum != signal.SIGINT:  # SIGINT's own handler raises KeyboardInterrupt already
+                    os.kill(os.getpid(), signal.SIGINT)  # the main thread runs SIGINT's handler: Ctrl-C
+
+    previous = {s: signal.signal(s, _note_signal) for s in TERMINATING}
+    previous_fd = signal.set_wakeup_fd(write_end.fileno(), warn_on_full_buffer=False)
+    watcher = threading.Thread(target=watch, name="ganpipe-signal-watcher", daemon=True)
+    watcher.start()
+    try:
+        yield received
+    finally:
+        signal.set_wakeup_fd(previous_fd)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        write_end.close()  # the watcher's recv returns b"": it ends
+        watcher.join(timeout=5)
+        read_end.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     embedded_prefect_home = set_embedded_defaults()
     parser = build_parser()
@@ -118,17 +177,24 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     args.embedded_prefect_home = embedded_prefect_home
-    try:
-        return int(args.func(args) or 0)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except PipelineFailed as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    with unwind_on_termination() as terminated:
+        try:
+            return int(args.func(args) or 0)
+        except UserError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        except BaseException as e:  # noqa: BLE001 - sorted out below; anything else is re-raised
+            if terminated:  # whatever the interrupt became on its way up (Prefect's TerminationSignal, a
+                # pipeline error, Ray Train's SIGINT handler's sys.exit): the exit handlers run after this
+                print(f"interrupted ({signal.Signals(terminated[0]).name})", file=sys.stderr)
+                return 128 + terminated[0]
+            if isinstance(e, PipelineFailed):
+                print(f"error: {e}", file=sys.stderr)
+                return 1
+            if isinstance(e, KeyboardInterrupt):
+                print("interrupted", file=sys.stderr)
+                return 130
+            raise
 
 
 if __name__ == "__main__":

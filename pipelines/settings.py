@@ -40,6 +40,18 @@ from infra.storage import join_uri
 GAN_SECTIONS = tuple(f.name for f in fields(GANConfig))
 # registered model names travel inside models:/<name>/<version> URIs and folder names: no '/', no '..'
 MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+# an alias travels in models:/<name>@<alias> URIs: MLflow's own rule (letters, digits, '-' and '_'; 'latest'
+# and v<number> reserved), checked here before anything is evaluated or logged
+ALIAS = re.compile(r"[A-Za-z0-9_-]{1,255}")
+# The largest networks a request may build: G and D together, counted from the config (on torch's meta
+# device: nothing is allocated). 10^9 parameters are 4 GB of float32 weights per copy, ~20 GB with G_ema,
+# the gradients and both Adam moments; the presets use at most 1.5e7 (dcgan64). The widths alone are
+# not a bound: network.g_width = 65536 is 1.4e11 parameters in the digits preset.
+MAX_PARAMETERS = 10**9
+# Staging bounds: points drawn for a built-in 2-D mixture (10^8 points are 800 MB of float32 held at once),
+# and the side of a resized image (DCGAN builds up to 128 px; Pillow would try any size).
+MAX_SOURCE_SAMPLES = 10**8
+MAX_IMAGE_SIZE = 4096
 BUILTIN_SOURCES = ("digits", "ring8", "grid25")
 SAMPLE_FORMATS = ("png", "npy")
 FID_INCEPTION_ENV = "GANPIPE_FID_INCEPTION"  # the default of evaluation.inception (read in resolve_settings)
@@ -63,9 +75,9 @@ class SourceSettings:
     label_column: str = ""  # Parquet images: the label column (integers or strings); "" = label, if present
 
     def __post_init__(self) -> None:
-        check(self.num_samples >= 0, "source.num_samples", self.num_samples, "an integer >= 0")
-        check(self.seed >= 0, "source.seed", self.seed, "an integer >= 0")
-        check(self.image_size >= 0, "source.image_size", self.image_size, "an integer >= 0 (0 = keep the size)")
+        check_staging_sizes(self.num_samples, self.seed, self.image_size, "source.")
+        if self.name:
+            check_model_name(self.name, "source.name")
         for key, column in (("source.image_column", self.image_column), ("source.label_column", self.label_column)):
             check(column == column.strip(), key, column, "a column name without surrounding spaces")
         check(not self.image_column or self.image_column != self.label_column, "source.label_column",
@@ -94,8 +106,50 @@ class RegistrySettings:
     export: bool = True  # ship torch.export / ONNX files inside the model
 
     def __post_init__(self) -> None:
-        check(bool(self.alias.strip()) and self.alias.replace("-", "").replace("_", "").isalnum(),
-              "registry.alias", self.alias, "letters, digits, '-' and '_'")
+        check_alias(self.alias, "registry.alias")
+        if self.model_name:
+            check_model_name(self.model_name, "registry.model_name")
+
+
+def check_staging_sizes(num_samples: int, seed: int, image_size: int, prefix: str) -> None:
+    """ConfigError unless the staging sizes are within their bounds; fields named `prefix` + name
+    (`source.` for the config, `--` for `ganpipe stage`, whose flags use dashes)."""
+    dash = (lambda n: n.replace("_", "-")) if prefix == "--" else (lambda n: n)
+    check(0 <= num_samples <= MAX_SOURCE_SAMPLES, prefix + dash("num_samples"), num_samples,
+          f"an integer from 0 to {MAX_SOURCE_SAMPLES:,}")
+    check(seed >= 0, prefix + "seed", seed, "an integer >= 0")
+    check(0 <= image_size <= MAX_IMAGE_SIZE, prefix + dash("image_size"), image_size,
+          f"an integer from 0 to {MAX_IMAGE_SIZE} (0 = keep the size)")
+
+
+def check_model_name(name: Any, where: str) -> None:
+    """ConfigError naming `where` (registry.model_name, register --name) unless `name` can be a registered
+    model name: it travels in models:/<name>/<version> URIs and in folder names."""
+    check(isinstance(name, str) and MODEL_NAME.fullmatch(name) is not None and ".." not in name, where, name,
+          "letters, digits, '.', '-' and '_' (no '..'), starting with a letter or digit, at most 128")
+
+
+def check_alias(alias: Any, where: str) -> None:
+    """ConfigError naming `where` (registry.alias, register --alias) unless `alias` is a valid model alias."""
+    check(isinstance(alias, str) and ALIAS.fullmatch(alias) is not None and alias.lower() != "latest"
+          and re.fullmatch(r"[vV]\d+", alias) is None, where, alias,
+          "letters, digits, '-' and '_' (1 to 255), not 'latest' or v<number> (MLflow reserves them)")
+
+
+def check_network_size(gan: GANConfig) -> int:
+    """The parameter count of G and D for `gan`, computed on torch's meta device (no memory allocated);
+    ConfigError naming the network fields unless it is at most MAX_PARAMETERS."""
+    import torch
+
+    from gan_core.networks import build_discriminator, build_generator
+
+    with torch.device("meta"):
+        count = sum(p.numel() for net in (build_generator(gan), build_discriminator(gan)) for p in net.parameters())
+    n = gan.network
+    check(count <= MAX_PARAMETERS, "network", f"{n.arch} z_dim={n.z_dim} g_width={n.g_width} d_width={n.d_width} "
+          f"g_depth={n.g_depth} d_depth={n.d_depth} ({count:.3g} parameters in G and D)",
+          f"at most {MAX_PARAMETERS:.0e} parameters (pipelines.settings.MAX_PARAMETERS)")
+    return count
 
 
 @dataclass(frozen=True)
@@ -222,9 +276,12 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
         import tomli as tomllib
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as e:
         raise ConfigError(f"{path}: cannot read the config file ({e.strerror or e})") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start}); "
+                          "allowed: a TOML file in UTF-8") from None
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
@@ -290,9 +347,8 @@ def resolve_settings(*, preset: str | None = None, config_file: str | None = Non
     settings = Settings(preset_name, gan, cluster, **sections)
     # 5. rules across sections: checked here, before any service starts, not at launch
     validate_launch(settings.gan, settings.cluster)
-    check(MODEL_NAME.fullmatch(settings.model_name) is not None and ".." not in settings.model_name,
-          "registry.model_name", settings.model_name,
-          "letters, digits, '.', '-' and '_' (no '..'), starting with a letter or digit, at most 128")
+    check_model_name(settings.model_name, "registry.model_name")  # the derived name too (ganpipe-<dataset>)
+    check_network_size(settings.gan)
     _check_source(settings)
     return settings
 

@@ -34,9 +34,16 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args) -> int:
+    from gan_core.config import ConfigError
     from gan_core.data import Normalisation
     from infra.registry import RegistryError, register_generator, resolve_checkpoint
+    from pipelines.settings import check_alias, check_model_name
 
+    try:  # 1. the names first: nothing is evaluated, logged or registered for a name MLflow would refuse
+        check_model_name(args.name, "--name")
+        check_alias(args.alias, "--alias")
+    except ConfigError as e:
+        raise UserError(str(e)) from None
     try:
         checkpoint, run_id = resolve_checkpoint(args.run)
         normalisation = None

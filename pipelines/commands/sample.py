@@ -66,7 +66,13 @@ def run(args: argparse.Namespace) -> int:
     from infra.storage import StorageError
     from pipelines.cli import UserError
 
+    from infra.batch_sampling import check_request
+
     try:
+        # 1. the whole request, before Prefect, Ray or MLflow is touched: sizes within their bounds, --out
+        # a folder that can be written
+        check_request(args.num_samples, args.seed, args.out, fmt=args.fmt, rows_per_shard=args.rows_per_shard,
+                      batch_size=args.batch_size, actors=args.actors, gpus_per_actor=args.gpus)
         uri = _sample(args)
         s = open_samples(uri)
     except (ShardSetError, StorageError) as e:

@@ -85,8 +85,7 @@ def run(args: argparse.Namespace) -> int:
                   file=sys.stderr)
             print(ds.uri)
             return 0
-        if not args.root:
-            raise UserError("--root is required (a local folder or s3://bucket/prefix)")
+        check_stage_args(args)  # 1. the whole request, before anything is read or written
         uri = _stage(args)
         ds = open_dataset(uri)
     except (SourceError, ShardSetError, StorageError) as e:
@@ -101,6 +100,31 @@ def run(args: argparse.Namespace) -> int:
           f"{m['dtype']} in {m['num_shards']} shards, {m['num_bytes'] / 1e6:.2f} MB{skipped}", file=sys.stderr)
     print(ds.uri)
     return 0
+
+
+def check_stage_args(args: argparse.Namespace) -> None:
+    """UserError (one line naming the flag) unless every size and name is within its bound and --root is
+    a folder that can be written (not a file; its S3 bucket reachable). Nothing is read or written."""
+    from gan_core.config import ConfigError
+    from infra import storage
+    from pipelines.cli import UserError
+    from pipelines.settings import check_model_name, check_staging_sizes
+
+    if not args.root:
+        raise UserError("--root is required (a local folder or s3://bucket/prefix)")
+    try:
+        check_staging_sizes(args.num_samples, args.seed, args.image_size or 0, "--")
+        if args.name is not None:
+            check_model_name(args.name, "--name")
+    except ConfigError as e:
+        raise UserError(str(e)) from None
+    for flag, value, ok in (("--rows-per-shard", args.rows_per_shard, args.rows_per_shard is None or args.rows_per_shard > 0),
+                            ("--row-group-rows", args.row_group_rows, args.row_group_rows is None or args.row_group_rows > 0),
+                            ("--target-shard-mib", args.target_shard_mib, 0 < args.target_shard_mib <= 4096)):
+        if not ok:
+            raise UserError(f"{flag}: got {value:g}; allowed: a positive number"
+                            + (" up to 4096" if flag == "--target-shard-mib" else ""))
+    storage.check_output_folder(storage.resolve(args.root), "--root")  # StorageError: the caller's one line
 
 
 def _stage(args: argparse.Namespace) -> str:
