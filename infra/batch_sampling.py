@@ -65,10 +65,14 @@ MAX_ACTORS = 1024
 MAX_SHARD_BYTES = 1 << 30
 # Variables a sampling actor needs to reach MLflow and storage, handed over in its runtime_env: they
 # may have been set in the driver after Ray started. MLFLOW_TRACKING_URI / MLFLOW_REGISTRY_URI too,
-# always (see actor_env).
+# always (see actor_env). NOTE: never credentials (AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, ...): Ray
+# writes every runtime_env, env_vars included, into its session logs (runtime_env_agent.log; found by
+# tests/reliability/test_secrets.py). Actors take credentials from their own environment, as every Ray
+# worker does: inherited from the process that started a local instance, the cluster's own chain
+# (instance role, IRSA, mounted secrets) on a cluster.
 FORWARDED_ENV = ("MLFLOW_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION",
-                 "AWS_DEFAULT_REGION", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE",
-                 "AWS_REQUEST_CHECKSUM_CALCULATION", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
+                 "AWS_DEFAULT_REGION", "AWS_PROFILE", "AWS_REQUEST_CHECKSUM_CALCULATION",
+                 "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
 
 
 class SamplingError(ShardSetError):
