@@ -172,3 +172,30 @@ def test_register_uses_the_newest_intact_checkpoint_of_a_run(tmp_path, mlflow_tr
     rc = main(["register", "--run", str(run_dir / "checkpoint-000000020"), "--name", "damaged-model"])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and str(run_dir / "checkpoint-000000020" / "config.json") in err[0], err
+
+
+def test_resume_from_s3_storage_falls_back_and_stops_alike(ray_cluster, dataset, s3_bucket):
+    """The same on S3 run storage: a truncated state.pt on the newest checkpoint falls back to the one
+    before (the workers copy each candidate from S3); with every checkpoint damaged, one line."""
+    import boto3
+
+    s3 = boto3.client("s3")
+    cluster = ClusterConfig(num_workers=1, storage_path=f"s3://{s3_bucket}/runs", run_name=RUN, max_failures=2)
+    launch_training(tiny(20), dataset, cluster)
+
+    def truncate_s3(name: str) -> None:
+        key = f"runs/{RUN}/{name}/state.pt"
+        body = s3.get_object(Bucket=s3_bucket, Key=key)["Body"].read()
+        s3.put_object(Bucket=s3_bucket, Key=key, Body=body[: len(body) // 3])
+
+    truncate_s3("checkpoint-000000020")
+    out = launch_training(tiny(30), dataset, cluster)
+    assert out.metrics["progress/resumed_from_step"] == 10 and out.metrics["step"] == 30
+    assert out.checkpoint_uri == f"s3://{s3_bucket}/runs/{RUN}/checkpoint-000000030"
+    keys = {o["Key"] for o in s3.list_objects_v2(Bucket=s3_bucket, Prefix=f"runs/{RUN}/")["Contents"]}
+    assert f"runs/{RUN}/checkpoint-000000020-1/sha256.json" in keys  # past the damaged one: a new name
+    # every checkpoint left damaged (Ray's retention removed checkpoint-10): one line, no restarts
+    truncate_s3("checkpoint-000000030")
+    truncate_s3("checkpoint-000000020-1")
+    with pytest.raises(TrainingStopped, match=f"no intact checkpoint in s3://{s3_bucket}/runs/{RUN}: "):
+        launch_training(tiny(30), dataset, cluster)
