@@ -432,6 +432,9 @@ class ZipImageSource(EncodedImageSource):
     def _read_labels(self, archive: zipfile.ZipFile) -> np.ndarray | None:
         """Labels (int64, one per member in order) from dataset.json; None for {"labels": null}."""
         where = f"{self.loc.uri} member {ZIP_LABELS_FILE}"
+        size = archive.getinfo(ZIP_LABELS_FILE).file_size  # from the central directory: nothing expanded yet
+        if size > MAX_MEMBER_BYTES:
+            raise SourceError(f"{where}: {size} bytes uncompressed, over the {MAX_MEMBER_BYTES} allowed")
         try:
             meta = json.loads(archive.read(ZIP_LABELS_FILE))
         except ValueError as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors

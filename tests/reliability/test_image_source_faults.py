@@ -247,3 +247,15 @@ def test_member_over_the_size_limit_is_never_expanded(tmp_path, capsys, monkeypa
     line = _stage_error(capsys, tmp_path / "bomb.zip", tmp_path / "store")
     assert "bomb.zip member b.png: member of 8388608 bytes uncompressed, over the 1048576 allowed" in line
     assert datasets.stage(str(tmp_path / "bomb.zip"), str(tmp_path / "store"), skip_bad=True).manifest["num_rows"] == 1
+
+
+def test_labels_file_over_the_size_limit_is_never_expanded(tmp_path, capsys, monkeypatch):
+    """A dataset.json bomb: refused from its size in the central directory, before it is read."""
+    from infra import image_sources
+
+    monkeypatch.setattr(image_sources, "MAX_MEMBER_BYTES", 1 << 20)
+    with zipfile.ZipFile(tmp_path / "bomb.zip", "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("a.png", _png())
+        archive.writestr("dataset.json", b'{"labels": null}' + b" " * (8 << 20))
+    line = _stage_error(capsys, tmp_path / "bomb.zip", tmp_path / "store")
+    assert "bomb.zip member dataset.json: 8388624 bytes uncompressed, over the 1048576 allowed" in line
