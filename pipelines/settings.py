@@ -365,6 +365,20 @@ def default_inception() -> str:
     return path
 
 
+def check_output_locations(settings: Settings) -> None:
+    """Where the request will write ([storage] root, [cluster] storage_path, [sampling] out), checked as
+    output folders (infra.storage.check_output_folder: not an existing file, writable, the S3 bucket
+    reachable) before any service starts. Not part of resolve_settings: --dry-run and `ganpipe submit`
+    (whose paths live on the cluster) touch no storage. Raises StorageError naming the field."""
+    from infra import storage
+
+    for field_name, uri in (("storage.root", settings.storage.root), ("cluster.storage_path",
+                                                                       settings.cluster.storage_path),
+                            ("sampling.out", settings.sampling.out)):
+        if uri:
+            storage.check_output_folder(storage.resolve(uri), field_name)
+
+
 def _check_source(settings: Settings) -> None:
     uri = settings.source_uri
     if "://" in uri or "/" in uri or Path(uri).suffix or uri in BUILTIN_SOURCES:

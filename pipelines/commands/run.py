@@ -85,6 +85,13 @@ def run(args: argparse.Namespace) -> int:
     if args.dry_run:
         sys.stdout.write(settings.to_toml())
         return 0
+    from infra.storage import StorageError
+    from pipelines.settings import check_output_locations
+
+    try:
+        check_output_locations(settings)  # where it will write: before any service starts
+    except StorageError as e:
+        raise UserError(str(e)) from None
     from infra.console import ConsoleCapture, say
 
     log_file = Path(args.log_file) if args.log_file else default_log_file()

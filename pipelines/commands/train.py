@@ -49,8 +49,11 @@ def run(args: argparse.Namespace) -> int:
     from infra.storage import StorageError
     from pipelines.cli import PipelineFailed
 
+    from pipelines.settings import check_output_locations
+
     settings = resolve_train_settings(args)
     try:
+        check_output_locations(settings)  # --storage: before Ray starts
         outcome = launch_training(settings.gan, args.dataset, settings.cluster)
     except (ConfigError, DatasetError, StorageError) as e:
         raise UserError(str(e)) from None

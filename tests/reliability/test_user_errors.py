@@ -59,6 +59,15 @@ CASES = [
     ("source-image-size", ["run", "--set", "source.image_size=100000", "--dry-run"],
      "source.image_size: got 100000"),
     ("source-name", ["run", "--set", "source.name=a/../b", "--dry-run"], "source.name: got 'a/../b'"),
+    ("run-sampling-out-is-file", ["run", "--preset", "tiny", "--set", "sampling.out={tmp}/afile"],
+     "sampling.out {tmp}/afile: is an existing file"),
+    ("run-storage-root-under-file", ["run", "--preset", "tiny", "--set", "storage.root={tmp}/afile/data"],
+     "storage.root {tmp}/afile/data: {tmp}/afile is a file"),
+    # -- train: the run storage checked before Ray starts ----------------------------------------------
+    ("train-storage-is-file", ["train", "--dataset", "{tmp}/no-dataset", "--preset", "tiny", "--storage",
+                               "{tmp}/afile"], "cluster.storage_path {tmp}/afile: is an existing file"),
+    ("train-no-dataset", ["train", "--dataset", "{tmp}/no-dataset", "--preset", "tiny"],
+     "{tmp}/no-dataset: no committed dataset version there"),
     # -- register: names checked before a checkpoint is read, evaluated or logged ------------------------
     ("register-name", ["register", "--run", "{tmp}/no-such-checkpoint", "--name", "a/../b"], "--name: got 'a/../b'"),
     ("register-alias", ["register", "--run", "{tmp}/no-such-checkpoint", "--alias", "bad alias!"],
