@@ -24,7 +24,7 @@ import pyarrow.fs as pafs
 
 from gan_core.checkpoint import CheckpointError
 
-from .storage import Location
+from .storage import Location, first_line
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ def newest_intact(latest: Location, use: Callable[[Path], T], *,
             try:
                 result = use(d)
             except CheckpointError as e:  # named by the local (maybe temporary) path: drop that prefix
-                damaged.append((candidate.name, _first_line(e).replace(f"{d}/", "").replace(f"{d}: ", "")))
+                damaged.append((candidate.name, first_line(e).replace(f"{d}/", "").replace(f"{d}: ", "")))
                 continue
         if damaged:
             (warn or log.warning)(f"checkpoint {_describe(damaged)}; using {candidate.uri} instead")
@@ -99,5 +99,3 @@ def _describe(damaged: list[tuple[str, str]]) -> str:
     return "; ".join(f"{name} is damaged ({fault})" for name, fault in damaged)
 
 
-def _first_line(e: Exception) -> str:
-    return (str(e).strip().splitlines() or [type(e).__name__])[0]

@@ -641,10 +641,10 @@ def _stop(plan: WorkerPlan, rank: int, e: Exception) -> None:
     """Record a fault that a restart cannot fix, for the driver to raise. Every rank meets it (the same
     files, the same reduced statistics) and its worker function returns: raising would make Ray Train
     restart the group max_failures times into the same fault."""
-    from infra.storage import write_bytes
+    from infra.storage import first_line, write_bytes
 
     if rank == 0:
-        reason = (str(e).strip().splitlines() or [""])[0]
+        reason = first_line(e)
         write_bytes(_stop_file(plan), json.dumps({"reason": f"{type(e).__name__}: {reason}"}).encode())
 
 

@@ -23,6 +23,7 @@ import json
 import logging
 import os
 import random
+import re
 import shutil
 import socket
 import tempfile
@@ -180,9 +181,12 @@ def resolve_checkpoint(ref: str) -> tuple[str, str | None]:
     try:
         run = client.get_run(ref)
     except MlflowException as e:
-        if not _is_not_found(e):
+        if store_unreachable(e):
             raise RegistryError(f"the MLflow tracking store {client.tracking_uri} cannot be reached "
-                                f"({_first_line(e.message)}); retry once it is back") from None
+                                f"({storage.first_line(e)}); retry once it is back") from None
+        if not _is_not_found(e):
+            raise RegistryError(f"the MLflow tracking store {client.tracking_uri} refused run {ref!r} "
+                                f"({storage.first_line(e)})") from None
         raise RegistryError(f"{ref!r} is neither a checkpoint directory nor an MLflow run id ({e.message})") from None
     uri = run.data.tags.get(tracking.TAG_LAST_CHECKPOINT)
     if not uri:
@@ -202,12 +206,21 @@ def _is_remote(uri: str) -> bool:
     return "://" in uri and not uri.startswith("file://")
 
 
+# what MLflow's REST client and SQL store say when the store itself cannot be reached (requests' and
+# SQLite's wording inside the MlflowException), as opposed to an answer refusing the request
+_UNREACHABLE = re.compile(r"Max retries exceeded|Connection refused|Failed to establish a new connection|"
+                          r"timed out|Temporary failure in name resolution|unable to open database file", re.I)
+
+
+def store_unreachable(e) -> bool:
+    """Whether an MlflowException says that the tracking/registry store did not answer (retry later), not
+    that it refused the request (fix the request)."""
+    return (getattr(e, "error_code", "") == "TEMPORARILY_UNAVAILABLE"
+            or _UNREACHABLE.search(str(getattr(e, "message", e))) is not None)
+
+
 def _is_not_found(e) -> bool:
     return getattr(e, "error_code", "") in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")
-
-
-def _first_line(text: str) -> str:
-    return (str(text).strip().splitlines() or [""])[0]
 
 
 def _local_checkpoint(uri: str, tmp: str) -> Path:

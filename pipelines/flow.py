@@ -141,7 +141,8 @@ def register(settings: Settings, checkpoint_uri: str, mlflow_run_id: str | None,
     from gan_core.evaluate import primary_metric
     from infra.evaluation import Evaluation
     from gan_core.data import Normalisation
-    from infra.registry import register_generator
+    from infra.registry import register_generator, store_unreachable
+    from infra.storage import first_line
 
     # the evaluate step already scored this G_ema: hand the registry that result instead of recomputing it
     evaluation = Evaluation({k: float(v) for k, v in metrics.items()}, primary_metric(metrics), False,
@@ -155,11 +156,13 @@ def register(settings: Settings, checkpoint_uri: str, mlflow_run_id: str | None,
             export_formats=("pt2", "onnx") if settings.registry.export else (),
             experiment=settings.tracking.experiment)
     except MlflowException as e:
-        reason = (str(e.message).strip().splitlines() or [type(e).__name__])[0]
+        reason = first_line(e)
+        cause, when = (("the MLflow store did not answer", "once the store is back") if store_unreachable(e)
+                       else ("the MLflow store refused it", "once the cause is fixed"))
         raise RegistrationFailed(
-            f"registration failed, the MLflow store did not answer ({reason}); the checkpoint {checkpoint_uri} is "
+            f"registration failed, {cause} ({reason}); the checkpoint {checkpoint_uri} is "
             f"kept: `ganpipe register --run {mlflow_run_id or checkpoint_uri} --name {settings.model_name}` "
-            f"registers it once the store is back") from None
+            f"registers it {when}") from None
     get_run_logger().info(f"registered {reg.model_uri}; {reg.decision}")
     return reg
 

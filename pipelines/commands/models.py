@@ -86,6 +86,14 @@ def _run_names(client, run_ids: set[str]) -> dict[str, str]:
     return names
 
 
+def _model_names(client) -> list[str]:
+    """The registered models' names, sorted, without the registry's promotion locks (infra.registry:
+    models named <name>.promotion-lock that exist only while an alias moves)."""
+    from infra.registry import PROMOTION_LOCK_SUFFIX
+
+    return sorted(m.name for m in client.search_registered_models() if not m.name.endswith(PROMOTION_LOCK_SUFFIX))
+
+
 def list_models(client, registry_uri: str, name: str | None, alias: str, limit: int) -> list[dict[str, Any]]:
     """The newest ``limit`` versions of model ``name`` (or of every registered model), by model name."""
     from mlflow.exceptions import MlflowException
@@ -96,12 +104,12 @@ def list_models(client, registry_uri: str, name: str | None, alias: str, limit: 
         except MlflowException as e:
             if e.error_code != "RESOURCE_DOES_NOT_EXIST":
                 raise
-            names = [m.name for m in client.search_registered_models()]
+            names = _model_names(client)
             raise UserError(f"registered model {name!r} not found in {display_uri(registry_uri)}; "
                             f"{names_hint('models', names)}") from None
         model_names = [name]
     else:
-        model_names = sorted(m.name for m in client.search_registered_models())
+        model_names = _model_names(client)
     versions = []
     for m in model_names:
         quoted = m.replace("'", "\\'")

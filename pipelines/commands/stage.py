@@ -75,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
     from infra.datasets import open_dataset
     from infra.shardset import ShardSetError
     from infra.sources import SourceError
-    from infra.storage import StorageError
+    from infra.storage import StorageError, first_line
     from pipelines.cli import PipelineFailed, UserError
 
     try:
@@ -86,13 +86,15 @@ def run(args: argparse.Namespace) -> int:
             print(ds.uri)
             return 0
         check_stage_args(args)  # 1. the whole request, before anything is read or written
+    except (SourceError, ShardSetError, StorageError) as e:
+        raise UserError(str(e)) from None
+    try:
         uri = _stage(args)
         ds = open_dataset(uri)
     except (SourceError, ShardSetError, StorageError) as e:
         raise UserError(str(e)) from None
     except OSError as e:  # storage that failed midway, after each S3 request's retries (infra.storage)
-        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise PipelineFailed(f"storage failed while staging ({reason}); nothing was committed: run the same "
+        raise PipelineFailed(f"storage failed while staging ({first_line(e)}); nothing was committed: run the same "
                              "command again") from None
     m = ds.manifest
     skipped = f", {m['num_skipped']} bad files skipped" if m["num_skipped"] else ""

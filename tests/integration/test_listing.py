@@ -136,6 +136,17 @@ def test_models_table_names_the_champion_uri_first(listed, capsys):
     assert max(len(line) for line in out.splitlines()) <= 100
 
 
+def test_a_promotion_lock_held_meanwhile_is_not_listed_as_a_model(listed, capsys):
+    from infra.registry import promotion_lock
+
+    with promotion_lock(MODEL):  # exists as a registered model while an alias moves
+        assert main(["models"]) == 0
+        out = capsys.readouterr().out
+        line = _one_line_error(capsys, "models", "--name", "nope")
+    assert ".promotion-lock" not in out and f"models:/{MODEL}@champion" in out
+    assert f"models: {MODEL}, other-gen" in line and "lock" not in line
+
+
 def test_unknown_experiment_or_model_is_one_line_naming_what_exists(listed, capsys):
     line = _one_line_error(capsys, "runs", "--experiment", "nope")
     assert "experiment 'nope' not found" in line and "experiments: Default, ganpipe" in line
