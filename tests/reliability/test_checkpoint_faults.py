@@ -120,7 +120,6 @@ def test_no_intact_checkpoint_stops_with_one_line(ray_cluster, dataset, tmp_path
     assert "checkpoint-000000020 is damaged (state.pt" in str(e.value)
     assert "checkpoint-000000010 is damaged (state.pt" in str(e.value)
     capsys.readouterr()
-    t0 = time.perf_counter()
     rc = main(["train", "--dataset", dataset, "--preset", "tiny", "--set", "train.total_steps=20",
                "--set", "train.checkpoint_every_steps=10", "--set", "train.tick_every_steps=10",
                "--set", "train.num_checkpoints_to_keep=3", "--workers", "1", "--storage", str(tmp_path),
@@ -129,7 +128,6 @@ def test_no_intact_checkpoint_stops_with_one_line(ray_cluster, dataset, tmp_path
     assert rc == 1 and len(err) == 1 and err[0].startswith("error: training run damaged-run stopped: "), err
     assert "no intact checkpoint" in err[0]
     assert checkpoints(run_dir) == ["checkpoint-000000010", "checkpoint-000000020"]
-    print(f"stopped in {time.perf_counter() - t0:.1f} s")
 
 
 def test_register_uses_the_newest_intact_checkpoint_of_a_run(tmp_path, mlflow_tracking, capsys):

@@ -4,7 +4,6 @@ refused before anything starts."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
@@ -52,10 +51,8 @@ def test_nan_in_the_data_stops_naming_the_step_and_keeps_the_last_good_checkpoin
     poison(dataset)
     # 1. the resumed run meets NaN batches at once: stopped at the first tick, naming step 21
     longer = get_preset("tiny").with_overrides({**TINY, "train.total_steps": 40})
-    t0 = time.perf_counter()
     with pytest.raises(TrainingStopped) as e:
         launch_training(longer, dataset, cluster, tracking=tracking)
-    seconds = time.perf_counter() - t0
     message = str(e.value)
     assert "\n" not in message and f"training run {RUN} stopped: NonFiniteLossError: non-finite loss/" in message
     assert "at step 21;" in message, message
@@ -72,14 +69,13 @@ def test_nan_in_the_data_stops_naming_the_step_and_keeps_the_last_good_checkpoin
                               order_by=["attributes.start_time DESC"])
     assert [r.info.status for r in runs] == ["FAILED", "FINISHED"]  # the resumed run, the first one
     assert client.search_registered_models() == []
-    # 4. the CLI: one line, exit 1, no restarts (max_failures=2 would run three attempts)
+    # 4. the CLI: one line, exit 1 (the workers record the stop and return: Ray Train has nothing to restart)
     capsys.readouterr()
     rc = main(["train", "--dataset", dataset, "--preset", "tiny", "--storage", str(tmp_path / "runs"),
                "--run-name", RUN, "--max-failures", "2",
                *[a for k, v in {**TINY, "train.total_steps": 40}.items() for a in ("--set", f"{k}={v}")]])
     err = own_lines(capsys.readouterr().err)
     assert rc == 1 and len(err) == 1 and "non-finite loss/" in err[0] and "at step 21;" in err[0], err
-    print(f"stopped after {seconds:.1f} s")
 
 
 @pytest.mark.parametrize("override", ["d_optim.lr=1e6", "g_optim.lr=1e6", "d_optim.lr=nan", "g_optim.lr=-1"])
