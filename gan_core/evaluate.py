@@ -52,7 +52,9 @@ CACHE_ENV = "GANPIPE_CACHE_DIR"
 
 
 def default_cache_dir() -> Path:
-    """Where the digits classifier's weights are cached: $GANPIPE_CACHE_DIR, else ~/.cache/ganpipe."""
+    """Where the digits classifier's weights are cached when the engine runs alone (``python -m gan_core``,
+    a caller passing no folder): $GANPIPE_CACHE_DIR, else ~/.cache/ganpipe. The pipeline always passes
+    its own folder (infra.settings.cache_dir, under the local home)."""
     return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "ganpipe")
 
 

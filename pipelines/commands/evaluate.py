@@ -53,11 +53,11 @@ def add_parser(sub) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     from gan_core.checkpoint import CheckpointError, load_generator
     from gan_core.config import ConfigError
-    from gan_core.evaluate import CACHE_ENV, evaluate_generator, feature_space, format_report, load_real_data
+    from gan_core.evaluate import evaluate_generator, feature_space, format_report, load_real_data
     from infra.datasets import DatasetError, load_numpy
     from infra.registry import RegistryError, resolve_checkpoint
-    from infra.settings import local_home
-    from infra.storage import StorageError
+    from infra.settings import cache_dir
+    from infra.storage import StorageError, first_line
     from pipelines.flow import fetch_checkpoint
     from pipelines.settings import default_inception
 
@@ -86,13 +86,13 @@ def run(args: argparse.Namespace) -> int:
                 real_x, real_labels = load_real_data(config)
             extractor, classifier = feature_space(
                 config, inception=inception, feature_network=args.feature_network,
-                cache_dir=os.environ.get(CACHE_ENV) or str(local_home() / "cache"))
+                cache_dir=cache_dir())
             # progress on stderr: stdout is the table or the JSON
             metrics = evaluate_generator(G, config, real_x, real_labels, num_samples=args.num_samples or None,
                                          seed=args.seed, feature_extractor=extractor, classifier=classifier,
                                          progress=lambda line: print(line, file=sys.stderr, flush=True))
     except (CheckpointError, DatasetError, RegistryError, StorageError, ValueError, FileNotFoundError) as e:
-        raise UserError(str(e).splitlines()[0] if str(e) else type(e).__name__) from None
+        raise UserError(first_line(e)) from None
     if args.json:
         print(json.dumps({**metrics, "features": extractor.name}, indent=2))
     else:
