@@ -217,13 +217,16 @@ def load_generator_model(model_uri: str, *, device: str = "cpu"):
 
 def generate_range(pm, seed: int, start: int, count: int, batch_size: int) -> np.ndarray:
     """Samples [start, start + count) of ``seed`` in the data's value range, float32 (count, *shape):
-    exactly ``predict(params={"num_samples": count, "seed": seed, "start": start})``."""
-    from gan_core.sampling import generate
-
+    exactly ``predict(params={"num_samples": count, "seed": seed, "start": start})``, drawn with the
+    version's own shipped engine (its latents and forward passes, never this process's gan_core)."""
+    if hasattr(pm, "sample"):
+        return pm.sample(count, seed, start=start, batch_size=batch_size)
     if not hasattr(pm, "to_data_range"):
         # a version registered before the mapping was public runs its own shipped code: its public predict
         # gives the same samples (seed-addressed), at predict's own batch size
         return pm.predict(None, None, params={"num_samples": count, "seed": seed, "start": start})
+    from gan_core.sampling import generate  # versions between the two: this process's latents, their G
+
     x = generate(pm.G, count, seed, start=start, batch_size=batch_size, device=pm.device)
     return pm.to_data_range(x)
 

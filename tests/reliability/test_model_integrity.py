@@ -119,6 +119,37 @@ def test_two_versions_in_one_process_each_run_their_own_shipped_engine(store, ti
     assert not hasattr(gan_core.networks, "_build_generator_unpatched")
 
 
+OTHER_LATENTS = '''
+
+_latents_for_range_unpatched = latents_for_range
+
+
+def latents_for_range(seed, start, count, z_dim):  # a test-built variant of the engine: other latents
+    return -_latents_for_range_unpatched(seed, start, count, z_dim)
+'''
+
+
+def test_batch_sampling_draws_with_the_versions_own_engine(store, tiny, tmp_path, monkeypatch):
+    """infra.batch_sampling.generate_range (each sampling actor's shard) gives exactly the version's own
+    seed-addressed predict, latents included, even where the process's gan_core draws other latents."""
+    from infra.batch_sampling import generate_range
+
+    G, cfg = tiny
+    other = tmp_path / "checkout"
+    shutil.copytree(Path(gan_core.__file__).parent, other / "gan_core", ignore=shutil.ignore_patterns("__pycache__"))
+    sampling = other / "gan_core" / "sampling.py"
+    sampling.write_text(sampling.read_text() + OTHER_LATENTS)
+    with monkeypatch.context() as mp:
+        mp.setattr(registry, "gan_core", SimpleNamespace(__file__=str(other / "gan_core" / "__init__.py")))
+        uri = log_version("own-latents", G, cfg)
+    model = load(uri)
+    own = model.predict(None, params={"num_samples": 6, "seed": 2, "start": 1030})
+    shard = generate_range(model.unwrap_python_model(), seed=2, start=1030, count=6, batch_size=4)
+    np.testing.assert_array_equal(shard, own)
+    z = latents_for_range(2, 1030, 6, cfg.network.z_dim).numpy()  # the process's engine: other latents
+    assert not np.allclose(shard, expected(G, z), atol=1e-3)
+
+
 def _plant_bytecode(source: Path, code: str) -> None:
     """A __pycache__ entry for ``source`` that Python's default import would trust (same mtime and size)
     but that holds other code: the check must not be bypassed through bytecode."""
