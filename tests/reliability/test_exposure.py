@@ -80,6 +80,9 @@ def test_services_started_by_ganpipe_listen_on_loopback_only(tmp_path):
 
 def test_the_loopback_default_leaves_configured_choices_alone(monkeypatch):
     """RAY_ADDRESS (a cluster: the driver's address must stay reachable) and an explicit choice win."""
+    # set_embedded_defaults writes more than these variables (MLFLOW_TRACKING_URI, ...): it works on a copy
+    # of the environment here, so nothing it sets outlives the test
+    monkeypatch.setattr(os, "environ", os.environ.copy())
     for env, expected in (({}, "0"), ({"RAY_ADDRESS": "ray://head:10001"}, None),
                           ({cli.RAY_LOCAL_ONLY_ENV: "1"}, "1")):
         monkeypatch.delenv("RAY_ADDRESS", raising=False)
