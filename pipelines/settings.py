@@ -125,8 +125,12 @@ def check_staging_sizes(num_samples: int, seed: int, image_size: int, prefix: st
 def check_model_name(name: Any, where: str) -> None:
     """ConfigError naming `where` (registry.model_name, register --name) unless `name` can be a registered
     model name: it travels in models:/<name>/<version> URIs and in folder names."""
-    check(isinstance(name, str) and MODEL_NAME.fullmatch(name) is not None and ".." not in name, where, name,
-          "letters, digits, '.', '-' and '_' (no '..'), starting with a letter or digit, at most 128")
+    from infra.registry import PROMOTION_LOCK_SUFFIX  # the registry's lock for <name> is a model of this name
+
+    check(isinstance(name, str) and MODEL_NAME.fullmatch(name) is not None and ".." not in name
+          and not name.endswith(PROMOTION_LOCK_SUFFIX), where, name,
+          f"letters, digits, '.', '-' and '_' (no '..', not ending in {PROMOTION_LOCK_SUFFIX}), starting with a "
+          "letter or digit, at most 128")
 
 
 def check_alias(alias: Any, where: str) -> None:

@@ -118,6 +118,8 @@ def test_preset_named_in_the_config_file_is_used_when_no_flag_is_given(tmp_path,
     ("registry.model_name=../../etc", "registry.model_name: got '../../etc'; allowed: letters, digits"),
     ("registry.model_name=a/b", "registry.model_name: got 'a/b'"),
     ("registry.model_name=a..b", "registry.model_name: got 'a..b'"),
+    # the registry's promotion lock for model 'faces' is a registered model of this name
+    ("registry.model_name=faces.promotion-lock", "registry.model_name: got 'faces.promotion-lock'"),
 ])
 def test_whole_request_is_validated_by_dry_run(override, message, capsys):
     assert main(["run", "--set", override, "--dry-run"]) == 2
