@@ -91,17 +91,23 @@ def expected(G, z: np.ndarray) -> np.ndarray:
 # --- item 2: each version runs the engine it shipped ------------------------------------------------
 
 
+def log_from_checkout(name: str, G, cfg, tmp_path, monkeypatch, module: str, patch: str) -> str:
+    """Log G as a version of ``name`` from another checkout of the engine: a copy of gan_core whose
+    ``module`` has ``patch`` appended. Returns models:/<name>/<version>."""
+    other = tmp_path / f"checkout-{name}"
+    shutil.copytree(Path(gan_core.__file__).parent, other / "gan_core", ignore=shutil.ignore_patterns("__pycache__"))
+    source = other / "gan_core" / module
+    source.write_text(source.read_text() + patch)
+    with monkeypatch.context() as mp:
+        mp.setattr(registry, "gan_core", SimpleNamespace(__file__=str(other / "gan_core" / "__init__.py")))
+        return log_version(name, G, cfg)
+
+
 def test_two_versions_in_one_process_each_run_their_own_shipped_engine(store, tiny, tmp_path, monkeypatch):
     G, cfg = tiny
     v1 = log_version("two-engines", G, cfg)
     # v2: the same weights, logged from another checkout of the engine (generators add 1000)
-    other = tmp_path / "checkout"
-    shutil.copytree(Path(gan_core.__file__).parent, other / "gan_core", ignore=shutil.ignore_patterns("__pycache__"))
-    networks = other / "gan_core" / "networks.py"
-    networks.write_text(networks.read_text() + PLUS_1000)
-    with monkeypatch.context() as mp:
-        mp.setattr(registry, "gan_core", SimpleNamespace(__file__=str(other / "gan_core" / "__init__.py")))
-        v2 = log_version("two-engines", G, cfg)
+    v2 = log_from_checkout("two-engines", G, cfg, tmp_path, monkeypatch, "networks.py", PLUS_1000)
 
     assert "gan_core.networks" in sys.modules  # the process's own engine is imported, as in a Ray actor
     m1, m2, m1_again = load(v1), load(v2), load(v1)
@@ -135,14 +141,7 @@ def test_batch_sampling_draws_with_the_versions_own_engine(store, tiny, tmp_path
     from infra.batch_sampling import generate_range
 
     G, cfg = tiny
-    other = tmp_path / "checkout"
-    shutil.copytree(Path(gan_core.__file__).parent, other / "gan_core", ignore=shutil.ignore_patterns("__pycache__"))
-    sampling = other / "gan_core" / "sampling.py"
-    sampling.write_text(sampling.read_text() + OTHER_LATENTS)
-    with monkeypatch.context() as mp:
-        mp.setattr(registry, "gan_core", SimpleNamespace(__file__=str(other / "gan_core" / "__init__.py")))
-        uri = log_version("own-latents", G, cfg)
-    model = load(uri)
+    model = load(log_from_checkout("own-latents", G, cfg, tmp_path, monkeypatch, "sampling.py", OTHER_LATENTS))
     own = model.predict(None, params={"num_samples": 6, "seed": 2, "start": 1030})
     shard = generate_range(model.unwrap_python_model(), seed=2, start=1030, count=6, batch_size=4)
     np.testing.assert_array_equal(shard, own)
