@@ -17,7 +17,6 @@ is stored (local disk, S3, Ray Train's storage) is infra's business.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -29,6 +28,7 @@ from typing import Any
 import torch
 
 from .config import GANConfig, OptimizerConfig
+from .files import sha256_file
 from .rng import capture_rng_state, restore_rng_state
 from .training import TrainingState, build_training_state, lr_schedule
 
@@ -86,14 +86,9 @@ def save_checkpoint(state: TrainingState, directory: str | os.PathLike, metrics:
 def write_files_manifest(directory: str | os.PathLike) -> None:
     """(Re)write ``<directory>/sha256.json`` from the checkpoint files as they are now."""
     directory = Path(directory)
-    files = {name: {"bytes": (directory / name).stat().st_size, "sha256": _file_sha256(directory / name)}
+    files = {name: {"bytes": (directory / name).stat().st_size, "sha256": sha256_file(directory / name)}
              for name in _HASHED_FILES}
     (directory / FILES_MANIFEST).write_text(json.dumps({"format": FORMAT, "files": files}, indent=2, sort_keys=True))
-
-
-def _file_sha256(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def verify_checkpoint(directory: str | os.PathLike) -> dict[str, Any]:
@@ -129,7 +124,7 @@ def _check_files(directory: Path) -> bool:
         if actual != size:
             raise CheckpointError(f"{directory / name}: {actual} bytes where {FILES_MANIFEST} records {size} "
                                   f"(truncated or altered)")
-        if _file_sha256(directory / name) != digest:
+        if sha256_file(directory / name) != digest:
             raise CheckpointError(f"{directory / name}: its sha256 differs from {FILES_MANIFEST} (altered)")
     return True
 

@@ -44,12 +44,13 @@ from gan_core.sampling import latents_for_range
 
 from . import storage, tracking
 from .evaluation import Evaluation, Evaluator, default_evaluator
+from .generator_model import FORMAT as MODEL_FORMAT
+from .generator_model import code_files, sha256_file
 from .settings import DEFAULT_EXPERIMENT, code_version, mlflow_client
 
 log = logging.getLogger(__name__)
 
 CHAMPION = "champion"
-MODEL_FORMAT = "ganpipe-generator/1"  # must equal infra.generator_model.FORMAT
 PYFUNC_FILE = Path(__file__).with_name("generator_model.py")
 LOGGED_MODEL_NAME = "generator"
 PROMOTION_LOCK_SUFFIX = ".promotion-lock"  # the registered model that exists while an alias of <name> moves
@@ -75,10 +76,6 @@ class Registration:
     exports: dict[str, str]  # format -> path inside the model ("export/generator.pt2"), or skip reason
 
 
-def _sha256(path: Path) -> str:
-    return storage.sha256_of(storage.resolve(str(path)))[0]
-
-
 def model_signature(config: GANConfig):
     """Outputs x float32 (-1, *shape); params num_samples, seed, start (long, default 0). No input schema:
     MLflow's tensor schema makes every input required (so ``predict(None, params=...)`` would fail) and
@@ -97,9 +94,8 @@ def model_signature(config: GANConfig):
 
 def _code_sha256(code_dir: Path) -> dict[str, str]:
     """{path under code/ ("gan_core/config.py"): sha256} of the engine shipped in ``code_dir``: the
-    files infra.generator_model.code_files lists on load (no ``__pycache__``)."""
-    return {p.relative_to(code_dir).as_posix(): _sha256(p) for p in sorted(code_dir.rglob("*"))
-            if p.is_file() and "__pycache__" not in p.relative_to(code_dir).parts}
+    model format's own listing and checksum (infra.generator_model), which loading checks."""
+    return {rel: sha256_file(p) for rel, p in code_files(code_dir).items()}
 
 
 def log_generator(G_ema: nn.Module, config: GANConfig, *, run_id: str,
@@ -122,7 +118,7 @@ def log_generator(G_ema: nn.Module, config: GANConfig, *, run_id: str,
         torch.save({k: v.detach().cpu() for k, v in G_ema.state_dict().items()}, weights)
         config_file.write_text(config.to_json())
         artifacts = {"weights": weights, "config": config_file, **(exports or {})}
-        sha = {key: _sha256(Path(p)) for key, p in artifacts.items()}
+        sha = {key: sha256_file(Path(p)) for key, p in artifacts.items()}
         # the engine that ships: a copy, so that what is hashed is what MLflow copies into code/
         code_dir = Path(tmp) / "code"
         shutil.copytree(Path(gan_core.__file__).parent, code_dir / "gan_core",

@@ -15,13 +15,14 @@ with a ``name``; nothing is ever downloaded.
 
 from __future__ import annotations
 
-import hashlib
 import math
 from pathlib import Path
 from typing import Any, Protocol
 
 import torch
 from torch import nn
+
+from ..files import sha256_file
 
 
 class FeatureExtractor(Protocol):
@@ -105,8 +106,7 @@ class FIDInceptionFeatures(nn.Module):
         except RuntimeError as e:
             raise ValueError(f"{path}: not a TorchScript file ({str(e).splitlines()[0]}); expected NVIDIA's "
                              "inception-2015-12-05.pt") from None
-        with open(path, "rb") as f:
-            self.sha256 = hashlib.file_digest(f, "sha256").hexdigest()
+        self.sha256 = sha256_file(path)
         self.name = f"inception:{path.name}@sha256:{self.sha256[:12]}"
         self.device = torch.device(device)
         probe = self(torch.zeros(2, 3, 32, 32))
