@@ -167,11 +167,7 @@ class EvaluationSettings:
     def __post_init__(self) -> None:
         check(self.num_samples >= 0, "evaluation.num_samples", self.num_samples, "an integer >= 0")
         check(self.seed >= 0, "evaluation.seed", self.seed, "an integer >= 0")
-        if self.inception:
-            object.__setattr__(self, "inception", str(Path(self.inception).expanduser()))
-            check(Path(self.inception).is_file(), "evaluation.inception", self.inception,
-                  f"an existing local file (NVIDIA's TorchScript inception-2015-12-05.pt; ${FID_INCEPTION_ENV} "
-                  "sets the default; nothing is downloaded)")
+        object.__setattr__(self, "inception", inception_weights(self.inception, "evaluation.inception"))
 
 
 @dataclass(frozen=True)
@@ -357,16 +353,26 @@ def resolve_settings(*, preset: str | None = None, config_file: str | None = Non
     return settings
 
 
+def inception_weights(path: str, where: str) -> str:
+    """The FID Inception weights file `path` ("~" expanded; "" = none) after checking that it is a local
+    file: the one rule for evaluation.inception, $GANPIPE_FID_INCEPTION and `ganpipe evaluate --inception`.
+    ConfigError naming `where`."""
+    path = str(path or "").strip()
+    if not path:
+        return ""
+    path = str(Path(path).expanduser())
+    check(Path(path).is_file(), where, path, f"an existing local file (NVIDIA's TorchScript "
+          f"inception-2015-12-05.pt; ${FID_INCEPTION_ENV} sets the default; nothing is downloaded)")
+    return path
+
+
 def default_inception() -> str:
     """The FID Inception weights path from $GANPIPE_FID_INCEPTION ("" when unset): evaluation.inception's
     default, for resolve_settings and for `ganpipe evaluate` (which has no config tree). ConfigError naming
     the variable when it names no file."""
     import os
 
-    path = os.environ.get(FID_INCEPTION_ENV, "").strip()
-    check(not path or Path(path).expanduser().is_file(), FID_INCEPTION_ENV, path,
-          "an existing local file (NVIDIA's TorchScript inception-2015-12-05.pt; nothing is downloaded) or unset")
-    return path
+    return inception_weights(os.environ.get(FID_INCEPTION_ENV, ""), FID_INCEPTION_ENV)
 
 
 def check_output_locations(settings: Settings) -> None:

@@ -59,18 +59,15 @@ def run(args: argparse.Namespace) -> int:
     from infra.settings import cache_dir
     from infra.storage import StorageError, first_line
     from pipelines.flow import fetch_checkpoint
-    from pipelines.settings import default_inception
+    from pipelines.settings import default_inception, inception_weights
 
     if args.num_samples < 0:
         raise UserError(f"--num-samples: got {args.num_samples}; allowed: an integer >= 0")
     ckpt = args.checkpoint
     if ("/" in ckpt or ckpt.startswith(".")) and "://" not in ckpt and not os.path.isdir(ckpt):
         raise UserError(f"{ckpt}: no such checkpoint directory")
-    if args.inception and not os.path.isfile(os.path.expanduser(args.inception)):
-        raise UserError(f"--inception: got {args.inception!r}; allowed: an existing local file (NVIDIA's TorchScript "
-                        "inception-2015-12-05.pt; nothing is downloaded)")
     try:
-        inception = os.path.expanduser(args.inception) if args.inception else default_inception() or None
+        inception = inception_weights(args.inception, "--inception") or default_inception() or None
     except ConfigError as e:
         raise UserError(str(e)) from None
     if inception and args.feature_network:
