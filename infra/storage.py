@@ -47,9 +47,13 @@ S3_BOTO_MAX_ATTEMPTS = 6
 
 def s3_max_attempts() -> int:
     """Attempts per S3 request: AWS_MAX_ATTEMPTS (the AWS SDKs' standard setting) when set, else
-    S3_MAX_ATTEMPTS."""
+    S3_MAX_ATTEMPTS. StorageError naming the variable for anything but a positive integer."""
     value = os.environ.get("AWS_MAX_ATTEMPTS", "").strip()
-    return int(value) if value.isdigit() and int(value) > 0 else S3_MAX_ATTEMPTS
+    if not value:
+        return S3_MAX_ATTEMPTS
+    if not (value.isdigit() and int(value) > 0):
+        raise StorageError(f"AWS_MAX_ATTEMPTS: got {value!r}; allowed: a positive integer (attempts per S3 request)")
+    return int(value)
 
 
 class RetryingS3FileSystem(pafs.S3FileSystem):
