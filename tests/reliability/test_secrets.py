@@ -54,7 +54,10 @@ def test_files_holding_finds_a_planted_string(tmp_path):
         str(tmp_path / "a" / "b" / "log.txt"), str(tmp_path / "z.gz")]
 
 
-def test_a_planted_secret_appears_in_no_store_log_or_run_folder(tmp_path):
+@pytest.mark.parametrize("storage", ["local", "s3"])
+def test_a_planted_secret_appears_in_no_store_log_or_run_folder(tmp_path, storage, request):
+    """On S3 storage the secret is the credential the run really uses (moto takes any): the checkpoint
+    uploads from Ray's workers and the datasets, run folders and samples in the bucket are scanned too."""
     secret = f"FAKESECRET-{uuid.uuid4().hex}"
     token = f"FAKETOKEN-{uuid.uuid4().hex}"
     home = tmp_path / "home"
@@ -63,10 +66,15 @@ def test_a_planted_secret_appears_in_no_store_log_or_run_folder(tmp_path):
     env = embedded_env(home)
     env.update(AWS_SECRET_ACCESS_KEY=secret, AWS_ACCESS_KEY_ID="FAKEKEYID", GANPIPE_TEST_TOKEN=token,
                RAY_TMPDIR=str(ray_tmp))
+    where = []
+    if storage == "s3":
+        bucket = request.getfixturevalue("s3_bucket")
+        env["AWS_ENDPOINT_URL"] = os.environ["AWS_ENDPOINT_URL"]  # the moto server
+        where = ["--set", f"storage.root=s3://{bucket}/root"]
     try:
         r = subprocess.run([sys.executable, "-m", "pipelines.cli", "run", "--preset", "tiny", "--verbose",
                             "--set", "train.total_steps=10", "--set", "registry.export=false",
-                            "--set", "sampling.num_samples=16"],
+                            "--set", "sampling.num_samples=16", *where],
                            cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
         console = r.stdout + r.stderr
         assert r.returncode == 0, console[-4000:]
@@ -94,6 +102,16 @@ def test_a_planted_secret_appears_in_no_store_log_or_run_folder(tmp_path):
         hits = files_holding(home, [secret.encode(), token.encode()])
         ray_hits = files_holding(sessions[0], [secret.encode(), token.encode()])
         assert not any(hits.values()) and not any(ray_hits.values()), (hits, ray_hits)
+        if storage == "s3":  # every object the run wrote to the bucket
+            import boto3
+
+            s3 = boto3.client("s3")
+            keys = [o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket)
+                    for o in page.get("Contents", [])]
+            assert any(k.startswith("root/runs/") for k in keys) and any("checkpoint-" in k for k in keys), keys[:20]
+            leaked = [k for k in keys if any(n in s3.get_object(Bucket=bucket, Key=k)["Body"].read()
+                                             for n in (secret.encode(), token.encode()))]
+            assert not leaked, leaked
     finally:
         import shutil
 
