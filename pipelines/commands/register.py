@@ -36,7 +36,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def run(args) -> int:
     from gan_core.config import ConfigError
     from gan_core.data import Normalisation
-    from infra.registry import RegistryError, register_generator, resolve_checkpoint
+    from mlflow.exceptions import MlflowException
+
+    from infra.registry import RegistryError, register_generator, resolve_checkpoint, store_unreachable
+    from infra.storage import first_line
     from pipelines.settings import check_alias, check_model_name
 
     try:  # 1. the names first: nothing is evaluated, logged or registered for a name MLflow would refuse
@@ -56,6 +59,11 @@ def run(args) -> int:
             export_formats=() if args.no_export else ("pt2", "onnx"))
     except (RegistryError, ValueError) as e:
         raise UserError(str(e)) from None
+    except MlflowException as e:  # the store failed midway (after the run was found): one line, no traceback
+        if store_unreachable(e):
+            raise UserError(f"registration failed, the MLflow store did not answer ({first_line(e)}); "
+                            "run the same command again once it is back") from None
+        raise UserError(f"registration failed, the MLflow store refused it ({first_line(e)})") from None
     ev = reg.evaluation
     print(f"registered {reg.name} version {reg.version} ({reg.model_uri})")
     print(f"  {ev.primary} = {ev.value:.6g} ({'higher' if ev.higher_is_better else 'lower'} is better)")

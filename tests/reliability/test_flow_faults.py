@@ -78,6 +78,24 @@ def test_mlflow_unreachable_at_registration_fails_in_one_line_and_register_compl
     assert main(["register", "--run", run.info.run_id, "--name", "late-model", "--no-export"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and f"the MLflow tracking store {down} cannot be reached" in err[0], err
+    # 4. a store that stops answering midway (after the run was found): one line, exit 2, no traceback
+    from mlflow.exceptions import MlflowException
+
+    import infra.registry
+
+    def store_gone(*args, **kwargs):
+        raise MlflowException("API request to endpoint /api/2.0/mlflow/model-versions/create failed with "
+                              "exception HTTPConnectionPool(host='127.0.0.1', port=9): Max retries exceeded\nmore")
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_tracking)
+    mlflow.set_tracking_uri(mlflow_tracking)
+    monkeypatch.setattr(infra.registry, "register_generator", store_gone)
+    capsys.readouterr()
+    assert main(["register", "--run", run.info.run_id, "--name", "late-model", "--no-export"]) == 2
+    captured = capsys.readouterr()
+    err = captured.err.strip().splitlines()
+    assert len(err) == 1 and "the MLflow store did not answer (API request" in err[0], err
+    assert "Traceback" not in captured.err
 
 
 def test_a_flow_retry_after_a_late_failure_does_not_redo_finished_steps(
