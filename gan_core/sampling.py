@@ -3,6 +3,13 @@
 Sample i depends only on (seed, i): latent vectors come in fixed blocks of `LATENT_BLOCK` rows, block
 b drawn from a generator seeded by (seed, b), and G runs in eval mode one aligned block at a time, so
 any batch size or partition of [0, N) yields the same bytes.
+
+Truncated sampling (the truncation trick, Brock et al. 2019, section 3.1): with a threshold psi > 0,
+every component of z with |z_j| > psi is replaced by a draw from N(0, 1) restricted to [-psi, psi];
+components already within psi keep their value. The replacement of component (i, j) is the inverse CDF
+of a uniform from a second stream per block (seeded by (seed, b) like the latents), so a truncated
+latent is a pure function of (seed, i, psi) too, and each component has exactly the distribution of
+BigGAN's "resample until it falls within psi": N(0, 1) conditioned on |z_j| <= psi.
 """
 
 from __future__ import annotations
@@ -23,12 +30,48 @@ LATENT_BLOCK = 1024
 MAX_NUM_SAMPLES = 10**9
 
 
-def latents_for_range(seed: int, start: int, count: int, z_dim: int) -> torch.Tensor:
-    """z for sample indices [start, start + count), shape (count, z_dim), float32 on the CPU."""
+def check_truncation(truncation: float | None) -> float | None:
+    """``truncation`` as a float psi > 0 (finite), or None for off (None or 0).
+
+    Raises ValueError naming the value and what is accepted."""
+    if truncation is None:
+        return None
+    if isinstance(truncation, bool) or not isinstance(truncation, (int, float, np.integer, np.floating)):
+        psi = float("nan")
+    else:
+        psi = float(truncation)
+    if psi == 0:
+        return None
+    if not math.isfinite(psi) or psi < 0:
+        raise ValueError(f"truncation={truncation!r} is not accepted; accepted: a finite number > 0 "
+                         f"(the threshold psi on |z_j|), or 0 / None for no truncation")
+    return psi
+
+
+def truncate_block(z: torch.Tensor, psi: float, seed: int, block: int) -> torch.Tensor:
+    """Block ``block`` of seed ``seed``'s latents, z float32 (LATENT_BLOCK, z_dim), truncated at ``psi``:
+    components with |z_j| > psi replaced by N(0, 1) restricted to [-psi, psi] (inverse CDF of uniforms
+    from the block's own ("latents-truncation", seed, block) stream), the others kept. Same shape and
+    dtype; every |z_j| <= psi."""
+    u = torch.rand(z.shape, generator=generator("latents-truncation", seed, block), dtype=torch.float64)
+    lo = torch.special.ndtr(torch.tensor(-psi, dtype=torch.float64))
+    resampled = torch.special.ndtri(lo + u * (1 - 2 * lo)).to(z.dtype).clamp(-psi, psi)
+    return torch.where(z.abs() > psi, resampled, z)
+
+
+def latents_for_range(seed: int, start: int, count: int, z_dim: int, *, truncation: float | None = None
+                      ) -> torch.Tensor:
+    """z for sample indices [start, start + count), shape (count, z_dim), float32 on the CPU.
+
+    ``truncation``: None or 0 for z ~ N(0, I) (as always); psi > 0 for the truncation trick (every
+    |z_j| <= psi; see the module docstring). Raises ValueError for any other truncation."""
+    psi = check_truncation(truncation)
     if count <= 0:
         return torch.empty(0, z_dim)
     first, last = start // LATENT_BLOCK, (start + count - 1) // LATENT_BLOCK
     blocks = [torch.randn(LATENT_BLOCK, z_dim, generator=generator("latents", seed, b)) for b in range(first, last + 1)]
+    if psi is not None:
+        blocks = [truncate_block(z, psi, seed, b) for b, z in zip(range(first, last + 1), blocks)]
     z = torch.cat(blocks)
     offset = start - first * LATENT_BLOCK
     return z[offset:offset + count]
@@ -36,12 +79,15 @@ def latents_for_range(seed: int, start: int, count: int, z_dim: int) -> torch.Te
 
 @torch.no_grad()
 def generate(G: nn.Module, num_samples: int, seed: int, *, start: int = 0, batch_size: int = 1024,
-             device: str | torch.device = "cpu") -> torch.Tensor:
+             device: str | torch.device = "cpu", truncation: float | None = None) -> torch.Tensor:
     """Samples [start, start + num_samples) for ``seed`` from G in eval mode, float32 on the CPU.
 
     G runs on whole aligned latent blocks (padding the ends), so that a sample's value does not depend
     on which other samples shared its forward pass. ``batch_size`` only bounds memory (in blocks).
+    ``truncation``: None or 0 (default: off, z ~ N(0, I)) or a threshold psi > 0 (the truncation
+    trick, see latents_for_range); ValueError otherwise, before G runs.
     """
+    psi = check_truncation(truncation)
     G.eval()
     z_dim = G.z_dim
     blocks_per_pass = max(1, batch_size // LATENT_BLOCK)
@@ -50,7 +96,7 @@ def generate(G: nn.Module, num_samples: int, seed: int, *, start: int = 0, batch
     b = first
     while b * LATENT_BLOCK < end:
         nb = min(blocks_per_pass, math.ceil(end / LATENT_BLOCK) - b)
-        z = latents_for_range(seed, b * LATENT_BLOCK, nb * LATENT_BLOCK, z_dim).to(device)
+        z = latents_for_range(seed, b * LATENT_BLOCK, nb * LATENT_BLOCK, z_dim, truncation=psi).to(device)
         x = G(z).float().cpu()
         lo = max(start, b * LATENT_BLOCK) - b * LATENT_BLOCK
         hi = min(end, (b + nb) * LATENT_BLOCK) - b * LATENT_BLOCK
