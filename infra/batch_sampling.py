@@ -41,7 +41,7 @@ import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, NonNegativeInt
 
 from gan_core.data import Normalisation
-from gan_core.sampling import LATENT_BLOCK, MAX_NUM_SAMPLES
+from gan_core.sampling import LATENT_BLOCK, MAX_NUM_SAMPLES, check_truncation
 
 from . import shardset, storage
 from .shardset import MANIFEST_NAME, PNG_FOLDERS, Layout, Manifest, ShardEntry, ShardPlan, ShardSet, ShardSetError
@@ -101,6 +101,7 @@ class SampleManifest(Manifest):
     seed: NonNegativeInt
     num_samples: NonNegativeInt
     sample_format: Literal["parquet", "png"]
+    truncation: float | None = None  # the truncation threshold psi; None (absent in older sets): off
 
 
 # --- the model ------------------------------------------------------------------------------------
@@ -120,6 +121,9 @@ class ResolvedModel:
     sample_shape: tuple[int, ...]
     normalisation: Normalisation
     weights_sha256: str
+    # the version's pyfunc takes params truncation (its signature lists it): versions registered before
+    # truncated sampling existed do not, and their shipped code would ignore it
+    supports_truncation: bool = False
 
     @property
     def is_image(self) -> bool:
@@ -190,6 +194,7 @@ def resolve_model(model_uri: str) -> ResolvedModel:
     except OSError as e:
         raise SamplingError(f"--model {uri!r}: cannot read the model ({first_line(e)})") from None
     meta = (info.metadata or {}).get("ganpipe") or {}
+    signature_params = {p.name for p in getattr(getattr(info.signature, "params", None), "params", None) or []}
     pyfunc_conf = (info.flavors.get("python_function") or {}).get("config") or {}
     if meta.get("format") != MODEL_FORMAT:
         raise SamplingError(f"--model {uri!r}: not a ganpipe generator (metadata format {meta.get('format')!r}, "
@@ -198,7 +203,8 @@ def resolve_model(model_uri: str) -> ResolvedModel:
         requested_uri=uri, uri=pinned, name=name, version=version, alias=alias, run_id=run_id,
         z_dim=int(meta["z_dim"]), sample_shape=tuple(int(s) for s in meta["sample_shape"]),
         normalisation=Normalisation.from_dict(meta.get("normalisation")),
-        weights_sha256=str((pyfunc_conf.get("sha256") or {}).get("weights", "")))
+        weights_sha256=str((pyfunc_conf.get("sha256") or {}).get("weights", "")),
+        supports_truncation="truncation" in signature_params)
 
 
 def load_generator_model(model_uri: str, *, device: str = "cpu"):
@@ -215,10 +221,17 @@ def load_generator_model(model_uri: str, *, device: str = "cpu"):
     return pm
 
 
-def generate_range(pm, seed: int, start: int, count: int, batch_size: int) -> np.ndarray:
+def generate_range(pm, seed: int, start: int, count: int, batch_size: int, truncation: float | None = None
+                   ) -> np.ndarray:
     """Samples [start, start + count) of ``seed`` in the data's value range, float32 (count, *shape):
-    exactly ``predict(params={"num_samples": count, "seed": seed, "start": start})``, drawn with the
-    version's own shipped engine (its latents and forward passes, never this process's gan_core)."""
+    exactly ``predict(params={"num_samples": count, "seed": seed, "start": start, "truncation": ...})``,
+    drawn with the version's own shipped engine (its latents and forward passes, never this process's
+    gan_core). ``truncation`` None or 0: off. Raises SamplingError (one line) for a truncation the
+    version cannot do (registered before truncated sampling: its code would ignore it)."""
+    if check_truncation(truncation) is not None:
+        if not getattr(pm, "SUPPORTS_TRUNCATION", False):
+            raise SamplingError(truncation_refusal(truncation))
+        return pm.sample(count, seed, start=start, batch_size=batch_size, truncation=truncation)
     if hasattr(pm, "sample"):
         return pm.sample(count, seed, start=start, batch_size=batch_size)
     if not hasattr(pm, "to_data_range"):
@@ -229,6 +242,12 @@ def generate_range(pm, seed: int, start: int, count: int, batch_size: int) -> np
 
     x = generate(pm.G, count, seed, start=start, batch_size=batch_size, device=pm.device)
     return pm.to_data_range(x)
+
+
+def truncation_refusal(truncation: float) -> str:
+    return (f"--truncation {truncation:g}: this model version was registered before truncated sampling "
+            f"existed (its pyfunc has no 'truncation' param); register it again to sample it truncated, "
+            f"or leave --truncation out")
 
 
 # --- the plan -------------------------------------------------------------------------------------
@@ -282,11 +301,12 @@ class SamplingPlan(ShardPlan):
     format: str
     layout: Layout
     shard_ranges: list[tuple[int, int]]  # [start, stop) sample indices
-    fingerprint: str  # hash of (model identity, seed, num_samples, format, layout)
+    fingerprint: str  # hash of (model identity, seed, num_samples, format, layout, truncation when on)
     batch_size: int = DEFAULT_BATCH_SIZE  # latents per forward pass: memory only, values unchanged
     actors: int = 1
     gpus_per_actor: float = 0.0
     options: dict = field(default_factory=dict)
+    truncation: float | None = None  # the truncation threshold psi (None: off), part of the fingerprint
 
     @property
     def uri(self) -> str:
@@ -348,6 +368,7 @@ class SamplingPlan(ShardPlan):
             "seed": self.seed,
             "num_samples": self.num_samples,
             "sample_format": self.format,
+            "truncation": self.truncation,
             "shape": list(m.sample_shape),
             "dtype": "float32" if self.format == "parquet" else "uint8",
             "value_space": "data",  # the data's original value range, as predict returns
@@ -361,16 +382,18 @@ class SamplingPlan(ShardPlan):
     def check_committed(self, manifest: dict) -> None:
         if manifest.get("fingerprint") != self.fingerprint:
             m = manifest.get("model") or {}
+            trunc = f", truncation {manifest['truncation']:g}" if manifest.get("truncation") else ""
             raise SamplingError(f"--out {self.out} already holds a different committed sample set ({m.get('uri')}, "
-                                f"seed {manifest.get('seed')}, {manifest.get('num_samples')} samples); "
+                                f"seed {manifest.get('seed')}{trunc}, {manifest.get('num_samples')} samples); "
                                 f"choose another --out")
 
 
 def check_request(num_samples: int, seed: int, out: str, *, fmt: str = "parquet", rows_per_shard: int | None = None,
-                  batch_size: int = DEFAULT_BATCH_SIZE, actors: int = 1, gpus_per_actor: float = 0.0
-                  ) -> storage.Location:
+                  batch_size: int = DEFAULT_BATCH_SIZE, actors: int = 1, gpus_per_actor: float = 0.0,
+                  truncation: float | None = None) -> storage.Location:
     """Every check on a sampling request that needs neither the model nor Ray: the sizes against their
-    documented bounds (MAX_NUM_SAMPLES, MAX_BATCH_SIZE, MAX_ACTORS), and `out`, which must be a folder
+    documented bounds (MAX_NUM_SAMPLES, MAX_BATCH_SIZE, MAX_ACTORS), `truncation` (None, or a finite
+    number > 0), and `out`, which must be a folder
     that can be written (not an existing file; the S3 bucket reachable). The CLI calls it before any
     service starts; plan_sampling again. Returns out's Location; SamplingError names the option."""
     if fmt not in FORMATS:
@@ -386,6 +409,10 @@ def check_request(num_samples: int, seed: int, out: str, *, fmt: str = "parquet"
              "a positive integer")):
         if not ok:
             raise SamplingError(f"{option}: got {value:,}; allowed: {allowed}")
+    if truncation is not None and (isinstance(truncation, bool) or not isinstance(truncation, (int, float))
+                                   or not math.isfinite(truncation) or truncation <= 0):
+        raise SamplingError(f"--truncation: got {truncation!r}; allowed: a finite number > 0 (the threshold psi "
+                            f"on |z_j|; leave it out for no truncation)")
     try:
         loc = storage.resolve(out)
         storage.check_output_folder(loc, "--out")
@@ -397,13 +424,18 @@ def check_request(num_samples: int, seed: int, out: str, *, fmt: str = "parquet"
 def plan_sampling(model: str | ResolvedModel, num_samples: int, seed: int, out: str, *, fmt: str = "parquet",
                   rows_per_shard: int | None = None, target_shard_mib: float = DEFAULT_TARGET_SHARD_MIB,
                   compression: str = DEFAULT_COMPRESSION, batch_size: int = DEFAULT_BATCH_SIZE, actors: int = 1,
-                  gpus_per_actor: float = 0.0) -> SamplingPlan:
+                  gpus_per_actor: float = 0.0, truncation: float | None = None) -> SamplingPlan:
     """Validate the request (check_request) and fix the model version, shard layout and fingerprint
     (cheap: the model is not loaded, and the shard ranges are computed on access, so planning takes
-    the same memory for any request). Raises SamplingError naming the option."""
+    the same memory for any request). ``truncation``: None (off) or psi > 0, recorded in the manifest
+    and the fingerprint (a different truncation is a different sample set); refused for a version
+    registered before truncated sampling. Raises SamplingError naming the option."""
     loc = check_request(num_samples, seed, out, fmt=fmt, rows_per_shard=rows_per_shard, batch_size=batch_size,
-                        actors=actors, gpus_per_actor=gpus_per_actor)
+                        actors=actors, gpus_per_actor=gpus_per_actor, truncation=truncation)
     resolved = model if isinstance(model, ResolvedModel) else resolve_model(model)
+    truncation = None if truncation is None else float(truncation)
+    if truncation is not None and not resolved.supports_truncation:
+        raise SamplingError(f"{truncation_refusal(truncation)} ({resolved.requested_uri})")
     if fmt == "png" and not resolved.is_image:
         raise SamplingError(f"--format png needs an image model (samples of shape (C, H, W)); "
                             f"{resolved.requested_uri} makes samples of shape {resolved.sample_shape}")
@@ -413,11 +445,13 @@ def plan_sampling(model: str | ResolvedModel, num_samples: int, seed: int, out: 
                            target_shard_mib=target_shard_mib, compression=compression)
     return SamplingPlan(resolved, int(num_samples), int(seed), loc.uri, fmt, layout,
                         shardset.split_rows(num_samples, layout.rows_per_shard, balanced=False),
+                        # NOTE: truncation only when on, so that untruncated requests keep their fingerprints
                         shardset.content_address({"model": resolved.identity(), "num_samples": num_samples,
-                                                  "seed": seed, "format": fmt, "layout": asdict(layout)}),
+                                                  "seed": seed, "format": fmt, "layout": asdict(layout),
+                                                  **({"truncation": truncation} if truncation else {})}),
                         int(batch_size), int(actors),
                         float(gpus_per_actor), {"rows_per_shard": rows_per_shard, "target_shard_mib": target_shard_mib,
-                                                "compression": compression})
+                                                "compression": compression}, truncation)
 
 
 def encode_pngs(normalisation: Normalisation, x: np.ndarray) -> list[bytes]:
@@ -463,7 +497,8 @@ class ShardSampler:
         records = []
         for index in batch["shard"].tolist():
             start, stop = self.plan.shard_ranges[index]
-            x = generate_range(self.pm, self.plan.seed, start, stop - start, self.plan.batch_size)
+            x = generate_range(self.pm, self.plan.seed, start, stop - start, self.plan.batch_size,
+                               self.plan.truncation)
             records.append(self.plan.write_samples(index, x) if self.write else
                            {"path": self.plan.layout.shard_name(index), "start": start, "rows": len(x), "bytes": 0,
                             "sha256": ""})
@@ -523,10 +558,12 @@ def open_samples(uri: str, *, verify: bool = False) -> SampleSet:
 
 def sample(model: str | ResolvedModel, num_samples: int, seed: int, out: str, *, fmt: str = "parquet",
            batch_size: int = DEFAULT_BATCH_SIZE, actors: int = 1, gpus_per_actor: float = 0.0,
-           rows_per_shard: int | None = None, progress: Callable[[int], None] | None = None) -> SampleSet:
+           rows_per_shard: int | None = None, progress: Callable[[int], None] | None = None,
+           truncation: float | None = None) -> SampleSet:
     """Plan, generate with Ray Data, commit: the whole job without Prefect. A no-op when ``out``
-    already holds this request's committed set. ``progress(samples)`` as shards complete."""
+    already holds this request's committed set. ``progress(samples)`` as shards complete;
+    ``truncation``: None (off) or psi > 0 (see plan_sampling)."""
     plan = plan_sampling(model, num_samples, seed, out, fmt=fmt, rows_per_shard=rows_per_shard,
-                         batch_size=batch_size, actors=actors, gpus_per_actor=gpus_per_actor)
+                         batch_size=batch_size, actors=actors, gpus_per_actor=gpus_per_actor, truncation=truncation)
     shardset.execute(plan, progress)
     return open_samples(plan.out)

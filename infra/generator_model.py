@@ -31,6 +31,10 @@ Contract (see infra/registry.py for the signature):
   1 <= n <= gan_core.sampling.MAX_NUM_SAMPLES and i >= 0, else ValueError. ``None`` and an empty
   (0, z_dim) array are the same; latents and num_samples together are refused. The result is one
   in-memory array (n * prod(shape) * 4 bytes): for large n, ``ganpipe sample`` writes shards instead.
+- ``params={"truncation": psi}`` (with num_samples): the truncation trick (Brock et al. 2019): every
+  |z_j| <= psi, components beyond psi resampled from N(0, 1) restricted to [-psi, psi], seed-addressed
+  (gan_core.sampling.latents_for_range); 0 (the default) is off, byte-identical to no truncation; a
+  negative or non-finite psi raises ValueError. With latents z as input it is refused (ValueError).
 
 This file must import only mlflow, numpy, torch and the shipped engine: it runs inside consumers'
 processes.
@@ -192,10 +196,18 @@ class GeneratorModel(mlflow.pyfunc.PythonModel):
         (x - offset) / scale (model value = data value * scale + offset)."""
         return self.normalisation.to_data(x.float().cpu()).numpy()
 
-    def sample(self, num_samples: int, seed: int, *, start: int = 0, batch_size: int = 1024) -> np.ndarray:
+    # what a caller (the batch sampler) checks before asking this version for truncated samples: versions
+    # logged before truncated sampling lack it and refuse the request
+    SUPPORTS_TRUNCATION = True
+
+    def sample(self, num_samples: int, seed: int, *, start: int = 0, batch_size: int = 1024,
+               truncation: float | None = None) -> np.ndarray:
         """Samples [start, start + num_samples) of ``seed``, float32 (num_samples, *shape) in data units,
-        drawn with this version's own engine (its ``sampling.generate``); ``batch_size`` only bounds memory."""
-        x = self.sampling.generate(self.G, num_samples, seed, start=start, batch_size=batch_size, device=self.device)
+        drawn with this version's own engine (its ``sampling.generate``); ``batch_size`` only bounds memory.
+        ``truncation``: None or 0 (off) or a threshold psi > 0 on |z_j| (the truncation trick); ValueError
+        otherwise."""
+        x = self.sampling.generate(self.G, num_samples, seed, start=start, batch_size=batch_size, device=self.device,
+                                   truncation=truncation)
         return self.to_data_range(x)
 
     def predict(self, context, model_input: np.ndarray, params: dict[str, Any] | None = None) -> np.ndarray:
@@ -219,7 +231,15 @@ class GeneratorModel(mlflow.pyfunc.PythonModel):
                                  f"{self.G.z_dim}) instead")
             if start < 0:
                 raise ValueError(f"predict: params start={start} must be >= 0 (the first sample index)")
-            return self.sample(num_samples, seed, start=start)
+            truncation = params.get("truncation")
+            try:
+                truncation = self.sampling.check_truncation(truncation)
+            except ValueError as e:
+                raise ValueError(f"predict: params {e}") from None
+            return self.sample(num_samples, seed, start=start, truncation=truncation)
+        if params.get("truncation"):
+            raise ValueError(f"predict: params truncation={params['truncation']!r} applies to seed-addressed "
+                             f"sampling (params num_samples), not to latents z given as input")
         with torch.no_grad():
             out = [self.G(z[i:i + PREDICT_CHUNK_ROWS].to(self.device)).float().cpu()
                    for i in range(0, len(z), PREDICT_CHUNK_ROWS)]

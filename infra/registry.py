@@ -77,7 +77,8 @@ class Registration:
 
 
 def model_signature(config: GANConfig):
-    """Outputs x float32 (-1, *shape); params num_samples, seed, start (long, default 0). No input schema:
+    """Outputs x float32 (-1, *shape); params num_samples, seed, start (long, default 0) and truncation
+    (double, default 0.0: off; psi > 0 for the truncation trick). No input schema:
     MLflow's tensor schema makes every input required (so ``predict(None, params=...)`` would fail) and
     quotes the whole array in its dtype error; the pyfunc checks z itself (float32 (n, z_dim), one-line
     errors) and the expected z is in the model's metadata (``ganpipe.z_dim``) and its input example."""
@@ -88,7 +89,7 @@ def model_signature(config: GANConfig):
         inputs=None,
         outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, *config.data.shape), "x")]),
         params=ParamSchema([ParamSpec("num_samples", "long", 0), ParamSpec("seed", "long", 0),
-                            ParamSpec("start", "long", 0)]),
+                            ParamSpec("start", "long", 0), ParamSpec("truncation", "double", 0.0)]),
     )
 
 

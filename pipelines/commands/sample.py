@@ -27,6 +27,8 @@ examples:
   ganpipe sample --model models:/faces64@champion --num-samples 50000 --seed 1 --out ./faces-png \\
       --format png --gpus 1
   ganpipe sample --model runs:/<run_id>/generator --num-samples 64 --seed 0 --out ./preview
+  ganpipe sample --model models:/ganpipe-digits@champion --num-samples 10000 --seed 0 --out ./d0-t1 \\
+      --truncation 1.0
 """
 
 
@@ -48,6 +50,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--actors", type=int, default=1, help="Ray actors, each with one loaded generator (default 1)")
     p.add_argument("--gpus", type=float, default=0.0, metavar="G",
                    help="GPUs per actor (default 0: CPU; 0.5 puts two actors on a GPU)")
+    p.add_argument("--truncation", type=float, metavar="PSI",
+                   help="the truncation trick (BigGAN): every latent component |z_j| <= PSI (those beyond it "
+                        "resampled), trading diversity (recall) for fidelity (precision); a number > 0, e.g. 1.0 "
+                        "(default: off). Part of the request: another PSI is another sample set")
     p.add_argument("--rows-per-shard", type=int,
                    help="samples per shard, rounded up to whole 1024-sample blocks (default: from N and the sample "
                         "size, up to 16 MiB per shard)")
@@ -72,14 +78,16 @@ def run(args: argparse.Namespace) -> int:
         # 1. the whole request, before Prefect, Ray or MLflow is touched: sizes within their bounds, --out
         # a folder that can be written
         check_request(args.num_samples, args.seed, args.out, fmt=args.fmt, rows_per_shard=args.rows_per_shard,
-                      batch_size=args.batch_size, actors=args.actors, gpus_per_actor=args.gpus)
+                      batch_size=args.batch_size, actors=args.actors, gpus_per_actor=args.gpus,
+                      truncation=args.truncation)
         uri = _sample(args)
         s = open_samples(uri)
     except (ShardSetError, StorageError) as e:
         raise UserError(str(e)) from None
     m = s.manifest
+    trunc = f", truncation {m['truncation']:g}" if m.get("truncation") else ""
     print(f"sampled {m['num_rows']} samples of shape {tuple(m['shape'])} from {m['model']['uri']} "
-          f"(seed {m['seed']}) in {m['num_shards']} {m['sample_format']} shards, {m['num_bytes'] / 1e6:.2f} MB",
+          f"(seed {m['seed']}{trunc}) in {m['num_shards']} {m['sample_format']} shards, {m['num_bytes'] / 1e6:.2f} MB",
           file=sys.stderr)
     print(s.uri)
     return 0
@@ -94,13 +102,15 @@ def _sample(args: argparse.Namespace) -> str:
 
         return sample_generator(args.model, args.num_samples, args.seed, args.out, fmt=args.fmt,
                                 batch_size=args.batch_size, actors=args.actors, gpus_per_actor=args.gpus,
-                                rows_per_shard=args.rows_per_shard, show_progress=not args.no_progress)
+                                rows_per_shard=args.rows_per_shard, show_progress=not args.no_progress,
+                                truncation=args.truncation)
 
     from infra import batch_sampling, shardset
 
     plan = batch_sampling.plan_sampling(args.model, args.num_samples, args.seed, args.out, fmt=args.fmt,
                                         rows_per_shard=args.rows_per_shard, batch_size=args.batch_size,
-                                        actors=args.actors, gpus_per_actor=args.gpus)
+                                        actors=args.actors, gpus_per_actor=args.gpus,
+                                        truncation=args.truncation)
     print(f"sampling {plan.num_samples} from {plan.model.uri} (requested {args.model}), seed {plan.seed}, "
           f"{plan.num_shards} shards", file=sys.stderr)
     with shardset.progress_bar(plan.num_items, "sampling", bar=not args.no_progress, unit="samples",

@@ -104,3 +104,120 @@ def test_a_bad_threshold_is_one_line_naming_it(bad):
 def test_accepted_thresholds():
     assert check_truncation(None) is None and check_truncation(0) is None and check_truncation(0.0) is None
     assert check_truncation(1) == 1.0 and check_truncation(np.float32(0.5)) == 0.5
+
+
+# --- the pyfunc and the batch sampler -------------------------------------------------------------
+
+def _pyfunc(G):
+    """infra.generator_model.GeneratorModel as load_context leaves it, with this process's engine."""
+    import gan_core.sampling
+    from gan_core.data import Normalisation
+    from infra.generator_model import GeneratorModel
+
+    pm = GeneratorModel()
+    pm.G, pm.sampling, pm.normalisation, pm.device = G, gan_core.sampling, Normalisation(), torch.device("cpu")
+    return pm
+
+
+def test_pyfunc_predict_and_sample_take_truncation():
+    G = build_generator(get_preset("digits")).eval()
+    pm = _pyfunc(G)
+    want = generate(G, 6, seed=2, start=1030, truncation=0.5).numpy()
+    got = pm.predict(None, None, params={"num_samples": 6, "seed": 2, "start": 1030, "truncation": 0.5})
+    assert np.array_equal(got, want)
+    assert np.array_equal(pm.sample(6, 2, start=1030, truncation=0.5), want)
+    plain = generate(G, 6, seed=2, start=1030).numpy()
+    # the signature's default (0.0) is off: byte-identical to no truncation
+    assert pm.predict(None, None, params={"num_samples": 6, "seed": 2, "start": 1030, "truncation": 0.0}
+                      ).tobytes() == plain.tobytes()
+    assert pm.predict(None, None, params={"num_samples": 6, "seed": 2, "start": 1030}).tobytes() == plain.tobytes()
+
+
+@pytest.mark.parametrize("params,message", [
+    ({"num_samples": 2, "truncation": -1.0}, "truncation=-1.0"),
+    ({"num_samples": 2, "truncation": float("nan")}, "truncation=nan"),
+    ({"truncation": 0.5}, "not to latents z"),
+])
+def test_pyfunc_refuses_a_bad_truncation_in_one_line(params, message):
+    G = build_generator(get_preset("digits")).eval()
+    pm = _pyfunc(G)
+    z = None if "num_samples" in params else np.zeros((2, G.z_dim), np.float32)
+    with pytest.raises(ValueError) as e:
+        pm.predict(None, z, params=params)
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_registered_signature_has_truncation_double_default_off():
+    from infra.registry import model_signature
+
+    spec = {p.name: p for p in model_signature(get_preset("digits")).params.params}
+    assert spec["truncation"].dtype.name == "double" and spec["truncation"].default == 0.0
+
+
+def _resolved(supports_truncation=True):
+    from gan_core.data import Normalisation
+    from infra.batch_sampling import ResolvedModel
+
+    return ResolvedModel("models:/m@a", "models:/m/1", "m", "1", "a", None, 4, (1, 2, 2), Normalisation(),
+                         "0" * 64, supports_truncation=supports_truncation)
+
+
+def test_a_different_truncation_is_a_different_sample_set(tmp_path):
+    from infra.batch_sampling import plan_sampling
+
+    plain = plan_sampling(_resolved(), 3000, 0, str(tmp_path / "a"))
+    t1 = plan_sampling(_resolved(), 3000, 0, str(tmp_path / "a"), truncation=1.0)
+    t05 = plan_sampling(_resolved(), 3000, 0, str(tmp_path / "a"), truncation=0.5)
+    assert len({plain.fingerprint, t1.fingerprint, t05.fingerprint}) == 3
+    assert plan_sampling(_resolved(), 3000, 0, str(tmp_path / "a"), truncation=1).fingerprint == t1.fingerprint
+    shards = [{"rows": b - a} for a, b in t1.shard_ranges]
+    assert t1.manifest_fields(shards)["truncation"] == 1.0 and plain.manifest_fields(shards)["truncation"] is None
+    # an untruncated request keeps the fingerprint it had before truncation existed (committed sets stay valid)
+    from dataclasses import asdict
+
+    from infra import shardset
+
+    assert plain.fingerprint == shardset.content_address({"model": plain.model.identity(), "num_samples": 3000,
+                                                          "seed": 0, "format": "parquet",
+                                                          "layout": asdict(plain.layout)})
+
+
+def test_a_version_registered_before_truncation_refuses_it_in_one_line(tmp_path):
+    from infra.batch_sampling import SamplingError, generate_range, plan_sampling
+
+    with pytest.raises(SamplingError) as e:
+        plan_sampling(_resolved(supports_truncation=False), 100, 0, str(tmp_path / "a"), truncation=1.0)
+    assert "registered before truncated sampling" in str(e.value) and "\n" not in str(e.value)
+    assert not (tmp_path / "a").exists()
+    plan_sampling(_resolved(supports_truncation=False), 100, 0, str(tmp_path / "a"))  # untruncated: as always
+
+    class OldPyfunc:  # a version's shipped pyfunc from before: sample() without truncation
+        def sample(self, num_samples, seed, *, start=0, batch_size=1024):
+            raise AssertionError("must not be called: it would silently ignore the truncation")
+
+    with pytest.raises(SamplingError, match="registered before truncated sampling"):
+        generate_range(OldPyfunc(), 0, 0, 4, 4, truncation=0.5)
+    G = build_generator(get_preset("digits")).eval()
+    assert np.array_equal(generate_range(_pyfunc(G), 0, 10, 4, 4, truncation=0.5),
+                          generate(G, 4, seed=0, start=10, truncation=0.5).numpy())
+
+
+@pytest.mark.parametrize("bad", [0, 0.0, -0.5, float("nan"), float("inf"), True])
+def test_the_batch_sampler_checks_truncation_before_anything(bad, tmp_path):
+    from infra.batch_sampling import SamplingError, check_request
+
+    with pytest.raises(SamplingError) as e:
+        check_request(10, 0, str(tmp_path / "out"), truncation=bad)
+    assert str(e.value).startswith("--truncation: got") and "> 0" in str(e.value)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("value", ["-1", "0", "nan", "inf"])
+def test_cli_sample_refuses_a_bad_truncation_up_front(value, tmp_path, capsys):
+    from pipelines.cli import main
+
+    rc = main(["sample", "--model", "models:/m@a", "--num-samples", "10", "--out", str(tmp_path / "o"),
+               f"--truncation={value}"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and "--truncation" in err and "> 0" in err
+    assert not (tmp_path / "o").exists()
