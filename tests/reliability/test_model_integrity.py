@@ -130,8 +130,8 @@ OTHER_LATENTS = '''
 _latents_for_range_unpatched = latents_for_range
 
 
-def latents_for_range(seed, start, count, z_dim):  # a test-built variant of the engine: other latents
-    return -_latents_for_range_unpatched(seed, start, count, z_dim)
+def latents_for_range(seed, start, count, z_dim, **kwargs):  # a test-built variant of the engine: other latents
+    return -_latents_for_range_unpatched(seed, start, count, z_dim, **kwargs)
 '''
 
 
