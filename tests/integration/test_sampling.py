@@ -89,6 +89,28 @@ def test_samples_match_the_registered_models_predict(run_a, registered):
     assert not np.allclose(other, x[:4])
 
 
+def test_truncated_samples_through_the_actors_match_predict_and_are_another_set(registered, ray_cluster, tmp_path):
+    """--truncation end to end: the Ray actors' shards equal the registered pyfunc's seeded predict with
+    params truncation (MLflow's signature passes it), the manifest records it, and the same --out with
+    another truncation is refused as a different committed set."""
+    import mlflow
+
+    n = 2100
+    s = sample(f"models:/{NAME}@champion", n, SEED, str(tmp_path / "t"), batch_size=1024, actors=2, truncation=0.8)
+    assert s.manifest["truncation"] == 0.8
+    _, x = s.load_arrays()
+    model = mlflow.pyfunc.load_model(f"models:/{NAME}/1")
+    z_dim = model.metadata.metadata["ganpipe"]["z_dim"]
+    for i in (0, 1023, 1024, n - 1):
+        seeded = model.predict(np.zeros((0, z_dim), np.float32),
+                               params={"num_samples": 1, "seed": SEED, "start": i, "truncation": 0.8})
+        np.testing.assert_array_equal(seeded[0], x[i])
+    plain = model.predict(np.zeros((0, z_dim), np.float32), params={"num_samples": 4, "seed": SEED, "start": 0})
+    assert not np.allclose(plain, x[:4])
+    with pytest.raises(batch_sampling.SamplingError, match="different committed sample set.*truncation 0.8"):
+        sample(f"models:/{NAME}@champion", n, SEED, s.uri, batch_size=1024, actors=1, truncation=0.5)
+
+
 def test_rerun_of_a_committed_request_is_a_noop_and_another_request_is_refused(run_a):
     before = (Path(run_a.uri) / MANIFEST_NAME).read_bytes()
     again = sample(f"models:/{NAME}@champion", N, SEED, run_a.uri, batch_size=2048, actors=2)
