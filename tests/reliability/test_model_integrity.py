@@ -231,6 +231,15 @@ def test_a_version_logged_before_issue15_still_loads_and_predicts(store, tiny, t
     np.testing.assert_allclose(model.predict(z), expected(G, z), rtol=0, atol=1e-6)
     seeded = model.predict(np.zeros((0, cfg.network.z_dim), np.float32), params={"num_samples": 3, "seed": 2})
     np.testing.assert_allclose(seeded, generate(G, 3, 2).numpy(), rtol=0, atol=1e-6)
+    # truncated sampling came later: its shipped code would ignore the param, so the batch sampler refuses it
+    from infra.batch_sampling import SamplingError, generate_range, plan_sampling, resolve_model
+
+    assert not resolve_model(uri).supports_truncation
+    with pytest.raises(SamplingError, match=r"^--truncation 0\.5: this model version was registered before") as e:
+        plan_sampling(uri, 10, 0, str(tmp_path / "t"), truncation=0.5)
+    assert "\n" not in str(e.value) and not (tmp_path / "t").exists()
+    with pytest.raises(SamplingError, match="registered before truncated sampling"):
+        generate_range(model.unwrap_python_model(), 0, 0, 3, 3, truncation=0.5)
 
 
 # --- item 9: the pyfunc's documented calls ------------------------------------------------------------
