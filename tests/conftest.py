@@ -26,6 +26,20 @@ import torch  # noqa: E402
 torch.set_num_threads(1)
 
 
+@pytest.fixture(autouse=True)
+def _environment_is_per_test():
+    """Each test starts from the environment the session's fixtures set up and leaves it so: the CLI run
+    in-process (pipelines.cli.main) writes its embedded defaults into os.environ, as the real process does,
+    and one test's must not become every later test's (e.g. Ray's loopback-only switch, which refuses the
+    second node of tests.ray_head's cluster). NOTE: a session fixture that sets variables (s3_server) must
+    then be set up before the test, as an argument, not through request.getfixturevalue inside it."""
+    saved = dict(os.environ)
+    yield
+    if dict(os.environ) != saved:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

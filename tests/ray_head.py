@@ -47,7 +47,9 @@ class RayHead:
 
     @classmethod
     def start(cls, *, head_cpus: int = 3, node_cpus: int = 1, extra_env: dict[str, str] | None = None) -> "RayHead":
-        env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS",)}
+        # not the CLI's loopback-only switch (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 refuses a second node): an
+        # operator's cluster, which already binds 127.0.0.1 through --node-ip-address
+        env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")}
         env.update(RAY_USAGE_STATS_ENABLED="0", RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32),
                    # the cluster's Python first on PATH, as on a node of the project image: a job's entrypoint
                    # (`python -m ...`) runs with it

@@ -33,7 +33,7 @@ def _uri(crops: dict, kind: str, base: str | None) -> str:
 
 
 @pytest.fixture(params=["local", "s3"])
-def where(request, photo_crops, tmp_path):
+def where(request, photo_crops, tmp_path, s3_server):
     """(source base or None for local, storage root): on S3 the crops are uploaded to a fresh versioned
     bucket, and the datasets are staged there too (to count rewrites)."""
     if request.param == "local":

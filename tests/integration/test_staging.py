@@ -31,7 +31,7 @@ def png_folder(tmp_path_factory):
 
 
 @pytest.fixture(params=["local", "s3"])
-def storage_root(request, tmp_path):
+def storage_root(request, tmp_path, s3_server):
     """A storage root on each backend; on S3 in a fresh versioned bucket (to count rewrites)."""
     if request.param == "local":
         return str(tmp_path / "store")

@@ -55,7 +55,7 @@ def test_files_holding_finds_a_planted_string(tmp_path):
 
 
 @pytest.mark.parametrize("storage", ["local", "s3"])
-def test_a_planted_secret_appears_in_no_store_log_or_run_folder(tmp_path, storage, request):
+def test_a_planted_secret_appears_in_no_store_log_or_run_folder(tmp_path, storage, request, s3_server):
     """On S3 storage the secret is the credential the run really uses (moto takes any): the checkpoint
     uploads from Ray's workers and the datasets, run folders and samples in the bucket are scanned too."""
     secret = f"FAKESECRET-{uuid.uuid4().hex}"

@@ -21,6 +21,9 @@ BIG = str(10**12)
 CLOSED_PORT_ENDPOINT = "http://127.0.0.1:9"  # discard: nothing listens there
 
 
+RAY_STARTS: list = []
+
+
 @pytest.fixture
 def fresh_home(tmp_path, monkeypatch):
     """GANPIPE_HOME in tmp_path, MLflow's store inside it (the embedded default), S3 credentials that
@@ -32,6 +35,14 @@ def fresh_home(tmp_path, monkeypatch):
         monkeypatch.setenv(k, v)
     (tmp_path / "afile").write_text("not a folder")
     (tmp_path / "latin1.toml").write_bytes('[registry]\nmodel_name = "caf\xe9"\n'.encode("latin-1"))
+    # every way the pipeline starts or joins Ray goes through infra.ray_cluster.ensure_ray: record calls
+    # (the session may already run a Ray instance of its own, so ray.is_initialized() would say nothing)
+    import infra.ray_cluster
+    import infra.ray_train
+
+    RAY_STARTS.clear()
+    for module in (infra.ray_cluster, infra.ray_train):
+        monkeypatch.setattr(module, "ensure_ray", lambda *args, **kwargs: RAY_STARTS.append(args))
     return tmp_path
 
 
@@ -122,12 +133,10 @@ def run_cli(capsys, argv: list[str]) -> str:
 
 def assert_nothing_left(tmp: Path) -> None:
     """No committed set, no shard, no output folder, no MLflow store and no Ray instance."""
-    import ray
-
     made = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.name not in ("afile", "latin1.toml"))
     assert [m for m in made if not m.startswith("home")] == [], made
     assert not (tmp / "home" / "mlflow.db").exists(), "an MLflow store was created"
-    assert not ray.is_initialized(), "Ray was started"
+    assert RAY_STARTS == [], "Ray was started"
 
 
 @pytest.mark.parametrize("argv, expected", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
@@ -223,11 +232,14 @@ def test_sigterm_unwinds_like_ctrl_c():
     from pipelines import cli
 
     before = signal.getsignal(signal.SIGTERM)
+    # Python's own SIGINT handler (an in-process Ray driver earlier in the session may have replaced it)
+    previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
     with cli.unwind_on_termination() as received:
         signal.signal(signal.SIGTERM, lambda s, f: None)  # as Prefect's handler: one that does not raise
         with pytest.raises(KeyboardInterrupt):
             os.kill(os.getpid(), signal.SIGTERM)
             for _ in range(500):
                 time.sleep(0.01)
+    signal.signal(signal.SIGINT, previous_int)
     assert received == [signal.SIGTERM]
     assert signal.getsignal(signal.SIGTERM) is before
