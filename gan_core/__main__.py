@@ -2,7 +2,8 @@
 
     python -m gan_core --preset ring8 --out runs/ring8
 
-writes into --out: checkpoints/, samples.png (G_ema at the end), training_curves.png (the per-tick
+writes into --out: checkpoints/, samples.png (G_ema at the end; one row per class for a class-conditional
+G, e.g. --preset digits-cond), training_curves.png (the per-tick
 metrics over kimg), sample_strip.png (fixed-seed G_ema samples at each tick) and summary.json.
 """
 
@@ -25,6 +26,7 @@ from .sampling import generate, save_image_grid, save_scatter
 from .training import build_training_state
 
 STRIP_SEED = 0  # the sample strip's fixed latents: the same samples as samples.png
+CLASS_GRID_COLUMNS = 10  # samples per class (one row each) in a class-conditional samples.png
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.seed is not None:
             overrides["train.seed"] = args.seed
         config = get_preset(args.preset).with_overrides(overrides)
-        x, _labels = load_builtin(config.data.name, config.data.num_examples, config.data.data_seed)
+        x, labels = load_builtin(config.data.name, config.data.num_examples, config.data.data_seed)
     except (ConfigError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -85,7 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = train(
             config,
-            batches=InMemoryBatches(x, config.train.global_batch_size, config.train.seed),
+            batches=InMemoryBatches(x, config.train.global_batch_size, config.train.seed,
+                                    labels=labels if config.network.conditional else None),
             device=args.device,
             on_snapshot=on_snapshot,
             should_stop=lambda: stop_requested,
@@ -107,6 +110,10 @@ def main(argv: list[str] | None = None) -> int:
         save_scatter(samples, out / "samples.png", centres=mixture(config.data.name).centres, real=x[:2500],
                      title=f"{config.data.name}: {cov['modes_covered']:.0f}/{cov['num_modes']:.0f} modes, "
                            f"{100 * cov['high_quality_fraction']:.1f}% high quality")
+    elif config.data.is_image and config.network.conditional:  # one row per class, the same z in a column
+        K = config.data.num_classes
+        rows = [generate(G_ema, CLASS_GRID_COLUMNS, seed=0, device=args.device, class_label=k) for k in range(K)]
+        save_image_grid(torch.cat(rows), out / "samples.png", ncols=CLASS_GRID_COLUMNS)
     elif config.data.is_image:
         save_image_grid(generate(G_ema, 64, seed=0, device=args.device), out / "samples.png")
     pictures = [out / "samples.png"]

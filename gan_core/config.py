@@ -40,6 +40,8 @@ AMP_MODES = ("off", "bf16", "fp16")
 # NOTE: a documented bound, so a typo (10**12) is refused at once instead of allocating without end;
 # 64Ki images per step is far beyond the GAN literature's largest batches (BigGAN: 2048)
 MAX_GLOBAL_BATCH_SIZE = 65536
+# ImageNet-21k's 21,841 classes, rounded up: a typo (10**9) would otherwise allocate a huge class embedding
+MAX_NUM_CLASSES = 32768
 
 
 @dataclass(frozen=True)
@@ -48,12 +50,15 @@ class DataConfig:
 
     ``name`` is a built-in dataset (``digits``, ``ring8``, ``grid25``) or a staged dataset reference
     that infra resolves; ``shape`` is one example's shape, (D,) for vectors or (C, H, W) for images.
+    ``num_classes``: K for data labelled 0..K-1 that class-conditional networks use (digits: 10);
+    0 = unlabelled, or labels not used.
     """
 
     name: str = "ring8"
     shape: tuple[int, ...] = (2,)
     num_examples: int = 50_000  # only for the synthetic mixtures: how many points to draw once
     data_seed: int = 0  # seed of that draw (the training seed is train.seed)
+    num_classes: int = 0
 
     def __post_init__(self) -> None:
         check(isinstance(self.name, str) and self.name != "", "data.name", self.name, "a non-empty string")
@@ -67,6 +72,8 @@ class DataConfig:
               "a positive integer")
         check(_is_int(self.data_seed) and self.data_seed >= 0, "data.data_seed", self.data_seed,
               "a non-negative integer")
+        check(_is_int(self.num_classes) and (self.num_classes == 0 or 2 <= self.num_classes <= MAX_NUM_CLASSES),
+              "data.num_classes", self.num_classes, f"0 (unlabelled) or an integer from 2 to {MAX_NUM_CLASSES}")
 
     @property
     def is_image(self) -> bool:
@@ -92,6 +99,9 @@ class NetworkConfig:
     d_norm: str = "none"  # D sees real and fake in one batch: batch statistics would mix them
     d_spectral_norm: bool = False  # Miyato et al. 2018
     d_pack: int = 1  # PacGAN (Lin et al. 2018): D judges d_pack samples at once; > 1 counters mode collapse
+    # class-conditional G (class embedding concatenated to z) and projection D (Miyato & Koyama 2018),
+    # on data.num_classes classes
+    conditional: bool = False
 
     def __post_init__(self) -> None:
         check(self.arch in ARCHS, "network.arch", self.arch, " | ".join(ARCHS))
@@ -104,6 +114,7 @@ class NetworkConfig:
               "an integer from 1 to 16")
         check(isinstance(self.d_spectral_norm, bool), "network.d_spectral_norm", self.d_spectral_norm,
               "true | false")
+        check(isinstance(self.conditional, bool), "network.conditional", self.conditional, "true | false")
 
 
 @dataclass(frozen=True)
@@ -199,6 +210,11 @@ class GANConfig:
             c, h, w = self.data.shape
             check(h == w and h in (8, 16, 32, 64, 128), "data.shape", self.data.shape,
                   "square images of 8, 16, 32, 64 or 128 px for network.arch = dcgan")
+        if self.network.conditional:
+            check(self.data.num_classes >= 2, "network.conditional", self.network.conditional,
+                  "true only with data.num_classes >= 2 (labelled data); set data.num_classes (digits: 10)")
+            check(self.network.d_pack == 1, "network.d_pack", self.network.d_pack,
+                  "1 with network.conditional = true (a packed D would judge several labels at once)")
         check(self.train.global_batch_size % self.network.d_pack == 0, "train.global_batch_size",
               self.train.global_batch_size, f"a multiple of network.d_pack = {self.network.d_pack}")
         if self.loss.kind == "wasserstein" and self.loss.gp_lambda == 0 and not self.network.d_spectral_norm:
@@ -368,7 +384,7 @@ def preset_digits() -> GANConfig:
     against a real-vs-real floor of 10.3, 10/10 classes). Shorter schedules miss the 3x-floor target:
     FD 32.1 at 1500 steps, 39.3 at 1200, 35.2 at 1000 with doubled learning rates."""
     return GANConfig(
-        data=DataConfig(name="digits", shape=(1, 8, 8)),
+        data=DataConfig(name="digits", shape=(1, 8, 8), num_classes=10),
         network=NetworkConfig(arch="dcgan", z_dim=32, g_width=32, d_width=32, g_norm="batch", d_norm="none"),
         loss=LossConfig(kind="non_saturating", r1_gamma=0.1),
         g_optim=OptimizerConfig(lr=2e-4, beta1=0.5, beta2=0.99),
@@ -376,6 +392,13 @@ def preset_digits() -> GANConfig:
         train=TrainConfig(global_batch_size=64, total_steps=2000, tick_every_steps=200,
                           checkpoint_every_steps=1000, ema_kimg=5.0),
     )
+
+
+def preset_digits_cond() -> GANConfig:
+    """``digits``, class-conditional (Mirza & Osindero 2014): G takes a class embedding beside z, D is a
+    projection discriminator (Miyato & Koyama 2018); same schedule, so the two are directly comparable."""
+    base = preset_digits()
+    return replace(base, network=replace(base.network, conditional=True))
 
 
 def preset_dcgan32() -> GANConfig:
@@ -414,6 +437,7 @@ def preset_dcgan64() -> GANConfig:
 PRESETS = {
     "tiny": preset_tiny,
     "digits": preset_digits,
+    "digits-cond": preset_digits_cond,
     "ring8": preset_ring8,
     "grid25": preset_grid25,
     "dcgan32": preset_dcgan32,

@@ -145,12 +145,16 @@ class InMemoryBatches:
     into global batches (the last partial batch is dropped); rank r keeps rows r*b:(r+1)*b of each.
 
     Call it with the number of minibatches already consumed to resume mid-epoch; the stream is a pure
-    function of (seed, global_batch_size), whatever the number of workers.
+    function of (seed, global_batch_size), whatever the number of workers. With ``labels`` (int64, one
+    per example) each item is an (images, labels) pair, for class-conditional training.
     """
 
     def __init__(self, x: np.ndarray | torch.Tensor, global_batch_size: int, seed: int, rank: int = 0,
-                 world_size: int = 1):
+                 world_size: int = 1, labels: np.ndarray | torch.Tensor | None = None):
         self.x = torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x)
+        self.labels = None if labels is None else torch.as_tensor(np.asarray(labels)).to(torch.int64)
+        if self.labels is not None and self.labels.shape != (len(self.x),):
+            raise ValueError(f"labels: got shape {tuple(self.labels.shape)}; expected ({len(self.x)},), one per example")
         if len(self.x) < global_batch_size:
             raise ValueError(f"dataset has {len(self.x)} examples, fewer than one global batch of "
                              f"{global_batch_size}")
@@ -159,13 +163,13 @@ class InMemoryBatches:
         self.rows = rank_slice(global_batch_size, rank, world_size)
         self.batches_per_epoch = len(self.x) // global_batch_size
 
-    def __call__(self, start: int = 0) -> Iterator[torch.Tensor]:
+    def __call__(self, start: int = 0) -> Iterator[torch.Tensor | tuple[torch.Tensor, torch.Tensor]]:
         index = start
         while True:
             epoch, i = divmod(index, self.batches_per_epoch)
             perm = torch.randperm(len(self.x), generator=generator(self.seed, "epoch", epoch))
             while i < self.batches_per_epoch:
                 batch = perm[i * self.global_batch_size:(i + 1) * self.global_batch_size][self.rows]
-                yield self.x[batch]
+                yield self.x[batch] if self.labels is None else (self.x[batch], self.labels[batch])
                 i += 1
                 index += 1

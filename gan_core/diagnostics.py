@@ -53,8 +53,8 @@ from torch import nn
 from . import losses
 from .config import GANConfig
 from .data import MIXTURES, load_builtin, mode_coverage
-from .networks import pack
-from .sampling import latents_for_range
+from .networks import apply, pack
+from .sampling import labels_for_range, latents_for_range
 
 log = logging.getLogger(__name__)
 
@@ -98,10 +98,12 @@ def g_gradient_ratio(loss_kind: str, d_fake: float) -> float:
     return math.inf if d_fake <= 0 else float((1.0 - d_fake) / d_fake)
 
 
-def measured_gradient_ratio(G: nn.Module, D: nn.Module, z: torch.Tensor, d_pack: int = 1) -> float:
+def measured_gradient_ratio(G: nn.Module, D: nn.Module, z: torch.Tensor, d_pack: int = 1,
+                            c: torch.Tensor | None = None) -> float:
     """||dL_NS/dx|| / ||dL_minimax/dx|| on the fakes x = G(z): how many times weaker the saturating loss's
     gradient reaching G's output is than the non-saturating loss's, measured (Goodfellow et al. 2014
-    sec. 3). ``z``: (N, z_dim) float32 on G's device, N divisible by ``d_pack``.
+    sec. 3). ``z``: (N, z_dim) float32 on G's device, N divisible by ``d_pack``; ``c``: class labels
+    int64 (N,) for class-conditional networks (None otherwise).
 
     G and D run in eval mode (no BatchNorm statistics, no spectral-norm power iteration updated) and the
     gradients come from `torch.autograd.grad`: no parameter, buffer or ``.grad`` changes. inf when the
@@ -112,10 +114,10 @@ def measured_gradient_ratio(G: nn.Module, D: nn.Module, z: torch.Tensor, d_pack:
     D.eval()
     try:
         with torch.no_grad():
-            x = G(z).float()
+            x = apply(G, z, c).float()
         x.requires_grad_(True)
         with torch.enable_grad():
-            logits = D(pack(x, d_pack)).float()
+            logits = apply(D, pack(x, d_pack), c).float()
             g_ns, = torch.autograd.grad(losses.non_saturating_g_loss(logits), x, retain_graph=True)
             g_mm, = torch.autograd.grad(losses.minimax_g_loss(logits), x)
     finally:
@@ -274,13 +276,21 @@ class TrainingDiagnostics:
             self._z = latents_for_range(self.seed, 0, self.num_samples, self.config.network.z_dim).to(device)
         return self._z
 
+    def _labels(self, device: torch.device) -> torch.Tensor | None:
+        """Class-balanced labels for the fixed latents of a class-conditional G (None otherwise)."""
+        if not self.config.network.conditional:
+            return None
+        return labels_for_range(0, self.num_samples, self.config.data.num_classes).to(device)
+
     @torch.no_grad()
     def samples(self, G_ema: nn.Module, device: torch.device) -> torch.Tensor:
         """G_ema on the fixed latents, float32 on ``device`` (G_ema is in eval mode: no BatchNorm update)."""
         z = self._latents(device)
+        c = self._labels(device)
         was_training = G_ema.training
         G_ema.eval()
-        out = [G_ema(chunk).float() for chunk in z.split(1024)]
+        c_chunks = c.split(1024) if c is not None else [None] * len(z.split(1024))
+        out = [apply(G_ema, zc, cc).float() for zc, cc in zip(z.split(1024), c_chunks)]
         G_ema.train(was_training)
         return torch.cat(out)
 
@@ -322,7 +332,9 @@ class TrainingDiagnostics:
         measured = None
         if kind == "minimax" and self.measure_gradient_ratio:
             z = self._latents(state.device)[:GRADIENT_PROBE_SAMPLES]
-            measured = measured_gradient_ratio(state.G, state.D, z, self.config.network.d_pack)
+            c = self._labels(state.device)
+            measured = measured_gradient_ratio(state.G, state.D, z, self.config.network.d_pack,
+                                               None if c is None else c[:GRADIENT_PROBE_SAMPLES])
             out["vanishing_gradient/gradient_ratio_measured"] = measured
         firing = out["vanishing_gradient/indicator"] > 0
         if firing and not self.warning_active:  # warn once per episode, not at every tick

@@ -43,7 +43,7 @@ from .metrics import (DigitsClassifierFeatures, FIDInceptionFeatures, IdentityFe
                       precision_recall)
 from .metrics.features import FeatureExtractor
 from .rng import derive_seed
-from .sampling import generate
+from .sampling import generate, labels_for_range, num_classes_of
 
 PRIMARY_METRIC = "fd"  # lower is better; the registry compares generators on it
 FID_METRIC = "fid"  # the primary metric instead, when the distance is FID proper (Inception weights given)
@@ -200,8 +200,23 @@ def evaluate_generator(G: nn.Module, config: GANConfig, real_x: np.ndarray | tor
         if held_y is not None:
             predicted = classifier.predict(torch.from_numpy(held_x))
             out["classifier_accuracy_on_held_back"] = float((predicted == held_y).mean())
+        out.update(conditional_accuracy(classifier.predict(fake_x), n, num_classes_of(G)))
     out["feature_dim"] = float(f_ref.shape[1])
     return out
+
+
+def conditional_accuracy(predicted: np.ndarray, n: int, num_classes: int) -> dict[str, float]:
+    """How often a class-conditional G's samples are classified as the class asked for (Odena et al. 2017's
+    check): ``class_accuracy`` over the n class-balanced samples 0..n-1 (sample i asks for class
+    i mod K), ``class_accuracy_min`` for the worst class and ``class_accuracy/<k>`` per class. Empty for
+    an unconditional G (num_classes 0)."""
+    if num_classes == 0:
+        return {}
+    asked = labels_for_range(0, n, num_classes).numpy()
+    hit = np.asarray(predicted) == asked
+    per_class = {k: float(hit[asked == k].mean()) for k in range(num_classes) if (asked == k).any()}
+    return {"class_accuracy": float(hit.mean()), "class_accuracy_min": min(per_class.values()),
+            **{f"class_accuracy/{k}": v for k, v in per_class.items()}}
 
 
 def format_report(result: dict[str, float], feature_name: str = "") -> str:

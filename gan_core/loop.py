@@ -5,7 +5,8 @@
 
 - ``batches``: a factory ``batches(start) -> iterator`` of this worker's real minibatches, where
   ``start`` is the number of minibatches already consumed (0, or the resumed count), or a plain
-  iterable. Each item is a tensor, a (tensor, label) pair or a dict with key "x".
+  iterable. Each item is a tensor, a (tensor, labels) pair or a dict with key "x" (and "label"); the
+  labels are used when ``config.network.conditional``.
 - ``wrap_model``: applied to G and to D separately (e.g. DDP); identity by default.
 - ``on_snapshot(Snapshot)``: called on *every* rank at each tick, at each checkpoint and at the end,
   the same number of times on each; rank 0's snapshot carries the checkpoint directory it just wrote.
@@ -74,13 +75,17 @@ class TrainResult:
     history: list[dict[str, float]] = field(default_factory=list)
 
 
-def _as_tensor(item: Any) -> torch.Tensor:
+def _as_batch(item: Any) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """A stream item as `train_step` takes it: the images, or (images, labels) when the item carries
+    labels (a (tensor, label) pair, or a dict with keys "x" and "label")."""
     if isinstance(item, torch.Tensor):
         return item
     if isinstance(item, dict):
-        return torch.as_tensor(item["x"])
+        x = torch.as_tensor(item["x"])
+        return (x, torch.as_tensor(item["label"])) if item.get("label") is not None else x
     if isinstance(item, (tuple, list)):
-        return torch.as_tensor(item[0])
+        x = torch.as_tensor(item[0])
+        return (x, torch.as_tensor(item[1])) if len(item) > 1 and item[1] is not None else x
     return torch.as_tensor(item)
 
 
@@ -91,14 +96,14 @@ def _open_batches(batches: Callable[[int], Iterable] | Iterable, start: int) -> 
 
 
 def _real_minibatches(batches: Callable[[int], Iterable] | Iterable, state: TrainingState,
-                      train: TrainConfig) -> Callable[[], torch.Tensor]:
-    """``next_real()``: this worker's next real minibatch, from a stream opened where ``state`` left it
+                      train: TrainConfig) -> Callable[[], torch.Tensor | tuple[torch.Tensor, torch.Tensor]]:
+    """``next_real()``: this worker's next real minibatch (images, or (images, labels)), from a stream opened where ``state`` left it
     (train.d_steps minibatches per completed step). Raises DataExhaustedError when the stream ends."""
     stream = _open_batches(batches, state.step * train.d_steps)
 
     def next_real() -> torch.Tensor:
         try:
-            return _as_tensor(next(stream))
+            return _as_batch(next(stream))
         except StopIteration:
             raise DataExhaustedError(f"the batch stream ended at step {state.step}; it must repeat over "
                                      f"epochs (training needs {train.total_steps} steps)") from None

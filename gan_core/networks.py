@@ -2,6 +2,13 @@
 
 Device placement, distribution (DDP) and precision are applied from outside; these modules only
 define the maths. D returns one pre-sigmoid score ("logit") per example, shape (N,).
+
+Class-conditional networks (``network.conditional``, ``data.num_classes`` = K): every module takes
+an optional second argument ``c``, int64 class labels (N,) in [0, K). G concatenates a learned class
+embedding (z_dim wide) to z; D is a projection discriminator (Miyato & Koyama 2018, eq. 3):
+logit = psi(phi(x)) + <embed(c), phi(x)>, with phi(x) D's last hidden features. Unconditional
+networks (K = 0) keep their exact parameters and state-dict keys, and refuse labels; conditional ones
+require them. ``num_classes`` on every network says which (0 = unconditional).
 """
 
 from __future__ import annotations
@@ -35,18 +42,67 @@ def _maybe_sn(module: nn.Module, enabled: bool) -> nn.Module:
     return spectral_norm(module) if enabled else module
 
 
+def check_labels(num_classes: int, c: torch.Tensor | None, n: int) -> None:
+    """Raise ValueError unless ``c`` fits a network with ``num_classes`` classes (0 = unconditional):
+    None for an unconditional network; int64 of shape (n,) for a conditional one."""
+    if num_classes == 0:
+        if c is not None:
+            raise ValueError("class labels given to an unconditional network (network.conditional = false)")
+        return
+    if c is None:
+        raise ValueError(f"a class-conditional network needs class labels c: int64 (N,) in [0, {num_classes})")
+    if c.shape != (n,) or c.dtype != torch.int64:
+        raise ValueError(f"class labels: got {c.dtype} {tuple(c.shape)}; expected int64 ({n},) in [0, {num_classes})")
+
+
+def apply(net: nn.Module, x: torch.Tensor, c: torch.Tensor | None) -> torch.Tensor:
+    """``net(x, c)`` for class labels c, ``net(x)`` without: any G or D module (also a caller's own
+    one-argument module, or DDP around either) runs through this one call."""
+    return net(x) if c is None else net(x, c)
+
+
+def _num_classes(config: GANConfig) -> int:
+    return config.data.num_classes if config.network.conditional else 0
+
+
+class _ClassInput(nn.Module):
+    """G's conditioning: z (N, z_dim) -> [z, embed(c)] (N, z_dim + width), or z itself when unconditional."""
+
+    def __init__(self, num_classes: int, width: int):
+        super().__init__()
+        self.num_classes = num_classes
+        self.embed = nn.Embedding(num_classes, width) if num_classes else None
+
+    def forward(self, z: torch.Tensor, c: torch.Tensor | None) -> torch.Tensor:
+        check_labels(self.num_classes, c, z.shape[0])
+        return z if self.embed is None else torch.cat([z, self.embed(c).to(z.dtype)], dim=1)
+
+
+def _projection(net: nn.Sequential, embed: nn.Module | None, x: torch.Tensor, c: torch.Tensor | None,
+                num_classes: int) -> torch.Tensor:
+    """D's logit (N,): net's last layer is the linear score psi, the layers before it are phi; with
+    labels, add the projection <embed(c), phi(x)> (Miyato & Koyama 2018)."""
+    check_labels(num_classes, c, x.shape[0])
+    if embed is None:
+        return net(x).squeeze(1)
+    h = net[:-1](x)
+    return net[-1](h).squeeze(1) + (embed(c).to(h.dtype) * h).sum(dim=1)
+
+
 # -- vectors ------------------------------------------------------------------------------------------
 
 class MLPGenerator(nn.Module):
-    """z (N, z_dim) -> x (N, *shape). Linear output for vectors, tanh for images in [-1, 1]."""
+    """z (N, z_dim) [, c (N,)] -> x (N, *shape). Linear output for vectors, tanh for images in [-1, 1]."""
 
-    def __init__(self, cfg: NetworkConfig, shape: tuple[int, ...]):
+    def __init__(self, cfg: NetworkConfig, shape: tuple[int, ...], num_classes: int = 0):
         super().__init__()
         self.z_dim = cfg.z_dim
         self.shape = tuple(shape)
+        self.num_classes = num_classes
+        self.cond = _ClassInput(num_classes, cfg.z_dim)
         out = math.prod(shape)
         layers: list[nn.Module] = []
-        width_in = cfg.z_dim
+        width_in = cfg.z_dim * (2 if num_classes else 1)
         for _ in range(cfg.g_depth):
             layers += [nn.Linear(width_in, cfg.g_width), _norm1d(cfg.g_norm, cfg.g_width), nn.ReLU()]
             width_in = cfg.g_width
@@ -55,16 +111,17 @@ class MLPGenerator(nn.Module):
             layers.append(nn.Tanh())
         self.net = nn.Sequential(*layers)
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.net(z).view(z.shape[0], *self.shape)
+    def forward(self, z: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
+        return self.net(self.cond(z, c)).view(z.shape[0], *self.shape)
 
 
 class MLPDiscriminator(nn.Module):
-    """x (N, *shape) -> logit (N,). LeakyReLU(0.2) as in most GAN discriminators."""
+    """x (N, *shape) [, c (N,)] -> logit (N,). LeakyReLU(0.2) as in most GAN discriminators."""
 
-    def __init__(self, cfg: NetworkConfig, shape: tuple[int, ...]):
+    def __init__(self, cfg: NetworkConfig, shape: tuple[int, ...], num_classes: int = 0):
         super().__init__()
         sn = cfg.d_spectral_norm
+        self.num_classes = num_classes
         layers: list[nn.Module] = [nn.Flatten()]
         width_in = math.prod(shape)
         for _ in range(cfg.d_depth):
@@ -73,9 +130,10 @@ class MLPDiscriminator(nn.Module):
             width_in = cfg.d_width
         layers.append(_maybe_sn(nn.Linear(width_in, 1), sn))
         self.net = nn.Sequential(*layers)
+        self.embed = _maybe_sn(nn.Embedding(num_classes, width_in), sn) if num_classes else None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x).squeeze(1)
+    def forward(self, x: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
+        return _projection(self.net, self.embed, x, c, self.num_classes)
 
 
 # -- images (Radford et al. 2015) ---------------------------------------------------------------------
@@ -87,17 +145,20 @@ def _dcgan_channels(width: int, resolution: int) -> list[int]:
 
 
 class DCGANGenerator(nn.Module):
-    """z (N, z_dim) -> image (N, C, S, S) in [-1, 1]: transposed convs from 4x4, doubling to S."""
+    """z (N, z_dim) [, c (N,)] -> image (N, C, S, S) in [-1, 1]: transposed convs from 4x4, doubling to S."""
 
-    def __init__(self, cfg: NetworkConfig, shape: tuple[int, ...]):
+    def __init__(self, cfg: NetworkConfig, shape: tuple[int, ...], num_classes: int = 0):
         super().__init__()
         self.z_dim = cfg.z_dim
         self.shape = tuple(shape)
+        self.num_classes = num_classes
+        self.cond = _ClassInput(num_classes, cfg.z_dim)
         c, s, _ = shape
         ch = _dcgan_channels(cfg.g_width, s)
+        z_in = cfg.z_dim * (2 if num_classes else 1)
         layers: list[nn.Module] = [
-            # state: z_dim x 1 x 1
-            nn.ConvTranspose2d(cfg.z_dim, ch[0], 4, 1, 0, bias=False), _norm2d(cfg.g_norm, ch[0]), nn.ReLU(),
+            # state: z_in x 1 x 1 (z, and the class embedding when conditional)
+            nn.ConvTranspose2d(z_in, ch[0], 4, 1, 0, bias=False), _norm2d(cfg.g_norm, ch[0]), nn.ReLU(),
             # state: ch[0] x 4 x 4
         ]
         for c_in, c_out in zip(ch[:-1], ch[1:]):
@@ -107,17 +168,19 @@ class DCGANGenerator(nn.Module):
         # state: C x S x S
         self.net = nn.Sequential(*layers)
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.net(z.view(z.shape[0], self.z_dim, 1, 1))
+    def forward(self, z: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
+        z = self.cond(z, c)
+        return self.net(z.view(z.shape[0], z.shape[1], 1, 1))
 
 
 class DCGANDiscriminator(nn.Module):
-    """image (N, C, S, S) -> logit (N,): strided convs halving to 4x4, then a linear score."""
+    """image (N, C, S, S) [, c (N,)] -> logit (N,): strided convs halving to 4x4, then a linear score."""
 
-    def __init__(self, cfg: NetworkConfig, shape: tuple[int, ...]):
+    def __init__(self, cfg: NetworkConfig, shape: tuple[int, ...], num_classes: int = 0):
         super().__init__()
         c, s, _ = shape
         sn = cfg.d_spectral_norm
+        self.num_classes = num_classes
         ch = _dcgan_channels(cfg.d_width, s)[::-1]  # full resolution first
         layers: list[nn.Module] = [
             # state: C x S x S; no normalisation on the first layer (Radford et al. 2015)
@@ -129,14 +192,15 @@ class DCGANDiscriminator(nn.Module):
         layers += [nn.Flatten(), _maybe_sn(nn.Linear(ch[-1] * 4 * 4, 1), sn)]
         # state: 1
         self.net = nn.Sequential(*layers)
+        self.embed = _maybe_sn(nn.Embedding(num_classes, ch[-1] * 4 * 4), sn) if num_classes else None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x).squeeze(1)
+    def forward(self, x: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
+        return _projection(self.net, self.embed, x, c, self.num_classes)
 
 
 def build_generator(config: GANConfig) -> nn.Module:
     cls = DCGANGenerator if config.network.arch == "dcgan" else MLPGenerator
-    return cls(config.network, config.data.shape)
+    return cls(config.network, config.data.shape, _num_classes(config))
 
 
 def packed_shape(shape: tuple[int, ...], pack: int) -> tuple[int, ...]:
@@ -153,4 +217,4 @@ def pack(x: torch.Tensor, pack: int) -> torch.Tensor:
 
 def build_discriminator(config: GANConfig) -> nn.Module:
     cls = DCGANDiscriminator if config.network.arch == "dcgan" else MLPDiscriminator
-    return cls(config.network, packed_shape(config.data.shape, config.network.d_pack))
+    return cls(config.network, packed_shape(config.data.shape, config.network.d_pack), _num_classes(config))

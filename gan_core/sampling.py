@@ -10,6 +10,10 @@ components already within psi keep their value. The replacement of component (i,
 of a uniform from a second stream per block (seeded by (seed, b) like the latents), so a truncated
 latent is a pure function of (seed, i, psi) too, and each component has exactly the distribution of
 BigGAN's "resample until it falls within psi": N(0, 1) conditioned on |z_j| <= psi.
+
+Class-conditional generators (``G.num_classes`` = K > 0) also take a label per sample, again a pure
+function of the sample index: class-balanced by default (sample i has class i mod K), or one class K
+for every sample (``class_label=K``). Unconditional generators refuse a class.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .networks import apply
 from .rng import generator
 
 LATENT_BLOCK = 1024
@@ -77,17 +82,52 @@ def latents_for_range(seed: int, start: int, count: int, z_dim: int, *, truncati
     return z[offset:offset + count]
 
 
+def num_classes_of(G: nn.Module) -> int:
+    """K for a class-conditional generator, 0 for an unconditional one (a module without the attribute)."""
+    return int(getattr(G, "num_classes", 0) or 0)
+
+
+def check_class_label(class_label: int | None, num_classes: int) -> int | None:
+    """``class_label`` as an int in [0, num_classes), or None (class-balanced). Raises ValueError naming
+    the value and what is accepted: a class only for a conditional generator (num_classes > 0)."""
+    if class_label is None:
+        return None
+    if num_classes == 0:
+        raise ValueError(f"class {class_label!r} asked of an unconditional generator; accepted: no class "
+                         f"(train with network.conditional = true for class-conditional sampling)")
+    if isinstance(class_label, bool) or not isinstance(class_label, (int, np.integer)) or not 0 <= class_label < num_classes:
+        raise ValueError(f"class {class_label!r} is not accepted; accepted: an integer from 0 to {num_classes - 1}")
+    return int(class_label)
+
+
+def labels_for_range(start: int, count: int, num_classes: int, class_label: int | None = None) -> torch.Tensor:
+    """Class labels for sample indices [start, start + count): int64 (count,); sample i gets
+    ``class_label`` if given, else i mod ``num_classes`` (class-balanced). Raises ValueError for a class
+    outside [0, num_classes)."""
+    k = check_class_label(class_label, num_classes)
+    if num_classes <= 0:
+        raise ValueError("labels_for_range needs num_classes > 0 (a class-conditional generator)")
+    if k is not None:
+        return torch.full((max(count, 0),), k, dtype=torch.int64)
+    return torch.arange(start, start + max(count, 0), dtype=torch.int64) % num_classes
+
+
 @torch.no_grad()
 def generate(G: nn.Module, num_samples: int, seed: int, *, start: int = 0, batch_size: int = 1024,
-             device: str | torch.device = "cpu", truncation: float | None = None) -> torch.Tensor:
+             device: str | torch.device = "cpu", truncation: float | None = None,
+             class_label: int | None = None) -> torch.Tensor:
     """Samples [start, start + num_samples) for ``seed`` from G in eval mode, float32 on the CPU.
 
     G runs on whole aligned latent blocks (padding the ends), so that a sample's value does not depend
     on which other samples shared its forward pass. ``batch_size`` only bounds memory (in blocks).
     ``truncation``: None or 0 (default: off, z ~ N(0, I)) or a threshold psi > 0 (the truncation
-    trick, see latents_for_range); ValueError otherwise, before G runs.
+    trick, see latents_for_range); ValueError otherwise, before G runs. ``class_label``: for a
+    class-conditional G, one class for every sample, or None for class-balanced labels
+    (`labels_for_range`); ValueError for a class an unconditional G or K classes cannot take.
     """
     psi = check_truncation(truncation)
+    K = num_classes_of(G)
+    check_class_label(class_label, K)
     G.eval()
     z_dim = G.z_dim
     blocks_per_pass = max(1, batch_size // LATENT_BLOCK)
@@ -97,7 +137,8 @@ def generate(G: nn.Module, num_samples: int, seed: int, *, start: int = 0, batch
     while b * LATENT_BLOCK < end:
         nb = min(blocks_per_pass, math.ceil(end / LATENT_BLOCK) - b)
         z = latents_for_range(seed, b * LATENT_BLOCK, nb * LATENT_BLOCK, z_dim, truncation=psi).to(device)
-        x = G(z).float().cpu()
+        c = labels_for_range(b * LATENT_BLOCK, nb * LATENT_BLOCK, K, class_label).to(device) if K else None
+        x = apply(G, z, c).float().cpu()
         lo = max(start, b * LATENT_BLOCK) - b * LATENT_BLOCK
         hi = min(end, (b + nb) * LATENT_BLOCK) - b * LATENT_BLOCK
         out.append(x[lo:hi])

@@ -20,7 +20,7 @@ from torch import nn
 from . import losses
 from .config import GANConfig, OptimizerConfig, TrainConfig
 from .ema import ema_beta, update_ema
-from .networks import build_discriminator, build_generator, pack
+from .networks import apply, build_discriminator, build_generator, pack
 from .rng import derive_seed, generator, rank_slice
 
 
@@ -120,6 +120,39 @@ def latents(state: TrainingState, purpose: str, j: int, rank: int, world_size: i
     return z[rank_slice(B, rank, world_size)].to(state.device, non_blocking=True)
 
 
+def fake_labels(state: TrainingState, purpose: str, j: int, rank: int, world_size: int) -> torch.Tensor | None:
+    """This worker's slice of the global batch of class labels for the fakes of (step, purpose, j):
+    int64, uniform over the data.num_classes classes, drawn like `latents` (the same union over any
+    number of workers); None for unconditional networks.
+
+    NOTE: uniform, not the data's class frequencies: exact for balanced data such as digits (StyleGAN2-ADA
+    draws training labels from the dataset instead, which differs only for imbalanced classes)."""
+    cfg = state.config
+    if not cfg.network.conditional:
+        return None
+    B = cfg.train.global_batch_size
+    c = torch.randint(cfg.data.num_classes, (B,), generator=generator(cfg.train.seed, purpose, state.step, j))
+    return c[rank_slice(B, rank, world_size)].to(state.device, non_blocking=True)
+
+
+def _real_labels(state: TrainingState, labels: torch.Tensor | None, n: int) -> torch.Tensor | None:
+    """The real minibatch's labels as D takes them: None when unconditional; int64 (n,) in
+    [0, data.num_classes) when conditional. Raises ValueError for missing or out-of-range labels."""
+    cfg = state.config
+    if not cfg.network.conditional:
+        return None
+    K = cfg.data.num_classes
+    if labels is None:
+        raise ValueError(f"network.conditional = true needs labelled real batches (labels 0..{K - 1}); the "
+                         f"data stream gave images only")
+    labels = torch.as_tensor(labels).to(torch.int64).reshape(-1)
+    # the range check runs where the labels arrive (the CPU, from the data stream): no device sync
+    if labels.shape != (n,) or (labels.device.type == "cpu" and bool(((labels < 0) | (labels >= K)).any())):
+        raise ValueError(f"real labels: got shape {tuple(labels.shape)}, range [{int(labels.min())}, "
+                         f"{int(labels.max())}]; expected ({n},) in [0, {K - 1}] (data.num_classes = {K})")
+    return labels.to(state.device, non_blocking=True)
+
+
 def _grad_norm(module: nn.Module) -> torch.Tensor:
     grads = [p.grad for p in module.parameters() if p.grad is not None]
     if not grads:
@@ -128,17 +161,22 @@ def _grad_norm(module: nn.Module) -> torch.Tensor:
 
 
 def discriminator_step(state: TrainingState, D_train: nn.Module, real: torch.Tensor, j: int,
-                       rank: int = 0, world_size: int = 1) -> dict[str, torch.Tensor]:
+                       rank: int = 0, world_size: int = 1,
+                       real_labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """One D update: ascend V(D, G) on a fresh real minibatch and fresh z (Algorithm 1, inner loop).
 
-    ``D_train`` is D as the caller wrapped it (DDP or the plain module). Returns detached statistics.
+    ``D_train`` is D as the caller wrapped it (DDP or the plain module). ``real_labels``: the real
+    minibatch's class labels (int64 (n,)), required when network.conditional (ignored otherwise); the
+    fakes' labels are drawn by `fake_labels`. Returns detached statistics.
     """
     cfg = state.config
     lcfg = cfg.loss
-    # 1. fresh z; fakes from the unwrapped G without a graph: the D step must not touch G
+    c_real = _real_labels(state, real_labels, real.shape[0])
+    # 1. fresh z (and class labels); fakes from the unwrapped G without a graph: the D step must not touch G
     z = latents(state, "z_D", j, rank, world_size)
+    c_fake = fake_labels(state, "c_D", j, rank, world_size)
     with torch.no_grad(), _autocast(state):
-        fake = state.G(z)
+        fake = apply(state.G, z, c_fake)
     real = real.to(state.device, non_blocking=True)
     if cfg.train.channels_last and real.dim() == 4:
         real = real.contiguous(memory_format=torch.channels_last)
@@ -157,8 +195,9 @@ def discriminator_step(state: TrainingState, D_train: nn.Module, real: torch.Ten
         parts.append(losses.interpolate(real, fake, eps))
     # 2. one forward of D on real, fake (and interpolates): BatchNorm and DDP stay consistent
     n = real.shape[0]
+    c = None if c_real is None else torch.cat([c_real, c_fake] + [c_real] * (len(parts) - 2))
     with _autocast(state):
-        logits = D_train(torch.cat(parts)).float()
+        logits = apply(D_train, torch.cat(parts), c).float()
     real_logits, fake_logits = logits[:n], logits[n:2 * n]
     # 3. the loss: -V for the original GAN, or the chosen alternative, plus regularisers
     loss = losses.d_loss_for(lcfg.kind, real_logits, fake_logits)
@@ -195,10 +234,11 @@ def generator_step(state: TrainingState, G_train: nn.Module, rank: int = 0,
     """
     cfg = state.config
     z = latents(state, "z_G", 0, rank, world_size)
+    c = fake_labels(state, "c_G", 0, rank, world_size)
     state.D.requires_grad_(False)
     try:
         with _autocast(state):
-            fake_logits = state.D(pack(G_train(z), cfg.network.d_pack)).float()
+            fake_logits = apply(state.D, pack(apply(G_train, z, c), cfg.network.d_pack), c).float()
         loss = losses.g_loss_for(cfg.loss.kind, fake_logits)
         state.opt_G.zero_grad(set_to_none=True)
         state.scaler_G.scale(loss).backward()
@@ -227,12 +267,15 @@ def r1_gamma(config: GANConfig, step: int) -> float:
 def train_step(state: TrainingState, next_real, G_train: nn.Module, D_train: nn.Module,
                rank: int = 0, world_size: int = 1) -> dict[str, torch.Tensor]:
     """One iteration of Algorithm 1: k = train.d_steps D updates, each on a fresh real minibatch
-    from ``next_real()``, then one G update, then both lr schedules advance to the new step. Returns
-    statistics averaged over the D updates (0-dim tensors, not synchronised to the host)."""
+    from ``next_real()`` (a tensor, or an (images, labels) pair for conditional training), then one G
+    update, then both lr schedules advance to the new step. Returns statistics averaged over the D
+    updates (0-dim tensors, not synchronised to the host)."""
     k = state.config.train.d_steps
     d_stats: dict[str, list[torch.Tensor]] = {}
     for j in range(k):
-        for key, v in discriminator_step(state, D_train, next_real(), j, rank, world_size).items():
+        real = next_real()
+        real, labels = real if isinstance(real, tuple) else (real, None)
+        for key, v in discriminator_step(state, D_train, real, j, rank, world_size, labels).items():
             d_stats.setdefault(key, []).append(v)
     stats = {key: torch.stack(vs).mean() for key, vs in d_stats.items()}
     stats.update(generator_step(state, G_train, rank, world_size))

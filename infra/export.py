@@ -3,7 +3,8 @@
     export_generator(G_ema, out_dir, normalisation=Normalisation(scale, offset)) -> {"pt2": ExportResult, "onnx": ...}
 
 Both artefacts take latents z float32 (n, z_dim) with a dynamic batch dimension and return samples in
-the data's original value range, (G(z) - offset) / scale, exactly like the registered pyfunc. Each is
+the data's original value range, (G(z) - offset) / scale, exactly like the registered pyfunc. A
+class-conditional generator's exports take a second input, ``label`` int64 (n,) in [0, K): G(z, label). Each is
 checked against the eager generator on a fixed latent batch (max abs difference <= ``atol``, 1e-4 by
 default, CPU); a mismatch raises `ExportMismatchError`. ONNX is produced "where the ops allow": a
 generator whose ops the exporter cannot translate is reported as skipped, not as a failure.
@@ -20,7 +21,8 @@ import torch
 from torch import nn
 
 from gan_core.data import Normalisation
-from gan_core.sampling import latents_for_range
+from gan_core.networks import apply
+from gan_core.sampling import labels_for_range, latents_for_range, num_classes_of
 
 log = logging.getLogger(__name__)
 
@@ -56,27 +58,36 @@ class DataRangeGenerator(nn.Module):
         self.z_dim = G.z_dim
         self.normalisation = normalisation
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.normalisation.to_data(self.G(z))
+        self.num_classes = num_classes_of(G)
+
+    def forward(self, z: torch.Tensor, label: torch.Tensor | None = None) -> torch.Tensor:
+        return self.normalisation.to_data(apply(self.G, z, label))
 
 
 def _prepare(G: nn.Module, normalisation: Normalisation) -> nn.Module:
     return DataRangeGenerator(G, normalisation).cpu().eval().requires_grad_(False)
 
 
-def _batch_dim():
+def _batch_dims(model: nn.Module):
     # NOTE: min=2 so that the exporter does not specialise the batch to 1 (0/1 specialisation).
-    return ({0: torch.export.Dim("batch", min=2, max=1 << 20)},)
+    batch = torch.export.Dim("batch", min=2, max=1 << 20)
+    return ({0: batch},) if not model.num_classes else ({0: batch}, {0: batch})
 
 
-def _example(z_dim: int, n: int = 4) -> torch.Tensor:
-    return latents_for_range(CHECK_SEED, 0, n, z_dim)
+def _example(model: nn.Module, n: int = 4) -> tuple[torch.Tensor, ...]:
+    """The inputs for n samples: (z,) or, for a class-conditional G, (z, class-balanced labels)."""
+    z = latents_for_range(CHECK_SEED, 0, n, model.z_dim)
+    return (z,) if not model.num_classes else (z, labels_for_range(0, n, model.num_classes))
+
+
+def _input_names(model: nn.Module) -> list[str]:
+    return ["z"] if not model.num_classes else ["z", "label"]
 
 
 def export_pt2(G: nn.Module, path: str | Path, *, normalisation: Normalisation = Normalisation()) -> Path:
     """``torch.export`` G (with the data-range mapping) to a ``.pt2`` archive; load with torch.export.load."""
     model = _prepare(G, normalisation)
-    program = torch.export.export(model, (_example(model.z_dim),), dynamic_shapes=_batch_dim())
+    program = torch.export.export(model, _example(model), dynamic_shapes=_batch_dims(model))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.export.save(program, str(path))
@@ -85,25 +96,28 @@ def export_pt2(G: nn.Module, path: str | Path, *, normalisation: Normalisation =
 
 def export_onnx(G: nn.Module, path: str | Path, *, normalisation: Normalisation = Normalisation(),
                 opset: int = ONNX_OPSET) -> Path:
-    """ONNX through the dynamo exporter (onnxscript); input ``z``, output ``x``, dynamic batch."""
+    """ONNX through the dynamo exporter (onnxscript); input ``z`` (and ``label`` for a class-conditional
+    G), output ``x``, dynamic batch."""
     model = _prepare(G, normalisation)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.onnx.export(model, (_example(model.z_dim),), str(path), dynamo=True, opset_version=opset,
-                      input_names=["z"], output_names=["x"], dynamic_shapes=_batch_dim(), verbose=False,
-                      external_data=False)
+    torch.onnx.export(model, _example(model), str(path), dynamo=True, opset_version=opset,
+                      input_names=_input_names(model), output_names=["x"], dynamic_shapes=_batch_dims(model),
+                      verbose=False, external_data=False)
     return path
 
 
-def run_pt2(path: str | Path, z: torch.Tensor) -> np.ndarray:
+def run_pt2(path: str | Path, z: torch.Tensor, label: torch.Tensor | None = None) -> np.ndarray:
     program = torch.export.load(str(path))
     with torch.no_grad():
-        return program.module()(z).numpy()
+        return (program.module()(z) if label is None else program.module()(z, label)).numpy()
 
 
-def run_onnx(path: str | Path, z: torch.Tensor) -> np.ndarray:
+def run_onnx(path: str | Path, z: torch.Tensor, label: torch.Tensor | None = None) -> np.ndarray:
     """Run with onnxruntime when installed, else with onnx's reference evaluator (slow but exact)."""
     feed = {"z": z.numpy().astype(np.float32)}
+    if label is not None:
+        feed["label"] = label.numpy().astype(np.int64)
     try:
         import onnxruntime as ort
     except ImportError:
@@ -120,14 +134,14 @@ def export_generator(G: nn.Module, out_dir: str | Path, *, normalisation: Normal
     """Export G to each format under ``out_dir`` and check it against eager on ``check_batch`` latents."""
     out_dir = Path(out_dir)
     eager = _prepare(G, normalisation)
-    z = _example(eager.z_dim, check_batch)  # differs from the tracing batch: exercises the dynamic dim
+    inputs = _example(eager, check_batch)  # differs from the tracing batch: exercises the dynamic dim
     with torch.no_grad():
-        expected = eager(z).numpy()
+        expected = eager(*inputs).numpy()
     results: dict[str, ExportResult] = {}
     for fmt in formats:
         if fmt == "pt2":
             path = export_pt2(G, out_dir / PT2_FILE, normalisation=normalisation)
-            actual = run_pt2(path, z)
+            actual = run_pt2(path, *inputs)
         elif fmt == "onnx":
             try:
                 path = export_onnx(G, out_dir / ONNX_FILE, normalisation=normalisation)
@@ -136,7 +150,7 @@ def export_generator(G: nn.Module, out_dir: str | Path, *, normalisation: Normal
                 log.warning("ONNX export skipped: %s", reason)
                 results[fmt] = ExportResult(fmt, None, None, reason)
                 continue
-            actual = run_onnx(path, z)
+            actual = run_onnx(path, *inputs)
         else:
             raise ValueError(f"export format: got {fmt!r}; allowed: pt2 | onnx")
         if actual.shape != expected.shape:

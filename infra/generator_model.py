@@ -35,6 +35,11 @@ Contract (see infra/registry.py for the signature):
   |z_j| <= psi, components beyond psi resampled from N(0, 1) restricted to [-psi, psi], seed-addressed
   (gan_core.sampling.latents_for_range); 0 (the default) is off, byte-identical to no truncation; a
   negative or non-finite psi raises ValueError. With latents z as input it is refused (ValueError).
+- Class-conditional generators (K classes; metadata ``ganpipe.num_classes``): ``params={"label": k}``
+  (with num_samples) gives samples of class k only; the default -1 gives class-balanced samples (sample
+  i has class i mod K, as gan_core.sampling.labels_for_range). With latents, the input is
+  ``{"z": z float32 (n, z_dim), "label": int64 (n,)}``. A label outside [0, K), a label asked of an
+  unconditional generator, or latents without labels for a conditional one raise ValueError.
 
 This file must import only mlflow, numpy, torch and the shipped engine: it runs inside consumers'
 processes.
@@ -191,6 +196,11 @@ class GeneratorModel(mlflow.pyfunc.PythonModel):
         self.G = G.to(self.device).eval().requires_grad_(False)
         self.normalisation = data.Normalisation.from_dict(cfg.get("normalisation"))
 
+    @property
+    def num_classes(self) -> int:
+        """K for a class-conditional generator, 0 for an unconditional one."""
+        return int(getattr(self.G, "num_classes", 0) or 0)
+
     def to_data_range(self, x):
         """G's outputs (torch, any device) -> float32 numpy in the data's own units:
         (x - offset) / scale (model value = data value * scale + offset)."""
@@ -199,23 +209,37 @@ class GeneratorModel(mlflow.pyfunc.PythonModel):
     # what a caller (the batch sampler) checks before asking this version for truncated samples: versions
     # logged before truncated sampling lack it and refuse the request
     SUPPORTS_TRUNCATION = True
+    # likewise for class-conditional sampling (a class label per request)
+    SUPPORTS_CLASS_LABEL = True
 
     def sample(self, num_samples: int, seed: int, *, start: int = 0, batch_size: int = 1024,
-               truncation: float | None = None) -> np.ndarray:
+               truncation: float | None = None, class_label: int | None = None) -> np.ndarray:
         """Samples [start, start + num_samples) of ``seed``, float32 (num_samples, *shape) in data units,
         drawn with this version's own engine (its ``sampling.generate``); ``batch_size`` only bounds memory.
-        ``truncation``: None or 0 (off) or a threshold psi > 0 on |z_j| (the truncation trick); ValueError
+        ``truncation``: None or 0 (off) or a threshold psi > 0 on |z_j| (the truncation trick);
+        ``class_label``: one class k of a class-conditional G, or None (class-balanced); ValueError
         otherwise."""
+        kwargs = {} if class_label is None else {"class_label": class_label}
         x = self.sampling.generate(self.G, num_samples, seed, start=start, batch_size=batch_size, device=self.device,
-                                   truncation=truncation)
+                                   truncation=truncation, **kwargs)
         return self.to_data_range(x)
+
+    def _class_label(self, params: dict[str, Any]) -> int | None:
+        """params["label"] as a class for `sample` (None: class-balanced); ValueError naming what is accepted."""
+        label = params.get("label")
+        if label is None or (not isinstance(label, bool) and isinstance(label, (int, np.integer)) and label == -1):
+            return None
+        try:
+            return self.sampling.check_class_label(label, self.num_classes)
+        except ValueError as e:
+            raise ValueError(f"predict: params label: {e} (or -1 for class-balanced samples)") from None
 
     def predict(self, context, model_input: np.ndarray, params: dict[str, Any] | None = None) -> np.ndarray:
         import torch
 
         params = params or {}
         num_samples = int(params.get("num_samples") or 0)
-        z = _as_latents(model_input, self.G.z_dim)
+        z, labels = _as_latents(model_input, self.G.z_dim, self.num_classes)
         if num_samples or z is None:
             seed, start = int(params.get("seed") or 0), int(params.get("start") or 0)
             limit = self.sampling.MAX_NUM_SAMPLES
@@ -236,31 +260,48 @@ class GeneratorModel(mlflow.pyfunc.PythonModel):
                 truncation = self.sampling.check_truncation(truncation)
             except ValueError as e:
                 raise ValueError(f"predict: params {e}") from None
-            return self.sample(num_samples, seed, start=start, truncation=truncation)
+            return self.sample(num_samples, seed, start=start, truncation=truncation,
+                               class_label=self._class_label(params))
         if params.get("truncation"):
             raise ValueError(f"predict: params truncation={params['truncation']!r} applies to seed-addressed "
                              f"sampling (params num_samples), not to latents z given as input")
+        if params.get("label") not in (None, -1):
+            raise ValueError(f"predict: params label={params['label']!r} applies to seed-addressed sampling "
+                             f"(params num_samples); with latents give one label per row: {{'z': z, 'label': labels}}")
+
+        def forward(i: int):
+            zi = z[i:i + PREDICT_CHUNK_ROWS].to(self.device)
+            if labels is None:
+                return self.G(zi).float().cpu()
+            return self.G(zi, labels[i:i + PREDICT_CHUNK_ROWS].to(self.device)).float().cpu()
+
         with torch.no_grad():
-            out = [self.G(z[i:i + PREDICT_CHUNK_ROWS].to(self.device)).float().cpu()
-                   for i in range(0, len(z), PREDICT_CHUNK_ROWS)]
+            out = [forward(i) for i in range(0, len(z), PREDICT_CHUNK_ROWS)]
         x = torch.cat(out) if out else torch.empty((0, *self.config.data.shape))
         return self.to_data_range(x)
 
 
-def _as_latents(model_input, z_dim: int):
-    """Latents as a float32 tensor (n, z_dim), or None for no input. Errors name the dtype and shape,
-    never the values (an input can be large)."""
+def _as_latents(model_input, z_dim: int, num_classes: int = 0):
+    """(latents as a float32 tensor (n, z_dim), labels int64 (n,) or None), or (None, None) for no input.
+    A class-conditional generator (num_classes > 0) takes ``{"z": z, "label": labels}``. Errors name
+    the dtype and shape, never the values (an input can be large)."""
     import torch
 
     if model_input is None:
-        return None
+        return None, None
+    labels = None
     if hasattr(model_input, "to_numpy"):  # a pandas DataFrame (e.g. from the scoring server)
         model_input = model_input.to_numpy()
-    if isinstance(model_input, dict):  # {"z": array}
-        model_input = next(iter(model_input.values()))
+    if isinstance(model_input, dict):  # {"z": array} or {"z": array, "label": array}
+        if "label" in model_input:
+            labels = model_input["label"]
+        model_input = model_input["z"] if "z" in model_input else next(iter(model_input.values()))
     z = np.asarray(model_input)
     accepted = (f"accepted: latents z float32 of shape (n, {z_dim}), or None with params "
                 f"{{'num_samples': n, 'seed': s}}")
+    if num_classes:
+        accepted = (f"accepted: {{'z': z float32 (n, {z_dim}), 'label': int64 (n,) in [0, {num_classes})}}, "
+                    f"or None with params {{'num_samples': n, 'seed': s, 'label': k or -1}}")
     if z.dtype == np.float64:  # JSON numbers arrive as float64; take them only if float32 holds them exactly
         z32 = z.astype(np.float32)
         if not np.array_equal(z32, z, equal_nan=True):
@@ -269,7 +310,20 @@ def _as_latents(model_input, z_dim: int):
         z = z32
     if z.dtype != np.float32 or z.ndim != 2 or z.shape[1] != z_dim:
         raise ValueError(f"predict: latents z are {z.dtype} of shape {z.shape}; {accepted}")
-    return torch.from_numpy(np.ascontiguousarray(z))
+    if num_classes == 0:
+        if labels is not None:
+            raise ValueError("predict: labels given to an unconditional generator; " + accepted)
+        return torch.from_numpy(np.ascontiguousarray(z)), None
+    if labels is None:
+        if len(z) == 0:
+            return torch.from_numpy(z), None
+        raise ValueError(f"predict: a class-conditional generator needs a label per latent; {accepted}")
+    y = np.asarray(labels)
+    if not np.issubdtype(y.dtype, np.integer) or y.shape != (len(z),) or (len(y) and (y.min() < 0 or y.max() >= num_classes)):
+        raise ValueError(f"predict: labels are {y.dtype} of shape {y.shape}"
+                         + (f" in [{y.min()}, {y.max()}]" if y.size and np.issubdtype(y.dtype, np.number) else "")
+                         + f"; {accepted}")
+    return torch.from_numpy(np.ascontiguousarray(z)), torch.from_numpy(y.astype(np.int64))
 
 
 mlflow.models.set_model(GeneratorModel())

@@ -126,8 +126,20 @@ class TrainOutcome:
 # -- driver side --------------------------------------------------------------------------------------
 
 def resolve_config_for_dataset(config: GANConfig, manifest: dict) -> GANConfig:
-    """The config with `data` filled in from the staged dataset (its name and example shape)."""
+    """The config with `data` filled in from the staged dataset (its name and example shape). A
+    class-conditional config (network.conditional) needs a labelled dataset, with no more named classes
+    than data.num_classes; raises ConfigError naming the dataset otherwise."""
     shape = tuple(manifest["shape"])
+    if config.network.conditional:
+        name, K = manifest["name"], config.data.num_classes
+        if not manifest.get("has_labels"):
+            raise ConfigError(f"network.conditional: got true, but the staged dataset {name!r} has no labels; "
+                              f"allowed: a dataset staged with labels (e.g. digits, a Parquet 'label' column, "
+                              f"class folders), or network.conditional = false")
+        names = manifest.get("label_names") or []
+        if len(names) > K:
+            raise ConfigError(f"data.num_classes: got {K}, but the staged dataset {name!r} names {len(names)} "
+                              f"classes; allowed: an integer >= {len(names)}")
     return replace(config, data=replace(config.data, name=manifest["name"], shape=shape))
 
 
@@ -294,6 +306,11 @@ def plan_training(config: GANConfig, dataset_ref: str, cluster: ClusterConfig, t
     return plan, ds, storage_path, storage_fs
 
 
+def _columns(plan: WorkerPlan) -> list[str]:
+    """The columns training reads: the images, and their labels for class-conditional training."""
+    return ["x", "label"] if plan.config.network.conditional else ["x"]
+
+
 def _ray_dataset(plan: WorkerPlan, ds, cluster: ClusterConfig):
     """Part 2: the staged dataset as a Ray Dataset (the whole table, or a stream over the shard list)."""
     import ray
@@ -306,7 +323,7 @@ def _ray_dataset(plan: WorkerPlan, ds, cluster: ClusterConfig):
         # small enough for every worker's memory: read once here, in the manifest's shard order, and hand
         # the blocks to the object store. NOTE: read_parquet(...).materialize() cost 12 s of Ray Data
         # start-up (read-task worker processes) on 2 CPUs for a 3 MB dataset; from_arrow runs no tasks
-        return ray.data.from_arrow(ds.read_table(columns=["x"]))
+        return ray.data.from_arrow(ds.read_table(columns=_columns(plan)))
     # streamed reads run as Ray tasks beside the workers: with every CPU held by a worker they never
     # start and training waits forever
     total_cpus = ray.cluster_resources().get("CPU", 0.0)
@@ -318,7 +335,7 @@ def _ray_dataset(plan: WorkerPlan, ds, cluster: ClusterConfig):
     # blocks no larger than a stream chunk: a worker maps whole blocks, so they count against its budget
     ctx.target_max_block_size = min(ctx.target_max_block_size or STREAM_CHUNK_BYTES,
                                     stream_chunk_bytes(plan.data_memory_bytes))
-    ray_ds = ray.data.read_parquet(ds.shard_paths, filesystem=ds.filesystem, columns=["x"],
+    ray_ds = ray.data.read_parquet(ds.shard_paths, filesystem=ds.filesystem, columns=_columns(plan),
                                    file_extensions=["parquet"])
     passes = _stream_passes(plan.config, ds.manifest, cluster.num_workers)
     return ray_ds.union(*[ray_ds] * (passes - 1)) if passes > 1 else ray_ds
@@ -432,8 +449,18 @@ def _table_to_tensor(table, plan: WorkerPlan):
     return plan.normalisation.to_model(torch.from_numpy(x))
 
 
+def _table_to_labels(table, plan: WorkerPlan):
+    """The table's int64 labels (rows,) for class-conditional training, else None."""
+    import torch
+
+    if not plan.config.network.conditional:
+        return None
+    return torch.from_numpy(table.column("label").to_numpy().astype("int64"))
+
+
 def _memory_batches(shard, plan: WorkerPlan, rank: int, world_size: int):
-    """The whole dataset in this worker's memory, cut into seed-ordered global batches (rank slice)."""
+    """The whole dataset in this worker's memory, cut into seed-ordered global batches (rank slice);
+    (images, labels) pairs for class-conditional training."""
     import pyarrow as pa
     import torch
 
@@ -441,8 +468,10 @@ def _memory_batches(shard, plan: WorkerPlan, rank: int, world_size: int):
 
     t = plan.config.train
     tables = list(shard.iter_batches(batch_format="pyarrow", batch_size=None, prefetch_batches=0))
-    x = _table_to_tensor(pa.concat_tables(tables), plan) if tables else torch.empty(0)
-    return InMemoryBatches(x, t.global_batch_size, t.seed, rank, world_size)
+    table = pa.concat_tables(tables) if tables else None
+    x = _table_to_tensor(table, plan) if tables else torch.empty(0)
+    labels = _table_to_labels(table, plan) if tables else None
+    return InMemoryBatches(x, t.global_batch_size, t.seed, rank, world_size, labels=labels)
 
 
 STREAM_CHUNK_BYTES = 32 * 1024**2  # float32 bytes pulled from Ray Data at a time: large reads amortise its per-batch cost
@@ -507,9 +536,10 @@ def _stream_batches(shard, plan: WorkerPlan, rank: int, world_size: int):
                     rows = 0
                     for c, table in enumerate(shard.iter_batches(batch_size=chunk_rows, batch_format="pyarrow",
                                                                  prefetch_batches=1)):
-                        x = _table_to_tensor(table, plan)
+                        x, y = _table_to_tensor(table, plan), _table_to_labels(table, plan)
                         rows += len(x)
-                        put(x[torch.randperm(len(x), generator=generator(seed, "stream", rank, epoch, c))])
+                        perm = torch.randperm(len(x), generator=generator(seed, "stream", rank, epoch, c))
+                        put((x[perm], None if y is None else y[perm]))
                         if stop.is_set():
                             return
                     if rows < per_worker:
@@ -523,11 +553,12 @@ def _stream_batches(shard, plan: WorkerPlan, rank: int, world_size: int):
         reader.start()
         try:
             while True:
-                x = chunks.get()
-                if isinstance(x, BaseException):
-                    raise x
+                item = chunks.get()
+                if isinstance(item, BaseException):
+                    raise item
+                x, y = item
                 for i in range(0, len(x) - per_worker + 1, per_worker):  # a short remainder is dropped
-                    yield x[i:i + per_worker]
+                    yield x[i:i + per_worker] if y is None else (x[i:i + per_worker], y[i:i + per_worker])
         finally:
             stop.set()
 

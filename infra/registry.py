@@ -40,7 +40,7 @@ import gan_core
 from gan_core.checkpoint import load_generator, read_summary
 from gan_core.config import GANConfig
 from gan_core.data import Normalisation
-from gan_core.sampling import latents_for_range
+from gan_core.sampling import labels_for_range, latents_for_range
 
 from . import storage, tracking
 from .evaluation import Evaluation, Evaluator, default_evaluator
@@ -78,18 +78,22 @@ class Registration:
 
 def model_signature(config: GANConfig):
     """Outputs x float32 (-1, *shape); params num_samples, seed, start (long, default 0) and truncation
-    (double, default 0.0: off; psi > 0 for the truncation trick). No input schema:
+    (double, default 0.0: off; psi > 0 for the truncation trick); for a class-conditional G also label
+    (long, default -1: class-balanced; k for class k only). No input schema:
     MLflow's tensor schema makes every input required (so ``predict(None, params=...)`` would fail) and
     quotes the whole array in its dtype error; the pyfunc checks z itself (float32 (n, z_dim), one-line
     errors) and the expected z is in the model's metadata (``ganpipe.z_dim``) and its input example."""
     from mlflow.models import ModelSignature
     from mlflow.types import ParamSchema, ParamSpec, Schema, TensorSpec
 
+    params = [ParamSpec("num_samples", "long", 0), ParamSpec("seed", "long", 0), ParamSpec("start", "long", 0),
+              ParamSpec("truncation", "double", 0.0)]
+    if config.network.conditional:  # the class: k in [0, K), or -1 for class-balanced samples
+        params.append(ParamSpec("label", "long", -1))
     return ModelSignature(
         inputs=None,
         outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, *config.data.shape), "x")]),
-        params=ParamSchema([ParamSpec("num_samples", "long", 0), ParamSpec("seed", "long", 0),
-                            ParamSpec("start", "long", 0), ParamSpec("truncation", "double", 0.0)]),
+        params=ParamSchema(params),
     )
 
 
@@ -128,9 +132,12 @@ def log_generator(G_ema: nn.Module, config: GANConfig, *, run_id: str,
                         "normalisation": normalisation.to_dict(), "device": "cpu"}
         metadata = {"ganpipe": {"format": MODEL_FORMAT, "z_dim": config.network.z_dim,
                                 "sample_shape": list(config.data.shape), "normalisation": normalisation.to_dict(),
-                                "dataset": config.data.name}}
+                                "dataset": config.data.name,
+                                "num_classes": config.data.num_classes if config.network.conditional else 0}}
         # 2. models-from-code: MLflow copies generator_model.py and gan_core/ into the model
         example = latents_for_range(0, 0, 2, config.network.z_dim).numpy()
+        if config.network.conditional:  # latents and one class label each
+            example = {"z": example, "label": labels_for_range(0, 2, config.data.num_classes).numpy()}
         # the logged model lives in the run's experiment (Model.log alone would pick the default one)
         client = mlflow_client()
         logged = client.create_logged_model(client.get_run(run_id).info.experiment_id, name=name,
