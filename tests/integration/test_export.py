@@ -9,7 +9,7 @@ import torch
 from gan_core.config import get_preset
 from gan_core.data import Normalisation
 from gan_core.networks import build_generator
-from gan_core.sampling import latents_for_range
+from gan_core.sampling import labels_for_range, latents_for_range
 from infra.export import ExportMismatchError, export_generator, run_onnx, run_pt2
 
 
@@ -30,6 +30,8 @@ def _generator(preset: str, overrides: dict):
 @pytest.mark.parametrize("preset,overrides,scale,offset", [
     ("tiny", {}, 1.0, 0.0),  # MLP, vectors
     ("digits", {"network.g_width": 8, "network.d_width": 8}, 1 / 8, -1.0),  # DCGAN, 1x8x8 images
+    # class-conditional DCGAN: a second input, the label
+    ("digits-cond", {"network.g_width": 8, "network.d_width": 8}, 1 / 8, -1.0),
 ])
 def test_pt2_and_onnx_match_eager(tmp_path, preset, overrides, scale, offset):
     G, cfg = _generator(preset, overrides)
@@ -40,10 +42,12 @@ def test_pt2_and_onnx_match_eager(tmp_path, preset, overrides, scale, offset):
 
     # independent check at another batch size (dynamic batch), in data units
     z = latents_for_range(7, 100, 37, cfg.network.z_dim)
+    labels = (labels_for_range(0, 37, cfg.data.num_classes).flip(0)
+              if cfg.network.conditional else None)  # every class, in another order than the check batch's
     with torch.no_grad():
-        eager = ((G(z) - offset) / scale).numpy()
+        eager = (((G(z) if labels is None else G(z, labels)) - offset) / scale).numpy()
     assert eager.shape == (37, *cfg.data.shape)
-    for out in (run_pt2(results["pt2"].path, z), run_onnx(results["onnx"].path, z)):
+    for out in (run_pt2(results["pt2"].path, z, labels), run_onnx(results["onnx"].path, z, labels)):
         assert out.shape == eager.shape and out.dtype == np.float32
         assert np.max(np.abs(out - eager)) <= 1e-4
     if preset == "digits":  # tanh output mapped back to pixel values 0..16

@@ -59,8 +59,10 @@ def test_every_update_leaves_workers_bitwise_identical(ray_cluster, ring8_datase
     assert run.data.tags["ganpipe.last_checkpoint"].endswith(f"{out.run_name}/checkpoint-000000010")
 
 
-def test_two_workers_reproduce_one_worker(ray_cluster, ring8_dataset, tmp_path):
-    cfg = tiny()
+@pytest.mark.parametrize("conditional", [False, True], ids=["unconditional", "conditional"])
+def test_two_workers_reproduce_one_worker(ray_cluster, ring8_dataset, tmp_path, conditional):
+    # conditional: ring8's staged mode ids are the class labels; they travel with the real batches
+    cfg = tiny(**({"network.conditional": True, "data.num_classes": 8} if conditional else {}))
     one = launch_training(cfg, ring8_dataset, ClusterConfig(num_workers=1, storage_path=str(tmp_path / "one"),
                                                             max_failures=0))
     two = launch_training(cfg, ring8_dataset, ClusterConfig(num_workers=2, storage_path=str(tmp_path / "two"),

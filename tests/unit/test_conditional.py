@@ -233,3 +233,19 @@ def test_registered_signature_lists_the_label_param_only_when_conditional():
     assert "label" in names(digits_cond()) and "label" not in names(get_preset("digits"))
     spec = {p.name: p for p in model_signature(digits_cond()).params.params}["label"]
     assert spec.default == -1
+
+
+def test_a_conditional_launch_needs_a_labelled_dataset_with_at_most_num_classes_names():
+    from infra.ray_train import resolve_config_for_dataset
+
+    cfg = tiny_cond()
+    manifest = {"name": "photos", "shape": [2], "has_labels": False}
+    with pytest.raises(ConfigError, match="^network.conditional: got true, but the staged dataset 'photos' has no labels"):
+        resolve_config_for_dataset(cfg, manifest)
+    named = {**manifest, "has_labels": True, "label_names": [f"c{i}" for i in range(12)]}
+    with pytest.raises(ConfigError, match="^data.num_classes: got 8, but the staged dataset 'photos' names 12 classes"):
+        resolve_config_for_dataset(cfg, named)
+    ok = resolve_config_for_dataset(cfg, {**named, "label_names": ["a", "b"]})
+    assert ok.data.name == "photos" and ok.network.conditional
+    # an unconditional config never looks at the labels
+    assert resolve_config_for_dataset(get_preset("tiny"), manifest).data.name == "photos"
