@@ -4,8 +4,9 @@ for Data-Efficient GAN Training") with an optional adaptive probability (ADA, Ka
 
 D sees every image, real and fake, through the same random family of transforms T, in the D step and
 in the G step; T is differentiable, so G's gradient passes through it. D then cannot memorise a small
-training set, and since T is applied to both distributions, G still learns the un-augmented one (with
-p < 1 the transforms must be "non-leaking", which colour, translation and cutout are, ADA Sec. 2).
+training set. G matches the un-augmented data only if T(G) = T(data) implies G = data; ADA (Sec. 2) shows
+this "non-leaking" condition holds when each transform is skipped with some probability (p below about
+0.8 in its experiments); DiffAugment uses p = 1.
 
 Transforms (``augment.policy``, a comma-separated subset, always applied in this order):
 
