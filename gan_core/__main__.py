@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from .config import PRESETS, ConfigError, get_preset, parse_overrides
-from .data import MIXTURES, InMemoryBatches, load_builtin, mixture, mode_coverage
+from .data import MIXTURES, InMemoryBatches, load_builtin, mixture, mode_coverage, training_subset
 from .loop import NonFiniteLossError, Snapshot, format_tick, train
 from .plots import SampleStripRecorder, save_training_curves
 from .sampling import generate, save_image_grid, save_scatter
@@ -59,6 +59,11 @@ def main(argv: list[str] | None = None) -> int:
             overrides["train.seed"] = args.seed
         config = get_preset(args.preset).with_overrides(overrides)
         x, labels = load_builtin(config.data.name, config.data.num_examples, config.data.data_seed)
+        if config.data.subset:  # data-limited training; evaluation still uses the whole dataset
+            if config.data.name in MIXTURES:
+                raise ValueError(f"data.subset: got {config.data.subset}; allowed: 0 for the 2-D mixtures "
+                                 "(set data.num_examples instead)")
+            x, labels = training_subset(x, labels, config.data.subset, config.data.data_seed)
     except (ConfigError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -74,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGINT, request_stop)
     print(f"training {args.preset}: {config.train.total_steps} steps, global batch {config.train.global_batch_size}, "
-          f"k = {config.train.d_steps}, loss {config.loss.kind}, device {args.device}", flush=True)
+          f"k = {config.train.d_steps}, loss {config.loss.kind}, {len(x)} training examples, device {args.device}", flush=True)
     state = build_training_state(config, args.device)
     strip = SampleStripRecorder()  # a few fixed-seed G_ema samples per tick
 

@@ -1,7 +1,7 @@
 """A checkpoint is a directory with one plain dict of state dicts, counters, RNG states and config.
 
     <dir>/state.pt      G, D, G_ema, both optimisers and their lr schedules, both AMP scalers,
-                        counters, RNG states
+                        counters, RNG states, augment.adaptive's p ("augment", when adaptive)
     <dir>/config.json   the resolved GANConfig
     <dir>/summary.json  step, kimg, last metrics
     <dir>/sha256.json   size and sha256 of the three files above (written last)
@@ -68,6 +68,8 @@ def save_checkpoint(state: TrainingState, directory: str | os.PathLike, metrics:
             "images_seen": state.images_seen,
             "rng": capture_rng_state(),
         }
+        if state.adaptive_p is not None:  # augment.adaptive's p and r_t sums
+            payload["augment"] = state.adaptive_p.state_dict()
         torch.save(payload, tmp / STATE_FILE)
         (tmp / CONFIG_FILE).write_text(state.config.to_json())
         summary = {"step": state.step, "kimg": state.kimg, "images_seen": state.images_seen,
@@ -205,6 +207,8 @@ def restore_training_state(state: TrainingState, directory: str | os.PathLike, *
         raise CheckpointError(f"{directory}: does not match the configured networks ({e})") from e
     state.step = int(payload["step"])
     state.images_seen = int(payload["images_seen"])
+    if state.adaptive_p is not None and "augment" in payload:  # else p starts afresh
+        state.adaptive_p.load_state_dict(payload["augment"])
     # the schedules after the optimiser states: the loaded param groups carry the checkpoint's lr and
     # betas, which the config's replace (the rule above)
     cfg = state.config

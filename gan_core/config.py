@@ -52,13 +52,17 @@ class DataConfig:
     that infra resolves; ``shape`` is one example's shape, (D,) for vectors or (C, H, W) for images.
     ``num_classes``: K for data labelled 0..K-1 that class-conditional networks use (digits: 10);
     0 = unlabelled, or labels not used.
+    ``subset`` (built-in image datasets, i.e. digits, in ``python -m gan_core``): train on that many
+    examples, a class-stratified draw seeded by ``data_seed`` (`gan_core.data.training_subset`), for
+    data-limited experiments; 0 = all. Evaluation still compares against the whole dataset.
     """
 
     name: str = "ring8"
     shape: tuple[int, ...] = (2,)
     num_examples: int = 50_000  # only for the synthetic mixtures: how many points to draw once
-    data_seed: int = 0  # seed of that draw (the training seed is train.seed)
+    data_seed: int = 0  # seed of that draw, and of data.subset's (the training seed is train.seed)
     num_classes: int = 0
+    subset: int = 0  # built-in image datasets: train on this many examples (stratified); 0 = all
 
     def __post_init__(self) -> None:
         check(isinstance(self.name, str) and self.name != "", "data.name", self.name, "a non-empty string")
@@ -74,6 +78,8 @@ class DataConfig:
               "a non-negative integer")
         check(_is_int(self.num_classes) and (self.num_classes == 0 or 2 <= self.num_classes <= MAX_NUM_CLASSES),
               "data.num_classes", self.num_classes, f"0 (unlabelled) or an integer from 2 to {MAX_NUM_CLASSES}")
+        check(_is_int(self.subset) and self.subset >= 0, "data.subset", self.subset,
+              "a non-negative integer (0 = every example)")
 
     @property
     def is_image(self) -> bool:
@@ -192,9 +198,55 @@ class TrainConfig:
         check(isinstance(self.channels_last, bool), "train.channels_last", self.channels_last, "true | false")
 
 
+AUGMENT_POLICIES = ("color", "translation", "cutout")  # gan_core.augment.POLICIES
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Differentiable augmentation of every image D sees (DiffAugment, Zhao et al. 2020), real and fake,
+    in the D and the G step; images only (`gan_core.augment`).
+
+    policy: a comma-separated subset of ``color``, ``translation`` (1/8 of the side, zero padding),
+    ``cutout`` (1/2 of the side); "" = off (training is then exactly as without this section).
+    p: each transform's per-example probability; None = 1.0 (DiffAugment), or 0.0 where adaptive starts.
+    adaptive: adjust p as ADA does (Karras et al. 2020): every 4 steps r_t = E[sign(D(x_real))] over all
+    workers; p rises when r_t > target (D overfits) and falls otherwise, by images / (speed_kimg * 1000),
+    within [0, 1]. p and r_t are logged per tick as ``aug/p`` and ``aug/rt``; p is checkpointed.
+    """
+
+    policy: str = ""
+    p: float | None = None
+    adaptive: bool = False
+    target: float = 0.6  # ADA's r_t target
+    speed_kimg: float = 500.0  # thousands of real images for p to cross [0, 1] (ADA: 500)
+
+    def __post_init__(self) -> None:
+        check(isinstance(self.policy, str), "augment.policy", self.policy, "a string")
+        names = [n.strip() for n in self.policy.split(",")] if self.policy.strip() else []
+        allowed = f"'' (off) or a comma-separated subset of {', '.join(AUGMENT_POLICIES)}"
+        check(all(n in AUGMENT_POLICIES for n in names) and len(set(names)) == len(names), "augment.policy",
+              self.policy, allowed)
+        object.__setattr__(self, "policy", ",".join(n for n in AUGMENT_POLICIES if n in names))  # canonical
+        check(self.p is None or (_is_number(self.p) and 0 <= self.p <= 1), "augment.p", self.p,
+              "a number in [0, 1], or unset")
+        check(isinstance(self.adaptive, bool), "augment.adaptive", self.adaptive, "true | false")
+        check(not self.adaptive or bool(names), "augment.adaptive", self.adaptive,
+              "true only together with a non-empty augment.policy")
+        check(_is_number(self.target) and 0 < self.target < 1, "augment.target", self.target,
+              "a number in (0, 1)")
+        check(_is_number(self.speed_kimg) and self.speed_kimg > 0, "augment.speed_kimg", self.speed_kimg,
+              "a number > 0")
+
+    @property
+    def initial_p(self) -> float:
+        """p at step 0: the configured p, else 1.0 (or 0.0 with adaptive, as ADA starts)."""
+        return float(self.p) if self.p is not None else (0.0 if self.adaptive else 1.0)
+
+
 @dataclass(frozen=True)
 class GANConfig:
-    """The whole engine configuration: data, networks, loss, one optimiser each for G and D, training."""
+    """The whole engine configuration: data, networks, loss, one optimiser each for G and D, training,
+    and D's input augmentation."""
 
     data: DataConfig = field(default_factory=DataConfig)
     network: NetworkConfig = field(default_factory=NetworkConfig)
@@ -202,8 +254,12 @@ class GANConfig:
     g_optim: OptimizerConfig = field(default_factory=OptimizerConfig)
     d_optim: OptimizerConfig = field(default_factory=OptimizerConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def __post_init__(self) -> None:
+        check(not self.augment.policy or self.data.is_image, "augment.policy", self.augment.policy,
+              f"'' for vector data (data.shape = {list(self.data.shape)}); DiffAugment transforms images "
+              f"(C, H, W)")
         if self.network.arch == "dcgan":
             check(self.data.is_image, "network.arch", self.network.arch,
                   "mlp for vector data (data.shape has one entry); dcgan needs (C, H, W)")
@@ -453,6 +509,7 @@ def get_preset(name: str) -> GANConfig:
 
 
 __all__ = [
-    "ConfigError", "DataConfig", "NetworkConfig", "LossConfig", "OptimizerConfig", "TrainConfig", "GANConfig",
+    "ConfigError", "DataConfig", "NetworkConfig", "LossConfig", "OptimizerConfig", "TrainConfig", "AugmentConfig",
+    "GANConfig",
     "PRESETS", "get_preset", "replace", "check", "from_dict", "to_plain", "parse_overrides",
 ]

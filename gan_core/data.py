@@ -75,6 +75,27 @@ def load_digits() -> tuple[np.ndarray, np.ndarray]:
     return x, bunch.target.astype(np.int64)
 
 
+def training_subset(x: np.ndarray, labels: np.ndarray, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` of the examples (x (N, ...), labels int (N,)), stratified by class, for data-limited training
+    (``data.subset``): each class keeps its share of n (largest remainders first), its members drawn by a
+    permutation seeded by (seed, class); the result is in the original order. n = 0 or n >= N returns
+    everything. A pure function of (x, labels, n, seed)."""
+    if n <= 0 or n >= len(x):
+        return x, labels
+    classes, counts = np.unique(labels, return_counts=True)
+    quota = counts * n / len(x)
+    take = np.floor(quota).astype(np.int64)
+    for i in np.argsort(-(quota - take), kind="stable")[: n - int(take.sum())]:
+        take[i] += 1
+    keep = []
+    for c, k in zip(classes, take):
+        members = np.flatnonzero(labels == c)
+        rng = np.random.default_rng(derive_seed("subset", seed, int(c)))
+        keep.append(members[rng.permutation(len(members))[:k]])
+    idx = np.sort(np.concatenate(keep))
+    return x[idx], labels[idx]
+
+
 @dataclass(frozen=True)
 class Mixture:
     name: str

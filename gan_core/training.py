@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from . import losses
+from .augment import AdaptiveP, diff_augment
 from .config import GANConfig, OptimizerConfig, TrainConfig
 from .ema import ema_beta, update_ema
 from .networks import apply, build_discriminator, build_generator, pack
@@ -45,6 +46,7 @@ class TrainingState:
     device: torch.device
     step: int = 0  # completed iterations of Algorithm 1 (= G updates)
     images_seen: int = 0  # real images shown to D, summed over workers
+    adaptive_p: AdaptiveP | None = None  # augment.adaptive's p (gan_core.augment); None otherwise
 
     @property
     def kimg(self) -> float:
@@ -98,7 +100,10 @@ def build_training_state(config: GANConfig, device: str | torch.device = "cpu") 
     use_scaler = config.train.amp == "fp16"
     scaler_G = torch.amp.GradScaler(device.type, enabled=use_scaler)
     scaler_D = torch.amp.GradScaler(device.type, enabled=use_scaler)
-    return TrainingState(config, G, D, G_ema, opt_G, opt_D, sched_G, sched_D, scaler_G, scaler_D, device)
+    a = config.augment
+    adaptive_p = AdaptiveP(a.initial_p, a.target, a.speed_kimg, device) if a.adaptive else None
+    return TrainingState(config, G, D, G_ema, opt_G, opt_D, sched_G, sched_D, scaler_G, scaler_D, device,
+                         adaptive_p=adaptive_p)
 
 
 def _autocast(state: TrainingState):
@@ -153,6 +158,18 @@ def _real_labels(state: TrainingState, labels: torch.Tensor | None, n: int) -> t
     return labels.to(state.device, non_blocking=True)
 
 
+def augment(state: TrainingState, x: torch.Tensor, purpose: str, j: int, rank: int,
+            world_size: int) -> torch.Tensor:
+    """``x`` through config.augment's DiffAugment policy at the current p, with parameters addressed by
+    (train.seed, purpose, step, j) (`gan_core.augment.diff_augment`); ``x`` itself when the policy is ""."""
+    a = state.config.augment
+    if not a.policy:
+        return x
+    p = state.adaptive_p.p if state.adaptive_p is not None else a.initial_p
+    return diff_augment(x, a.policy, p, seed=state.config.train.seed, purpose=purpose, step=state.step, j=j,
+                        rank=rank, world_size=world_size)
+
+
 def _grad_norm(module: nn.Module) -> torch.Tensor:
     grads = [p.grad for p in module.parameters() if p.grad is not None]
     if not grads:
@@ -181,6 +198,9 @@ def discriminator_step(state: TrainingState, D_train: nn.Module, real: torch.Ten
     if cfg.train.channels_last and real.dim() == 4:
         real = real.contiguous(memory_format=torch.channels_last)
     fake = fake.to(real.dtype)
+    # DiffAugment (augment.policy; a no-op when it is ""): real and fake alike, before packing
+    real = augment(state, real, "aug_real", j, rank, world_size)
+    fake = augment(state, fake, "aug_fake", j, rank, world_size)
     # PacGAN: D judges groups of d_pack consecutive examples (a no-op for d_pack = 1)
     k = cfg.network.d_pack
     real, fake = pack(real, k), pack(fake, k)
@@ -221,6 +241,11 @@ def discriminator_step(state: TrainingState, D_train: nn.Module, real: torch.Ten
         stats["D/real"] = torch.sigmoid(real_logits).mean()
         stats["D/fake"] = torch.sigmoid(fake_logits).mean()
         stats["value"] = losses.value_function(real_logits, fake_logits)
+        if cfg.augment.policy:
+            p = state.adaptive_p.p if state.adaptive_p is not None else torch.tensor(cfg.augment.initial_p)
+            stats["aug/p"] = p.clone()
+            stats["aug/rt"] = (state.adaptive_p.observe(real_logits, cfg.train.global_batch_size, world_size)
+                               if state.adaptive_p is not None else torch.sign(real_logits).mean())
     state.images_seen += cfg.train.global_batch_size
     return stats
 
@@ -238,7 +263,8 @@ def generator_step(state: TrainingState, G_train: nn.Module, rank: int = 0,
     state.D.requires_grad_(False)
     try:
         with _autocast(state):
-            fake_logits = apply(state.D, pack(apply(G_train, z, c), cfg.network.d_pack), c).float()
+            fake = augment(state, apply(G_train, z, c), "aug_G", 0, rank, world_size)  # G's gradient passes through
+            fake_logits = apply(state.D, pack(fake, cfg.network.d_pack), c).float()
         loss = losses.g_loss_for(cfg.loss.kind, fake_logits)
         state.opt_G.zero_grad(set_to_none=True)
         state.scaler_G.scale(loss).backward()
@@ -279,6 +305,8 @@ def train_step(state: TrainingState, next_real, G_train: nn.Module, D_train: nn.
             d_stats.setdefault(key, []).append(v)
     stats = {key: torch.stack(vs).mean() for key, vs in d_stats.items()}
     stats.update(generator_step(state, G_train, rank, world_size))
+    if state.adaptive_p is not None:  # ADA: every few steps, p follows r_t (same p on every rank)
+        state.adaptive_p.adjust(state.step, world_size)
     # after the optimiser steps (as LambdaLR expects): the learning rates for the next step
     state.sched_D.step()
     state.sched_G.step()
