@@ -116,12 +116,15 @@ class LossConfig:
     r1_gamma_final: when > 0, the R1 weight decays geometrically from r1_gamma at step 0 to this value
     at train.total_steps (a smooth D early keeps G's gradient reaching every mode; a sharp D late
     resolves narrow modes).
+    r1_interval: lazy regularisation (Karras et al. 2020, StyleGAN2, section 3.1): R1 is computed only on
+    every r1_interval-th D update, with its weight multiplied by r1_interval; 1 computes it on every update.
     """
 
     kind: str = "non_saturating"
     gp_lambda: float = 0.0
     r1_gamma: float = 0.0
     r1_gamma_final: float = 0.0
+    r1_interval: int = 1
 
     def __post_init__(self) -> None:
         check(self.kind in LOSS_KINDS, "loss.kind", self.kind, " | ".join(LOSS_KINDS))
@@ -131,6 +134,8 @@ class LossConfig:
         check(_is_number(self.r1_gamma_final) and self.r1_gamma_final >= 0 and
               (self.r1_gamma_final == 0 or self.r1_gamma > 0), "loss.r1_gamma_final", self.r1_gamma_final,
               "a number >= 0 (> 0 only together with loss.r1_gamma > 0)")
+        check(_is_int(self.r1_interval) and self.r1_interval >= 1, "loss.r1_interval", self.r1_interval,
+              "an integer >= 1 (R1 on every r1_interval-th D update)")
 
 
 @dataclass(frozen=True)
