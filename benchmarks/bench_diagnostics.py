@@ -1,7 +1,7 @@
 """Cost of the per-tick training diagnostics (gan_core.diagnostics) relative to training time.
 
     .venv/bin/python -m benchmarks.bench_diagnostics [--presets ring8 grid25 digits] [--steps 40]
-                                                     [--repeats 5] [--threads N] [--device cpu]
+                                                     [--repeats 5] [--threads 1] [--device cpu]
 
 For each preset, on its own configuration (batch, networks, tick_every_steps):
 - step:  median seconds of one Algorithm 1 iteration (train_step), over --repeats blocks of --steps;
@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--presets", nargs="+", default=["ring8", "grid25", "digits"])
     p.add_argument("--steps", type=int, default=40, help="steps per timed block")
     p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
+    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default: 1, as the other benches)")
     p.add_argument("--device", default="cpu")
     args = p.parse_args(argv)
     if args.threads:

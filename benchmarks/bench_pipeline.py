@@ -1,6 +1,6 @@
 """B6 `ganpipe run` end to end on the digits preset, with its phase breakdown, at two step counts.
 
-    python -m benchmarks.bench_pipeline [--steps 200 800]
+    python -m benchmarks.bench_pipeline [--steps 500 2000]
 
 Each run is a fresh `ganpipe run --preset digits --set train.total_steps=N --json` in its own process
 and its own empty GANPIPE_HOME (everything local: Ray started by the run, Prefect's temporary server,
@@ -48,7 +48,8 @@ def run_pipeline(steps: int) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.bench_pipeline", description=__doc__.split("\n")[0])
-    p.add_argument("--steps", type=int, nargs=2, default=[200, 800], metavar=("N1", "N2"))
+    p.add_argument("--steps", type=int, nargs=2, default=[500, 2000], metavar=("N1", "N2"),
+                   help="the two step counts (default: 500 and the digits preset's 2000, i.e. make run)")
     args = p.parse_args(argv)
     from benchmarks.results import figure, record
 

@@ -12,8 +12,9 @@ distance to the floor means anything. The training is gan_core.loop.train with t
 not counted: "training seconds" are the loop's wall-clock time, ticks and checkpoints included.
 
 With --baseline-set, a second run with those overrides is the baseline of the recorded figures (e.g.
-``--baseline-set loss.r1_interval=1``: the preset before lazy R1); without it, the baseline is the
-same run (ratio 1). A threshold never reached counts as missing (n/a).
+``--baseline-set loss.r1_interval=1``: the preset before lazy R1, the default when the preset uses lazy
+R1 and no --set is given); without one, the baseline is the same run (ratio 1). A threshold never
+reached counts as missing (nan).
 """
 
 from __future__ import annotations
@@ -109,6 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     from gan_core.config import get_preset, parse_overrides
 
     torch.set_num_threads(args.threads)
+    if args.baseline_set is None and not args.set and get_preset(args.preset).loss.r1_interval != 1:
+        args.baseline_set = ["loss.r1_interval=1"]  # the preset as it was before lazy R1 (bitwise)
     base = {"train.total_steps": args.steps} if args.steps else {}
     variants = {"project": args.set}
     if args.baseline_set is not None:
