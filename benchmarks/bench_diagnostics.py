@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         details.append(f"{preset}: step {1e3 * r['step_s']:.2f} ms x {r['tick_every_steps']} steps per tick, "
                        f"diagnostics {1e3 * r['diag_s']:.1f} ms per tick over {r['num_samples']} G_ema samples")
     print("target: cost < 5% of training time")
-    record("bench_diagnostics", figures, command="python -m benchmarks.bench_diagnostics " + " ".join(argv or []),
+    record("bench_diagnostics", figures, command=" ".join(["python -m benchmarks.bench_diagnostics", *(argv or [])]),
            sizes=f"presets {' '.join(args.presets)} on their own configs; {args.repeats} x {args.steps} steps timed "
                  f"(median), {args.repeats} diagnostics calls (median); {torch.get_num_threads()} torch thread(s)",
            details=details)

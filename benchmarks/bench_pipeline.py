@@ -38,7 +38,8 @@ def run_pipeline(steps: int) -> dict:
         if proc.returncode != 0:
             log = open(f"{home}/run.log").read()[-3000:] if os.path.exists(f"{home}/run.log") else ""
             raise SystemExit(f"ganpipe run failed ({proc.returncode}):\n{proc.stderr[-3000:]}\n{log}")
-    start = proc.stdout.index("{")
+    start = proc.stdout.find('{\n  "model_name"')  # --json: the summary, indented, after any other output
+    start = start if start >= 0 else proc.stdout.index("{")
     summary, _ = json.JSONDecoder().raw_decode(proc.stdout[start:])
     seconds = {k: float(v) for k, v in summary["seconds"].items() if k != "total"}
     seconds["other"] = wall - sum(seconds.values())

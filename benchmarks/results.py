@@ -102,6 +102,10 @@ def _num(v: Any) -> str:
     return str(v)
 
 
+def _ratio(v: Any) -> str:
+    return _num(v) if v is None or v != v else f"{v:.3f}"
+
+
 def _figure_order(f: dict[str, Any]) -> tuple[int, str]:
     m = re.match(r"B(\d+)", f["id"])
     return (int(m.group(1)) if m else 10**6, f["id"])
@@ -123,7 +127,7 @@ def write_results(results: list[dict[str, Any]], path: str | Path, *, command: s
     for f in sorted(figures, key=_figure_order):
         met = target_met(f.get("ratio"), f.get("target"))
         lines.append(f"| {f['id']} | {f['name']} | {_num(f['project'])} | {_num(f['baseline'])} | {f['unit']} | "
-                     f"{_num(f['ratio'])} | {f['ratio_def']} | {f.get('target') or ''} | "
+                     f"{_ratio(f['ratio'])} | {f['ratio_def']} | {f.get('target') or ''} | "
                      f"{'' if met is None else 'yes' if met else '**no**'} |")
     lines.append("")
     done = {r["bench"] for r in results}

@@ -33,7 +33,7 @@ def test_every_figure_is_written_with_its_ratio_and_target(tmp_path, monkeypatch
     rows = table_rows(text)
     assert list(rows) == ["B1", "B4", "B9-2.5"]  # ordered by figure number, whichever bench wrote it
     b1, b4, b9 = rows["B1"], rows["B4"], rows["B9-2.5"]
-    assert b1[2:9] == ["2", "2.2", "kimg/s", "1.1", "baseline / project", "<= 1.05", "**no**"]
+    assert b1[2:9] == ["2", "2.2", "kimg/s", "1.100", "baseline / project", "<= 1.05", "**no**"]
     assert b4[5:9] == ["0.800", "project / baseline", ">= 0.8", "yes"]
     assert b9[5] == "0.500" and b9[7:9] == ["", ""]  # no target: nothing to meet
     assert "bench_c wrote no figures** (exit status 1" in text  # a failed bench is not silently dropped
