@@ -63,6 +63,8 @@ def main(argv: list[str] | None = None) -> int:
         r["fixed_share"] = r["fixed"] / r["wall"]
         phases = ", ".join(f"{k} {v:.1f}" for k, v in r["phases"].items())
         quality = f"; FD/floor {r['fd_over_floor']:.2f}" if r["fd_over_floor"] else ""
+        outside = r["wall"] - r["phases"]["training"]
+        quality += f"; outside the training phase {outside:.1f} s ({100 * outside / r['wall']:.0f}% of the wall time)"
         line = (f"{r['steps']} steps: {r['wall']:.1f} s wall = steps {r['steps'] * per_step:.1f} s + fixed "
                 f"{r['fixed']:.1f} s ({100 * r['fixed_share']:.0f}% fixed); phases (s): {phases}{quality}")
         print(line, flush=True)
