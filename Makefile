@@ -26,7 +26,7 @@ help:
 	@echo "make run    set up .venv and run the whole pipeline on the embedded default (digits)"
 	@echo "make test   set up .venv and run every test (the fast layer first)"
 	@echo "make test-fast  unit + architecture tests only (under 3 minutes): the inner loop"
-	@echo "make bench  run the benchmarks (prints ratios)"
+	@echo "make bench  run the benchmarks (CPU, under 15 minutes) and write benchmarks/RESULTS.md"
 	@echo "make demo   the GAN engine alone on digits (no Ray, Prefect or MLflow), pictures in runs/digits"
 
 # what the pipeline needs

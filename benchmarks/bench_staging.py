@@ -7,7 +7,7 @@ MB/s counts uncompressed example bytes. Three measurements, each the best of --r
 - writer: infra.datasets.stage() of the same arrays saved as .npy (fingerprint = sha256 of the files,
           shards written in parallel, per-shard sha256, manifest), into a fresh root each time;
 - flow:   the Prefect flow stage_dataset() (temporary Prefect server; its start is not timed).
-Target: writer / bare >= 0.8. Prints, never asserts.
+Target: writer / bare >= 0.8 (B4). Prints and records (benchmarks.results), never asserts.
 """
 
 from __future__ import annotations
@@ -114,6 +114,19 @@ def main() -> None:
             t_flow = best_seconds(flow, args.repeats)
         print(f"staging flow        : {megabytes / t_flow:8.1f} MB/s ({t_flow:.3f} s)  "
               f"ratio flow/bare = {t_bare / t_flow:.2f} (includes Prefect's per-run overhead)")
+    from benchmarks.results import figure, record
+
+    details = [f"bare pq.write_table with the writer's options (statistics for label only): {megabytes / t_same:.1f} "
+               f"MB/s; writer / that = {t_same / t_writer:.2f}"]
+    if not args.no_flow:
+        details.append(f"the Prefect flow stage_dataset: {megabytes / t_flow:.1f} MB/s, flow / bare = "
+                       f"{t_bare / t_flow:.2f} (Prefect's per-run overhead included)")
+    record("bench_staging", [figure("B4", "staging writer vs bare pq.write_table of the same arrays",
+                                    megabytes / t_writer, megabytes / t_bare, "MB/s", t_bare / t_writer,
+                                    "writer / bare", ">= 0.8")],
+           sizes=f"{args.rows} images of 3x{args.size_px}x{args.size_px} uint8 = {megabytes:.1f} MB, "
+                 f"{args.compression}, row groups of {row_group_rows}, best of {args.repeats}",
+           command="python -m benchmarks.bench_staging", details=details)
     shutil.rmtree(work, ignore_errors=True)
 
 

@@ -185,6 +185,8 @@ def discriminator_step(state: TrainingState, D_train: nn.Module, real: torch.Ten
     ``D_train`` is D as the caller wrapped it (DDP or the plain module). ``real_labels``: the real
     minibatch's class labels (int64 (n,)), required when network.conditional (ignored otherwise); the
     fakes' labels are drawn by `fake_labels`. Returns detached statistics.
+    With ``loss.r1_interval`` N > 1, R1 (weight x N) is computed only when (step * d_steps + j) % N == 0;
+    ``loss/D_r1`` is then N x R1 on those updates and 0 on the others.
     """
     cfg = state.config
     lcfg = cfg.loss
@@ -204,7 +206,9 @@ def discriminator_step(state: TrainingState, D_train: nn.Module, real: torch.Ten
     # PacGAN: D judges groups of d_pack consecutive examples (a no-op for d_pack = 1)
     k = cfg.network.d_pack
     real, fake = pack(real, k), pack(fake, k)
-    if lcfg.r1_gamma > 0:
+    # lazy R1 (Karras et al. 2020): only on every r1_interval-th D update (counted over steps and j)
+    with_r1 = lcfg.r1_gamma > 0 and (state.step * cfg.train.d_steps + j) % lcfg.r1_interval == 0
+    if with_r1:
         real = real.detach().requires_grad_(True)
     parts = [real, fake]
     if lcfg.gp_lambda > 0:
@@ -226,10 +230,12 @@ def discriminator_step(state: TrainingState, D_train: nn.Module, real: torch.Ten
         gp = losses.gradient_penalty(logits[2 * n:], parts[2])
         loss = loss + lcfg.gp_lambda * gp
         stats["loss/D_gp"] = gp.detach()
-    if lcfg.r1_gamma > 0:
+    if with_r1:  # weight x r1_interval: the same regularisation per D update on average
         r1 = losses.r1_penalty(real_logits, real)
-        loss = loss + 0.5 * r1_gamma(cfg, state.step) * r1
-        stats["loss/D_r1"] = r1.detach()
+        loss = loss + 0.5 * (r1_gamma(cfg, state.step) * lcfg.r1_interval) * r1
+        stats["loss/D_r1"] = r1.detach() if lcfg.r1_interval == 1 else r1.detach() * lcfg.r1_interval
+    elif lcfg.r1_gamma > 0:  # amortised: interval x R1 where computed, 0 here; a tick's mean estimates R1
+        stats["loss/D_r1"] = torch.zeros((), device=real.device)
     # 4. update D
     state.opt_D.zero_grad(set_to_none=True)
     state.scaler_D.scale(loss).backward()

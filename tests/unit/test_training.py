@@ -180,3 +180,72 @@ def test_r1_weight_decays_geometrically_when_a_final_value_is_set():
     assert r1_gamma(tiny(**{"loss.r1_gamma": 0.5}), 50) == 0.5  # constant without a final value
     with pytest.raises(ConfigError, match="loss.r1_gamma_final"):
         tiny(**{"loss.r1_gamma_final": 0.1})  # a final value needs a starting one
+
+
+def reference_d_step(s, real, j, r1_weight):
+    """A D update written out as it was before lazy R1: ``r1_weight`` is the gamma in gamma/2 * R1 (None:
+    no R1). The plain path of discriminator_step (no AMP, packing or gradient penalty)."""
+    from gan_core import losses
+    from gan_core.training import latents
+
+    z = latents(s, "z_D", j, 0, 1)
+    with torch.no_grad():
+        fake = s.G(z)
+    if r1_weight is not None:
+        real = real.detach().requires_grad_(True)
+    n = real.shape[0]
+    logits = s.D(torch.cat([real, fake])).float()
+    loss = losses.d_loss_for(s.config.loss.kind, logits[:n], logits[n:])
+    if r1_weight is not None:
+        loss = loss + 0.5 * r1_weight * losses.r1_penalty(logits[:n], real)
+    s.opt_D.zero_grad(set_to_none=True)
+    loss.backward()
+    s.opt_D.step()
+
+
+def test_r1_interval_1_is_the_eager_r1_update_bitwise():
+    cfg = tiny(**{"loss.r1_gamma": 0.7})
+    assert cfg.loss.r1_interval == 1  # the default
+    s = build_training_state(cfg)
+    ref = copy.deepcopy(s)
+    for j in range(3):
+        real = real_batch(cfg)
+        discriminator_step(s, s.D, real, j)
+        reference_d_step(ref, real, j, 0.7)
+        assert all(torch.equal(a, b) for a, b in zip(s.D.parameters(), ref.D.parameters()))
+
+
+def test_lazy_r1_runs_on_every_nth_d_update_with_its_weight_times_n(monkeypatch):
+    from gan_core import losses
+
+    n = 3
+    cfg = tiny(**{"loss.r1_gamma": 0.7, "loss.r1_interval": n, "train.d_steps": 2})
+    s = build_training_state(cfg)
+    d_updates, with_r1 = [0], []
+    s.opt_D.register_step_post_hook(lambda *a: d_updates.__setitem__(0, d_updates[0] + 1))
+    real_r1 = losses.r1_penalty
+    monkeypatch.setattr(losses, "r1_penalty", lambda *a: with_r1.append(d_updates[0]) or real_r1(*a))
+    stats = [train_step(s, lambda: real_batch(cfg), s.G, s.D) for _ in range(6)]
+    assert with_r1 == [0, 3, 6, 9]  # D updates (counted over steps and j) that are multiples of n
+    # the reported R1 is amortised: n x R1 where computed, 0 elsewhere (so a tick's mean estimates R1)
+    assert [float(st["loss/D_r1"]) > 0 for st in stats] == [True, True, False, True, True, False]
+    monkeypatch.setattr(losses, "r1_penalty", real_r1)
+    # the update itself: the eager update with gamma x n on an R1 update, without R1 on the others
+    for step, j, weight in ((6, 0, 0.7 * n), (6, 1, None)):  # update 12 has R1, update 13 not
+        s.step = step
+        ref = copy.deepcopy(s)
+        real = real_batch(cfg)
+        discriminator_step(s, s.D, real, j)
+        reference_d_step(ref, real, j, weight)
+        assert all(torch.equal(a, b) for a, b in zip(s.D.parameters(), ref.D.parameters()))
+
+
+def test_r1_interval_must_be_a_positive_integer():
+    from gan_core.config import ConfigError
+
+    for bad in (0, -2):
+        with pytest.raises(ConfigError, match=r"loss.r1_interval: got -?\d+; allowed: an integer >= 1"):
+            tiny(**{"loss.r1_interval": bad})
+    for bad in (1.5, True, "4"):  # the type check names the field too
+        with pytest.raises(ConfigError, match=r"loss.r1_interval: got .*; allowed: an integer"):
+            tiny(**{"loss.r1_interval": bad})
