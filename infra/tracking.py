@@ -258,23 +258,27 @@ class TrainingTracker:
 
     def _render_grid(self, snapshot: Snapshot) -> Path | None:
         """The same GRID_SEED latents at every snapshot, so the pictures show G_ema's progress."""
-        from gan_core.sampling import latents_for_range, save_image_grid, save_scatter
+        from gan_core.networks import apply
+        from gan_core.sampling import labels_for_range, latents_for_range, num_classes_of, save_image_grid, save_scatter
 
         G = self._current_generator(snapshot)
         if G is None:
             return None
         n = GRID_SAMPLES if self.config.data.is_image else SCATTER_SAMPLES
+        K = num_classes_of(G)  # class-conditional: class-balanced labels, so each grid column is one class
+        device = _device_of(G)
         was_training = G.training
         G.eval()
         try:
             with torch.no_grad():
-                x = G(latents_for_range(GRID_SEED, 0, n, G.z_dim).to(_device_of(G))).float().cpu()
+                c = labels_for_range(0, n, K).to(device) if K else None
+                x = apply(G, latents_for_range(GRID_SEED, 0, n, G.z_dim).to(device), c).float().cpu()
         finally:
             G.train(was_training)
         path = self._tmp / f"grid-{snapshot.images_seen:012d}.png"
         if self.config.data.is_image:
             self._strip.add(snapshot.kimg, x)
-            return save_image_grid(x, path)  # model space [-1, 1], as the grid expects
+            return save_image_grid(x, path, ncols=K if 2 <= K <= 16 else None)  # model space [-1, 1]
         if x.shape[1] < 2:
             return None
         x = self.dataset.normalisation.to_data(x)  # back to the data's own units

@@ -100,7 +100,7 @@ class TrackingSettings:
 
 @dataclass(frozen=True)
 class RegistrySettings:
-    model_name: str = ""  # "" = ganpipe-<dataset name>
+    model_name: str = ""  # "" = ganpipe-<dataset name> (ganpipe-<dataset name>-conditional for a conditional G)
     alias: str = "champion"  # moved to the new version only if it is better (ties keep the holder)
     promote: bool = True  # consider the alias at all
     export: bool = True  # ship torch.export / ONNX files inside the model
@@ -246,7 +246,11 @@ class Settings:
 
     @property
     def model_name(self) -> str:
-        return self.registry.model_name or f"ganpipe-{self.dataset_name}"
+        """registry.model_name, else ganpipe-<dataset>, and ganpipe-<dataset>-conditional for a
+        class-conditional G: its predict takes labels, so it never takes over the alias that consumers of
+        the unconditional model load."""
+        suffix = "-conditional" if self.gan.network.conditional else ""
+        return self.registry.model_name or f"ganpipe-{self.dataset_name}{suffix}"
 
     def staging_options(self) -> dict[str, Any]:
         s = self.source

@@ -90,6 +90,8 @@ def test_dry_run_prints_a_config_that_reads_back_to_the_same_settings(tmp_path, 
     assert again.model_name == "rings" and again.sampling.num_samples == 16 and again.gan.loss.r1_gamma == 0.5
     # the embedded defaults: everything under GANPIPE_HOME, model named after the dataset
     assert resolve_settings(preset="digits").model_name == "ganpipe-digits"
+    # a class-conditional G (its predict takes labels) never takes over the unconditional model's alias
+    assert resolve_settings(preset="digits-cond").model_name == "ganpipe-digits-conditional"
 
 
 @pytest.mark.parametrize("command", ["train", "submit"])
