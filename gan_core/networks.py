@@ -5,7 +5,8 @@ define the maths. D returns one pre-sigmoid score ("logit") per example, shape (
 
 Class-conditional networks (``network.conditional``, ``data.num_classes`` = K): every module takes
 an optional second argument ``c``, int64 class labels (N,) in [0, K). G concatenates a learned class
-embedding (z_dim wide) to z; D is a projection discriminator (Miyato & Koyama 2018, eq. 3):
+embedding (z_dim wide) to z and, with g_norm "batch", uses conditional batch norm (per-class scale and
+shift, de Vries et al. 2017), as the conditional G of Miyato & Koyama 2018; D is a projection discriminator (Miyato & Koyama 2018, eq. 3):
 logit = psi(phi(x)) + <embed(c), phi(x)>, with phi(x) D's last hidden features. Unconditional
 networks (K = 0) keep their exact parameters and state-dict keys, and refuse labels; conditional ones
 require them. ``num_classes`` on every network says which (0 = unconditional).
@@ -65,6 +66,38 @@ def _num_classes(config: GANConfig) -> int:
     return config.data.num_classes if config.network.conditional else 0
 
 
+class ClassConditionalBatchNorm(nn.Module):
+    """Batch normalisation whose scale and shift are looked up per class: gamma[c] * x_hat + beta[c]
+    (conditional batch norm, de Vries et al. 2017; the class-conditional G of Miyato & Koyama 2018).
+    x (N, F) or (N, F, H, W), c int64 (N,) -> the same shape. gamma starts at 1, beta at 0."""
+
+    def __init__(self, num_features: int, num_classes: int, image: bool):
+        super().__init__()
+        self.bn = (nn.BatchNorm2d if image else nn.BatchNorm1d)(num_features, affine=False)
+        self.gamma = nn.Embedding(num_classes, num_features)
+        self.beta = nn.Embedding(num_classes, num_features)
+        nn.init.ones_(self.gamma.weight)
+        nn.init.zeros_(self.beta.weight)
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        shape = (x.shape[0], x.shape[1]) + (1,) * (x.dim() - 2)
+        return self.gamma(c).view(shape).to(x.dtype) * self.bn(x) + self.beta(c).view(shape).to(x.dtype)
+
+
+def _g_norm(kind: str, features: int, num_classes: int, image: bool) -> nn.Module:
+    """G's normalisation layer: conditional batch norm for a class-conditional G with g_norm "batch"."""
+    if kind == "batch" and num_classes:
+        return ClassConditionalBatchNorm(features, num_classes, image)
+    return _norm2d(kind, features) if image else _norm1d(kind, features)
+
+
+def _run(net: nn.Sequential, x: torch.Tensor, c: torch.Tensor | None) -> torch.Tensor:
+    """net(x), handing the class labels to the layers that take them (conditional batch norm)."""
+    for layer in net:
+        x = layer(x, c) if isinstance(layer, ClassConditionalBatchNorm) else layer(x)
+    return x
+
+
 class _ClassInput(nn.Module):
     """G's conditioning: z (N, z_dim) -> [z, embed(c)] (N, z_dim + width), or z itself when unconditional."""
 
@@ -104,7 +137,7 @@ class MLPGenerator(nn.Module):
         layers: list[nn.Module] = []
         width_in = cfg.z_dim * (2 if num_classes else 1)
         for _ in range(cfg.g_depth):
-            layers += [nn.Linear(width_in, cfg.g_width), _norm1d(cfg.g_norm, cfg.g_width), nn.ReLU()]
+            layers += [nn.Linear(width_in, cfg.g_width), _g_norm(cfg.g_norm, cfg.g_width, num_classes, False), nn.ReLU()]
             width_in = cfg.g_width
         layers.append(nn.Linear(width_in, out))
         if len(shape) == 3:
@@ -112,7 +145,7 @@ class MLPGenerator(nn.Module):
         self.net = nn.Sequential(*layers)
 
     def forward(self, z: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
-        return self.net(self.cond(z, c)).view(z.shape[0], *self.shape)
+        return _run(self.net, self.cond(z, c), c).view(z.shape[0], *self.shape)
 
 
 class MLPDiscriminator(nn.Module):
@@ -158,11 +191,13 @@ class DCGANGenerator(nn.Module):
         z_in = cfg.z_dim * (2 if num_classes else 1)
         layers: list[nn.Module] = [
             # state: z_in x 1 x 1 (z, and the class embedding when conditional)
-            nn.ConvTranspose2d(z_in, ch[0], 4, 1, 0, bias=False), _norm2d(cfg.g_norm, ch[0]), nn.ReLU(),
+            nn.ConvTranspose2d(z_in, ch[0], 4, 1, 0, bias=False), _g_norm(cfg.g_norm, ch[0], num_classes, True),
+            nn.ReLU(),
             # state: ch[0] x 4 x 4
         ]
         for c_in, c_out in zip(ch[:-1], ch[1:]):
-            layers += [nn.ConvTranspose2d(c_in, c_out, 4, 2, 1, bias=False), _norm2d(cfg.g_norm, c_out), nn.ReLU()]
+            layers += [nn.ConvTranspose2d(c_in, c_out, 4, 2, 1, bias=False),
+                       _g_norm(cfg.g_norm, c_out, num_classes, True), nn.ReLU()]
             # state: c_out x (2 * previous) x (2 * previous)
         layers += [nn.Conv2d(ch[-1], c, 3, 1, 1), nn.Tanh()]
         # state: C x S x S
@@ -170,7 +205,7 @@ class DCGANGenerator(nn.Module):
 
     def forward(self, z: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
         z = self.cond(z, c)
-        return self.net(z.view(z.shape[0], z.shape[1], 1, 1))
+        return _run(self.net, z.view(z.shape[0], z.shape[1], 1, 1), c)
 
 
 class DCGANDiscriminator(nn.Module):
