@@ -355,13 +355,13 @@ def preset_grid25() -> GANConfig:
     sharp late, so the modes become narrow; PacGAN pairs (d_pack 2, Lin et al. 2018) let D see a lack of
     diversity; equal rates, with a cosine ramp-down over the last 50% of 16000 steps: the samples off the
     modes (bridges between them) thin out while the rates fall, and HQ levels off in the last 2000 steps.
-    Measured (2,500 G_ema samples): 25/25 modes, 94.6% high quality, reverse KL 0.0023, 243 s (seed 0); 25/25,
-    93.9%, reverse KL 0.013, 231 s (seed 1), on one CPU thread. 12000 steps with a 30% ramp-down gave 25/25,
-    90.6%, reverse KL 0.029; 15-17 modes without R1 and packing. Not better at 16000 steps: rates 1.5e-3
-    (94.7%), a 40% ramp-down (93.9%), R1 ending at 0.001 (94.0%); top-k G updates (Sinha et al. 2020, nu 0.5 /
-    0.25 at 12000 steps) balanced the modes (reverse KL 0.006) but lowered HQ (90.0% / 83.2%). EMA half-lives
-    of 5-50 kimg steadied G_ema mid-run but ended equal (94.4-94.6%). The 95% HQ goal is not reached: the
-    bridges remain.
+    Measured (2,500 G_ema samples): 25/25 modes, 94.6% high quality, reverse KL 0.0023, 243 s (310 s with the
+    2 cores busy; seed 0); 25/25, 93.9%, reverse KL 0.013, 231 s (seed 1), on one CPU thread. 12000 steps with
+    a 30% ramp-down gave 25/25, 90.6%, reverse KL 0.029; 15-17 modes without R1 and packing. Not better at
+    16000 steps: rates 1.5e-3 (94.7%), a 40% ramp-down (93.9%), R1 ending at 0.001 (94.0%); top-k G updates
+    (Sinha et al. 2020, nu 0.5 / 0.25 at 12000 steps) balanced the modes (reverse KL 0.006) but lowered HQ
+    (90.0% / 83.2%). EMA half-lives of 5-50 kimg steadied G_ema mid-run but ended equal (94.4-94.6%). The 95%
+    HQ goal is not reached: the bridges remain.
     """
     return GANConfig(
         data=DataConfig(name="grid25", shape=(2,), num_examples=50_000),
