@@ -403,8 +403,14 @@ def preset_tiny() -> GANConfig:
 def preset_ring8() -> GANConfig:
     """8 Gaussians on a circle (radius 1, sigma 0.01): the classic mode-collapse benchmark.
 
-    NOTE: D learns 5x faster than G (TTUR, Heusel et al. 2017); with equal rates D could not resolve
-    the 0.01-wide modes in the time budget and G spread along the circle.
+    NOTE: D learns 5x faster than G (TTUR, Heusel et al. 2017); with equal rates D could not resolve the
+    0.01-wide modes in the time budget and G spread along the circle. The samples that miss a mode lie on
+    bridges between modes (G is continuous and z connected); they thin out only with training at a falling
+    rate, so 12000 steps end in a cosine ramp-down over the last 40%: measured (2,500 G_ema samples) 8/8
+    modes, 96.2% high quality, reverse KL 0.012, 184 s on one CPU thread (seed 0); 8/8, 96.2%, reverse KL
+    0.013 (seed 1). 8000 steps without a ramp-down gave 92.1%, with one over 30% 94.1%. An EMA half-life of 5
+    kimg smooths G's late wobbles. Top-k G updates (Sinha et al. 2020, nu 0.5) kept the modes balanced but
+    doubled the bridge mass (87.1%).
     """
     return GANConfig(
         data=DataConfig(name="ring8", shape=(2,), num_examples=50_000),
@@ -413,19 +419,26 @@ def preset_ring8() -> GANConfig:
         loss=LossConfig(kind="non_saturating"),
         g_optim=OptimizerConfig(lr=2e-4, beta1=0.5, beta2=0.99),
         d_optim=OptimizerConfig(lr=1e-3, beta1=0.5, beta2=0.99),
-        train=TrainConfig(global_batch_size=256, total_steps=8000, tick_every_steps=500,
-                          checkpoint_every_steps=2000, ema_kimg=1.0),
+        train=TrainConfig(global_batch_size=256, total_steps=12_000, lr_rampdown=0.4, tick_every_steps=500,
+                          checkpoint_every_steps=2000, ema_kimg=5.0),
     )
 
 
 def preset_grid25() -> GANConfig:
     """25 Gaussians on a 5x5 grid (spacing 2, sigma 0.05): 25 narrow modes, far apart.
 
-    NOTE: the ring8 recipe covered only 15-17 modes: as D sharpened, G dropped modes it could no longer
-    feel. Here an R1 penalty decaying from 1 to 0.003 keeps D smooth early, so G's gradient reaches every
-    mode, and sharp late, so the modes become narrow; PacGAN pairs (d_pack 2, Lin et al. 2018) let D
-    see a lack of diversity; equal rates, with a cosine ramp-down over the last 30% (measured 25/25
-    modes, 91% high quality at 12000 steps; 15-17 modes without R1 and packing).
+    NOTE: the ring8 recipe covered only 15-17 modes: as D sharpened, G dropped modes it could no longer feel.
+    Here an R1 penalty decaying from 1 to 0.003 keeps D smooth early, so G's gradient reaches every mode, and
+    sharp late, so the modes become narrow; PacGAN pairs (d_pack 2, Lin et al. 2018) let D see a lack of
+    diversity; equal rates, with a cosine ramp-down over the last 50% of 16000 steps: the samples off the
+    modes (bridges between them) thin out while the rates fall, and HQ levels off in the last 2000 steps.
+    Measured (2,500 G_ema samples): 25/25 modes, 94.6% high quality, reverse KL 0.0023, 243 s (310 s with the
+    2 cores busy; seed 0); 25/25, 93.9%, reverse KL 0.013, 231 s (seed 1), on one CPU thread. 12000 steps with
+    a 30% ramp-down gave 25/25, 90.6%, reverse KL 0.029; 15-17 modes without R1 and packing. Not better at
+    16000 steps: rates 1.5e-3 (94.7%), a 40% ramp-down (93.9%), R1 ending at 0.001 (94.0%); top-k G updates
+    (Sinha et al. 2020, nu 0.5 / 0.25 at 12000 steps) balanced the modes (reverse KL 0.006) but lowered HQ
+    (90.0% / 83.2%). EMA half-lives of 5-50 kimg steadied G_ema mid-run but ended equal (94.4-94.6%). The 95%
+    HQ goal is not reached: the bridges remain.
     """
     return GANConfig(
         data=DataConfig(name="grid25", shape=(2,), num_examples=50_000),
@@ -434,7 +447,7 @@ def preset_grid25() -> GANConfig:
         loss=LossConfig(kind="non_saturating", r1_gamma=1.0, r1_gamma_final=0.003),
         g_optim=OptimizerConfig(lr=1e-3, beta1=0.5, beta2=0.99),
         d_optim=OptimizerConfig(lr=1e-3, beta1=0.5, beta2=0.99),
-        train=TrainConfig(global_batch_size=256, total_steps=12_000, lr_rampdown=0.3, tick_every_steps=500,
+        train=TrainConfig(global_batch_size=256, total_steps=16_000, lr_rampdown=0.5, tick_every_steps=500,
                           checkpoint_every_steps=2000, ema_kimg=1.0),
     )
 
