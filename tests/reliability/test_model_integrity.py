@@ -243,12 +243,12 @@ def test_a_version_logged_before_issue15_still_loads_and_predicts(store, tiny, t
 
 
 
-def _signature_without_label(config):
+def _signature_without_label(config, model_signature=registry.model_signature):
     """A class-conditional model's signature as if logged before class-conditional sampling: no label param."""
     from mlflow.models import ModelSignature
     from mlflow.types import ParamSchema
 
-    sig = registry.model_signature(config)
+    sig = model_signature(config)
     return ModelSignature(inputs=sig.inputs, outputs=sig.outputs,
                           params=ParamSchema([p for p in sig.params.params if p.name != "label"]))
 
@@ -284,6 +284,7 @@ def test_sample_class_is_refused_in_one_line_before_anything_is_written(store, t
     monkeypatch.delenv("PREFECT_API_URL", raising=False)
     ray_starts = []
     monkeypatch.setattr(infra.ray_cluster, "ensure_ray", lambda *a, **k: ray_starts.append(a))
+    capsys.readouterr()  # the registrations' own log lines
     for uri, k, message in ((uncond, "0", "--class 0: this model version has no classes"),
                             (legacy, "2", "--class 2: this model version has no classes"),
                             (cond_before, "3", "--class 3: this model version was registered before class-conditional"),
