@@ -102,6 +102,7 @@ class SampleManifest(Manifest):
     num_samples: NonNegativeInt
     sample_format: Literal["parquet", "png"]
     truncation: float | None = None  # the truncation threshold psi; None (absent in older sets): off
+    class_label: NonNegativeInt | None = None  # the one class drawn (--class); absent: class-balanced or unconditional
 
 
 # --- the model ------------------------------------------------------------------------------------
@@ -124,6 +125,11 @@ class ResolvedModel:
     # the version's pyfunc takes params truncation (its signature lists it): versions registered before
     # truncated sampling existed do not, and their shipped code would ignore it
     supports_truncation: bool = False
+    # K for a class-conditional generator (metadata ganpipe.num_classes), 0 for an unconditional one (and for
+    # versions registered before class-conditional sampling, which lack the field)
+    num_classes: int = 0
+    # the version's pyfunc takes params label (its signature lists it only for class-conditional versions)
+    supports_class_label: bool = False
 
     @property
     def is_image(self) -> bool:
@@ -204,7 +210,8 @@ def resolve_model(model_uri: str) -> ResolvedModel:
         z_dim=int(meta["z_dim"]), sample_shape=tuple(int(s) for s in meta["sample_shape"]),
         normalisation=Normalisation.from_dict(meta.get("normalisation")),
         weights_sha256=str((pyfunc_conf.get("sha256") or {}).get("weights", "")),
-        supports_truncation="truncation" in signature_params)
+        supports_truncation="truncation" in signature_params, num_classes=int(meta.get("num_classes") or 0),
+        supports_class_label="label" in signature_params)
 
 
 def load_generator_model(model_uri: str, *, device: str = "cpu"):
@@ -221,17 +228,24 @@ def load_generator_model(model_uri: str, *, device: str = "cpu"):
     return pm
 
 
-def generate_range(pm, seed: int, start: int, count: int, batch_size: int, truncation: float | None = None
-                   ) -> np.ndarray:
+def generate_range(pm, seed: int, start: int, count: int, batch_size: int, truncation: float | None = None,
+                   class_label: int | None = None) -> np.ndarray:
     """Samples [start, start + count) of ``seed`` in the data's value range, float32 (count, *shape):
-    exactly ``predict(params={"num_samples": count, "seed": seed, "start": start, "truncation": ...})``,
-    drawn with the version's own shipped engine (its latents and forward passes, never this process's
-    gan_core). ``truncation`` None or 0: off. Raises SamplingError (one line) for a truncation the
-    version cannot do (registered before truncated sampling: its code would ignore it)."""
-    if check_truncation(truncation) is not None:
-        if not getattr(pm, "SUPPORTS_TRUNCATION", False):
-            raise SamplingError(truncation_refusal(truncation))
-        return pm.sample(count, seed, start=start, batch_size=batch_size, truncation=truncation)
+    exactly ``predict(params={"num_samples": count, "seed": seed, "start": start, "truncation": ...,
+    "label": ...})``, drawn with the version's own shipped engine (its latents and forward passes, never
+    this process's gan_core). ``truncation`` None or 0: off. ``class_label``: one class k of a
+    class-conditional version, or None (its default: class-balanced). Raises SamplingError (one line)
+    for a truncation or a class the version cannot do (registered before truncated or class-conditional
+    sampling: its code would ignore it)."""
+    psi = check_truncation(truncation)
+    if psi is not None and not getattr(pm, "SUPPORTS_TRUNCATION", False):
+        raise SamplingError(truncation_refusal(truncation))
+    if class_label is not None and not getattr(pm, "SUPPORTS_CLASS_LABEL", False):
+        raise SamplingError(class_refusal(class_label, int(getattr(pm, "num_classes", 0) or 0),
+                                          supports_class_label=False))
+    if psi is not None or class_label is not None:
+        kwargs = {} if class_label is None else {"class_label": class_label}
+        return pm.sample(count, seed, start=start, batch_size=batch_size, truncation=truncation, **kwargs)
     if hasattr(pm, "sample"):
         return pm.sample(count, seed, start=start, batch_size=batch_size)
     if not hasattr(pm, "to_data_range"):
@@ -248,6 +262,23 @@ def truncation_refusal(truncation: float) -> str:
     return (f"--truncation {truncation:g}: this model version was registered before truncated sampling "
             f"existed (its pyfunc has no 'truncation' param); register it again to sample it truncated, "
             f"or leave --truncation out")
+
+
+def class_refusal(class_label: int, num_classes: int, *, supports_class_label: bool) -> str | None:
+    """The one-line refusal of ``--class class_label`` for a version with ``num_classes`` classes whose
+    pyfunc does (``supports_class_label``) or does not take params label; None when it can be drawn."""
+    if num_classes > 0 and not supports_class_label:
+        return (f"--class {class_label}: this model version was registered before class-conditional sampling "
+                f"existed (its pyfunc has no 'label' param); register it again to sample one class, or leave "
+                f"--class out")
+    if not supports_class_label or num_classes == 0:
+        return (f"--class {class_label}: this model version has no classes (an unconditional generator, or one "
+                f"registered before class-conditional sampling: its pyfunc has no 'label' param); leave --class "
+                f"out, or train with network.conditional = true")
+    if not 0 <= class_label < num_classes:
+        return (f"--class: got {class_label}; allowed: an integer from 0 to {num_classes - 1} (this model's "
+                f"{num_classes} classes)")
+    return None
 
 
 # --- the plan -------------------------------------------------------------------------------------
@@ -301,12 +332,13 @@ class SamplingPlan(ShardPlan):
     format: str
     layout: Layout
     shard_ranges: list[tuple[int, int]]  # [start, stop) sample indices
-    fingerprint: str  # hash of (model identity, seed, num_samples, format, layout, truncation when on)
+    fingerprint: str  # hash of (model identity, seed, num_samples, format, layout, truncation if on, class if given)
     batch_size: int = DEFAULT_BATCH_SIZE  # latents per forward pass: memory only, values unchanged
     actors: int = 1
     gpus_per_actor: float = 0.0
     options: dict = field(default_factory=dict)
     truncation: float | None = None  # the truncation threshold psi (None: off), part of the fingerprint
+    class_label: int | None = None  # the one class drawn (None: class-balanced or unconditional); fingerprinted if set
 
     @property
     def uri(self) -> str:
@@ -369,6 +401,8 @@ class SamplingPlan(ShardPlan):
             "num_samples": self.num_samples,
             "sample_format": self.format,
             "truncation": self.truncation,
+            # NOTE: only when given, like the fingerprint's key
+            **({"class_label": self.class_label} if self.class_label is not None else {}),
             "shape": list(m.sample_shape),
             "dtype": "float32" if self.format == "parquet" else "uint8",
             "value_space": "data",  # the data's original value range, as predict returns
@@ -383,17 +417,19 @@ class SamplingPlan(ShardPlan):
         if manifest.get("fingerprint") != self.fingerprint:
             m = manifest.get("model") or {}
             trunc = f", truncation {manifest['truncation']:g}" if manifest.get("truncation") else ""
+            klass = f", class {manifest['class_label']}" if manifest.get("class_label") is not None else ""
             raise SamplingError(f"--out {self.out} already holds a different committed sample set ({m.get('uri')}, "
-                                f"seed {manifest.get('seed')}{trunc}, {manifest.get('num_samples')} samples); "
+                                f"seed {manifest.get('seed')}{trunc}{klass}, {manifest.get('num_samples')} samples); "
                                 f"choose another --out")
 
 
 def check_request(num_samples: int, seed: int, out: str, *, fmt: str = "parquet", rows_per_shard: int | None = None,
                   batch_size: int = DEFAULT_BATCH_SIZE, actors: int = 1, gpus_per_actor: float = 0.0,
-                  truncation: float | None = None) -> storage.Location:
+                  truncation: float | None = None, class_label: int | None = None) -> storage.Location:
     """Every check on a sampling request that needs neither the model nor Ray: the sizes against their
     documented bounds (MAX_NUM_SAMPLES, MAX_BATCH_SIZE, MAX_ACTORS), `truncation` (None, or a finite
-    number > 0), and `out`, which must be a folder
+    number > 0), `class_label` (None, or an integer >= 0; its upper bound is the model's, checked by
+    plan_sampling), and `out`, which must be a folder
     that can be written (not an existing file; the S3 bucket reachable). The CLI calls it before any
     service starts; plan_sampling again. Returns out's Location; SamplingError names the option."""
     if fmt not in FORMATS:
@@ -413,6 +449,10 @@ def check_request(num_samples: int, seed: int, out: str, *, fmt: str = "parquet"
                                    or not math.isfinite(truncation) or truncation <= 0):
         raise SamplingError(f"--truncation: got {truncation!r}; allowed: a finite number > 0 (the threshold psi "
                             f"on |z_j|; leave it out for no truncation)")
+    if class_label is not None and (isinstance(class_label, bool) or not isinstance(class_label, (int, np.integer))
+                                    or class_label < 0):
+        raise SamplingError(f"--class: got {class_label!r}; allowed: an integer >= 0 (a class of a class-conditional "
+                            f"model; leave it out for class-balanced samples)")
     try:
         loc = storage.resolve(out)
         storage.check_output_folder(loc, "--out")
@@ -424,18 +464,28 @@ def check_request(num_samples: int, seed: int, out: str, *, fmt: str = "parquet"
 def plan_sampling(model: str | ResolvedModel, num_samples: int, seed: int, out: str, *, fmt: str = "parquet",
                   rows_per_shard: int | None = None, target_shard_mib: float = DEFAULT_TARGET_SHARD_MIB,
                   compression: str = DEFAULT_COMPRESSION, batch_size: int = DEFAULT_BATCH_SIZE, actors: int = 1,
-                  gpus_per_actor: float = 0.0, truncation: float | None = None) -> SamplingPlan:
+                  gpus_per_actor: float = 0.0, truncation: float | None = None, class_label: int | None = None
+                  ) -> SamplingPlan:
     """Validate the request (check_request) and fix the model version, shard layout and fingerprint
     (cheap: the model is not loaded, and the shard ranges are computed on access, so planning takes
     the same memory for any request). ``truncation``: None (off) or psi > 0, recorded in the manifest
     and the fingerprint (a different truncation is a different sample set); refused for a version
-    registered before truncated sampling. Raises SamplingError naming the option."""
+    registered before truncated sampling. ``class_label``: None (a class-conditional version's samples
+    are class-balanced: sample i has class i mod K) or one class k in [0, K), recorded in the manifest and
+    the fingerprint only when given; refused for an unconditional version, a k outside [0, K) and a
+    version registered before class-conditional sampling (read from its signature and metadata, the
+    model is not loaded). Raises SamplingError naming the option."""
     loc = check_request(num_samples, seed, out, fmt=fmt, rows_per_shard=rows_per_shard, batch_size=batch_size,
-                        actors=actors, gpus_per_actor=gpus_per_actor, truncation=truncation)
+                        actors=actors, gpus_per_actor=gpus_per_actor, truncation=truncation, class_label=class_label)
     resolved = model if isinstance(model, ResolvedModel) else resolve_model(model)
     truncation = None if truncation is None else float(truncation)
     if truncation is not None and not resolved.supports_truncation:
         raise SamplingError(f"{truncation_refusal(truncation)} ({resolved.requested_uri})")
+    class_label = None if class_label is None else int(class_label)
+    if class_label is not None:
+        refusal = class_refusal(class_label, resolved.num_classes, supports_class_label=resolved.supports_class_label)
+        if refusal is not None:
+            raise SamplingError(f"{refusal} ({resolved.requested_uri})")
     if fmt == "png" and not resolved.is_image:
         raise SamplingError(f"--format png needs an image model (samples of shape (C, H, W)); "
                             f"{resolved.requested_uri} makes samples of shape {resolved.sample_shape}")
@@ -445,13 +495,16 @@ def plan_sampling(model: str | ResolvedModel, num_samples: int, seed: int, out: 
                            target_shard_mib=target_shard_mib, compression=compression)
     return SamplingPlan(resolved, int(num_samples), int(seed), loc.uri, fmt, layout,
                         shardset.split_rows(num_samples, layout.rows_per_shard, balanced=False),
-                        # NOTE: truncation only when on, so that untruncated requests keep their fingerprints
+                        # NOTE: truncation only when on and the class only when given, so that requests without
+                        # them keep their fingerprints
                         shardset.content_address({"model": resolved.identity(), "num_samples": num_samples,
                                                   "seed": seed, "format": fmt, "layout": asdict(layout),
-                                                  **({"truncation": truncation} if truncation else {})}),
+                                                  **({"truncation": truncation} if truncation else {}),
+                                                  **({"class_label": class_label} if class_label is not None
+                                                     else {})}),
                         int(batch_size), int(actors),
                         float(gpus_per_actor), {"rows_per_shard": rows_per_shard, "target_shard_mib": target_shard_mib,
-                                                "compression": compression}, truncation)
+                                                "compression": compression}, truncation, class_label)
 
 
 def encode_pngs(normalisation: Normalisation, x: np.ndarray) -> list[bytes]:
@@ -498,7 +551,7 @@ class ShardSampler:
         for index in batch["shard"].tolist():
             start, stop = self.plan.shard_ranges[index]
             x = generate_range(self.pm, self.plan.seed, start, stop - start, self.plan.batch_size,
-                               self.plan.truncation)
+                               self.plan.truncation, self.plan.class_label)
             records.append(self.plan.write_samples(index, x) if self.write else
                            {"path": self.plan.layout.shard_name(index), "start": start, "rows": len(x), "bytes": 0,
                             "sha256": ""})
@@ -559,11 +612,13 @@ def open_samples(uri: str, *, verify: bool = False) -> SampleSet:
 def sample(model: str | ResolvedModel, num_samples: int, seed: int, out: str, *, fmt: str = "parquet",
            batch_size: int = DEFAULT_BATCH_SIZE, actors: int = 1, gpus_per_actor: float = 0.0,
            rows_per_shard: int | None = None, progress: Callable[[int], None] | None = None,
-           truncation: float | None = None) -> SampleSet:
+           truncation: float | None = None, class_label: int | None = None) -> SampleSet:
     """Plan, generate with Ray Data, commit: the whole job without Prefect. A no-op when ``out``
     already holds this request's committed set. ``progress(samples)`` as shards complete;
-    ``truncation``: None (off) or psi > 0 (see plan_sampling)."""
+    ``truncation``: None (off) or psi > 0; ``class_label``: None (class-balanced) or one class k (see
+    plan_sampling)."""
     plan = plan_sampling(model, num_samples, seed, out, fmt=fmt, rows_per_shard=rows_per_shard,
-                         batch_size=batch_size, actors=actors, gpus_per_actor=gpus_per_actor, truncation=truncation)
+                         batch_size=batch_size, actors=actors, gpus_per_actor=gpus_per_actor, truncation=truncation,
+                         class_label=class_label)
     shardset.execute(plan, progress)
     return open_samples(plan.out)

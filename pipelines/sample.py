@@ -29,10 +29,11 @@ def resolve_model_version(model_uri: str) -> ResolvedModel:
 
 @task(**STORAGE_IO, persist_result=False)
 def plan_samples(model: ResolvedModel, num_samples: int, seed: int, out: str, fmt: str, rows_per_shard: int | None,
-                 batch_size: int, actors: int, gpus_per_actor: float, truncation: float | None = None) -> SamplingPlan:
+                 batch_size: int, actors: int, gpus_per_actor: float, truncation: float | None = None,
+                 class_label: int | None = None) -> SamplingPlan:
     return batch_sampling.plan_sampling(model, num_samples, seed, out, fmt=fmt, rows_per_shard=rows_per_shard,
                                         batch_size=batch_size, actors=actors, gpus_per_actor=gpus_per_actor,
-                                        truncation=truncation)
+                                        truncation=truncation, class_label=class_label)
 
 
 @task(persist_result=False)
@@ -62,13 +63,14 @@ def summarise_samples(manifest: dict, out: str) -> None:
 def sample_generator(model_uri: str, num_samples: int, seed: int, out: str, *, fmt: str = "parquet",
                      batch_size: int = batch_sampling.DEFAULT_BATCH_SIZE, actors: int = 1,
                      gpus_per_actor: float = 0.0, rows_per_shard: int | None = None,
-                     show_progress: bool = False, truncation: float | None = None) -> str:
+                     show_progress: bool = False, truncation: float | None = None,
+                     class_label: int | None = None) -> str:
     """Generate ``num_samples`` samples of seed ``seed`` from ``model_uri`` into ``out``; return the
     committed set's URI. Rerunning the same request is a no-op; an interrupted one completes."""
     # 1. pin the version: an alias moving mid-job must not mix two models
     model = resolve_model_version(model_uri)
     plan = plan_samples(model, num_samples, seed, out, fmt, rows_per_shard, batch_size, actors, gpus_per_actor,
-                        truncation)
+                        truncation, class_label)
     get_run_logger().info(f"sampling {num_samples} from {model.uri} (requested {model_uri}), seed {seed}, "
                           f"into {plan.out} as {plan.num_shards} {fmt} shards")
     # 2. already committed? then nothing to do

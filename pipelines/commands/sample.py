@@ -29,6 +29,8 @@ examples:
   ganpipe sample --model runs:/<run_id>/generator --num-samples 64 --seed 0 --out ./preview
   ganpipe sample --model models:/ganpipe-digits@champion --num-samples 10000 --seed 0 --out ./d0-t1 \\
       --truncation 1.0
+  ganpipe sample --model models:/digits-cond@champion --num-samples 10000 --seed 0 --out ./d0-class3 \\
+      --class 3
 """
 
 
@@ -54,6 +56,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="the truncation trick (BigGAN): every latent component |z_j| <= PSI (those beyond it "
                         "resampled), trading diversity (recall) for fidelity (precision); a number > 0, e.g. 1.0 "
                         "(default: off). Part of the request: another PSI is another sample set")
+    p.add_argument("--class", dest="class_label", type=int, metavar="K",
+                   help="a class-conditional model (network.conditional): every sample of class K, an integer "
+                        "from 0 to the model's number of classes - 1 (default: class-balanced, sample i of class "
+                        "i mod the number of classes). Refused for an unconditional model. Part of the request: "
+                        "another K is another sample set")
     p.add_argument("--rows-per-shard", type=int,
                    help="samples per shard, rounded up to whole 1024-sample blocks (default: from N and the sample "
                         "size, up to 16 MiB per shard)")
@@ -79,13 +86,14 @@ def run(args: argparse.Namespace) -> int:
         # a folder that can be written
         check_request(args.num_samples, args.seed, args.out, fmt=args.fmt, rows_per_shard=args.rows_per_shard,
                       batch_size=args.batch_size, actors=args.actors, gpus_per_actor=args.gpus,
-                      truncation=args.truncation)
+                      truncation=args.truncation, class_label=args.class_label)
         uri = _sample(args)
         s = open_samples(uri)
     except (ShardSetError, StorageError) as e:
         raise UserError(str(e)) from None
     m = s.manifest
     trunc = f", truncation {m['truncation']:g}" if m.get("truncation") else ""
+    trunc += f", class {m['class_label']}" if m.get("class_label") is not None else ""
     print(f"sampled {m['num_rows']} samples of shape {tuple(m['shape'])} from {m['model']['uri']} "
           f"(seed {m['seed']}{trunc}) in {m['num_shards']} {m['sample_format']} shards, {m['num_bytes'] / 1e6:.2f} MB",
           file=sys.stderr)
@@ -103,14 +111,14 @@ def _sample(args: argparse.Namespace) -> str:
         return sample_generator(args.model, args.num_samples, args.seed, args.out, fmt=args.fmt,
                                 batch_size=args.batch_size, actors=args.actors, gpus_per_actor=args.gpus,
                                 rows_per_shard=args.rows_per_shard, show_progress=not args.no_progress,
-                                truncation=args.truncation)
+                                truncation=args.truncation, class_label=args.class_label)
 
     from infra import batch_sampling, shardset
 
     plan = batch_sampling.plan_sampling(args.model, args.num_samples, args.seed, args.out, fmt=args.fmt,
                                         rows_per_shard=args.rows_per_shard, batch_size=args.batch_size,
                                         actors=args.actors, gpus_per_actor=args.gpus,
-                                        truncation=args.truncation)
+                                        truncation=args.truncation, class_label=args.class_label)
     print(f"sampling {plan.num_samples} from {plan.model.uri} (requested {args.model}), seed {plan.seed}, "
           f"{plan.num_shards} shards", file=sys.stderr)
     with shardset.progress_bar(plan.num_items, "sampling", bar=not args.no_progress, unit="samples",

@@ -111,6 +111,64 @@ def test_truncated_samples_through_the_actors_match_predict_and_are_another_set(
         sample(f"models:/{NAME}@champion", n, SEED, s.uri, batch_size=1024, actors=1, truncation=0.5)
 
 
+
+COND_NAME = "sampling-cond"
+
+
+@pytest.fixture(scope="module")
+def conditional(store):
+    """Version 1 of COND_NAME, @champion: a tiny class-conditional MLP generator (ring8's 8 mode ids as
+    classes, fixed random weights; logged as the registry logs every version)."""
+    import mlflow
+    import torch
+
+    from gan_core import get_preset
+    from gan_core.networks import build_generator
+    from infra.registry import log_generator
+    from infra.settings import mlflow_client
+    from infra.tracking import ensure_experiment
+
+    cfg = get_preset("tiny").with_overrides({"network.conditional": True, "data.num_classes": 8})
+    torch.manual_seed(0)
+    G = build_generator(cfg).eval()
+    client = mlflow_client()
+    run = client.create_run(ensure_experiment(client, "sampling-cond"))
+    info, _ = log_generator(G, cfg, run_id=run.info.run_id)
+    client.set_terminated(run.info.run_id)
+    version = mlflow.register_model(info.model_uri, COND_NAME).version
+    client.set_registered_model_alias(COND_NAME, "champion", version)
+    return f"models:/{COND_NAME}/{version}"
+
+
+def test_class_samples_through_the_actors_match_predict_and_are_another_set(conditional, ray_cluster, tmp_path):
+    """--class end to end (issue 17 item 2): the Ray actors' shards equal the registered pyfunc's seeded
+    predict with params label (byte for byte, every sample), without --class they are predict's
+    class-balanced default, with --truncation too both apply; the manifest records the class only when
+    given, and the same --out with another class (or none) is refused as a different committed set."""
+    import mlflow
+
+    n, uri = 2100, f"models:/{COND_NAME}@champion"
+    model = mlflow.pyfunc.load_model(conditional)
+
+    def predict(**params):
+        return model.predict(None, params={"num_samples": n, "seed": SEED, "start": 0, **params})
+
+    k3 = sample(uri, n, SEED, str(tmp_path / "k3"), batch_size=1024, actors=2, class_label=3)
+    assert k3.manifest["class_label"] == 3 and k3.manifest["model"]["uri"] == conditional
+    _, x3 = k3.load_arrays()
+    assert x3.shape == (n, 2) and x3.tobytes() == predict(label=3).tobytes()
+    balanced = sample(uri, n, SEED, str(tmp_path / "balanced"), batch_size=512, actors=1)
+    assert "class_label" not in balanced.manifest and balanced.manifest["truncation"] is None
+    _, xb = balanced.load_arrays()
+    assert xb.tobytes() == predict().tobytes() == predict(label=-1).tobytes()
+    assert not np.allclose(xb[:8], x3[:8])
+    both = sample(uri, n, SEED, str(tmp_path / "both"), batch_size=1024, actors=2, truncation=0.8, class_label=5)
+    assert (both.manifest["truncation"], both.manifest["class_label"]) == (0.8, 5)
+    assert both.load_arrays()[1].tobytes() == predict(label=5, truncation=0.8).tobytes()
+    for other in ({"class_label": 4}, {}):
+        with pytest.raises(batch_sampling.SamplingError, match="different committed sample set.*, class 3, "):
+            sample(uri, n, SEED, k3.uri, batch_size=1024, actors=1, **other)
+
 def test_rerun_of_a_committed_request_is_a_noop_and_another_request_is_refused(run_a):
     before = (Path(run_a.uri) / MANIFEST_NAME).read_bytes()
     again = sample(f"models:/{NAME}@champion", N, SEED, run_a.uri, batch_size=2048, actors=2)

@@ -242,6 +242,67 @@ def test_a_version_logged_before_issue15_still_loads_and_predicts(store, tiny, t
         generate_range(model.unwrap_python_model(), 0, 0, 3, 3, truncation=0.5)
 
 
+
+def _signature_without_label(config, model_signature=registry.model_signature):
+    """A class-conditional model's signature as if logged before class-conditional sampling: no label param."""
+    from mlflow.models import ModelSignature
+    from mlflow.types import ParamSchema
+
+    sig = model_signature(config)
+    return ModelSignature(inputs=sig.inputs, outputs=sig.outputs,
+                          params=ParamSchema([p for p in sig.params.params if p.name != "label"]))
+
+
+def test_sample_class_is_refused_in_one_line_before_anything_is_written(store, tiny, tmp_path, monkeypatch, capsys):
+    """`ganpipe sample --class K` (issue 17 item 2) on real registered versions, the classes read from each
+    version's metadata and signature (the model is not loaded): an unconditional version, K outside
+    [0, K classes), a version logged before class-conditional sampling (the pre-issue-15 pyfunc; and a
+    conditional one whose signature lacks the label param): exit 2, one line, no --out, Ray not started."""
+    import infra.ray_cluster
+    from infra.batch_sampling import SamplingError, generate_range, plan_sampling, resolve_model
+    from pipelines.cli import main
+
+    G, cfg = tiny
+    cfg_c = cfg.with_overrides({"network.conditional": True, "data.num_classes": 8})
+    torch.manual_seed(0)
+    G_c = build_generator(cfg_c).eval()
+    uncond, cond = log_version("class-uncond", G, cfg), log_version("class-cond", G_c, cfg_c)
+    with monkeypatch.context() as mp:
+        mp.setattr(registry, "model_signature", _signature_without_label)
+        cond_before = log_version("class-cond-before", G_c, cfg_c)
+    legacy_pyfunc = tmp_path / "generator_model.py"
+    legacy_pyfunc.write_text(LEGACY_PYFUNC.read_text())
+    with monkeypatch.context() as mp:
+        mp.setattr(registry, "PYFUNC_FILE", legacy_pyfunc)
+        mp.setattr(registry, "model_signature", _tensor_signature)
+        legacy = log_version("class-legacy", G, cfg)
+    assert (resolve_model(cond).num_classes, resolve_model(cond).supports_class_label) == (8, True)
+    assert (resolve_model(uncond).num_classes, resolve_model(uncond).supports_class_label) == (0, False)
+    assert (resolve_model(cond_before).num_classes, resolve_model(cond_before).supports_class_label) == (8, False)
+    assert (resolve_model(legacy).num_classes, resolve_model(legacy).supports_class_label) == (0, False)
+
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    ray_starts = []
+    monkeypatch.setattr(infra.ray_cluster, "ensure_ray", lambda *a, **k: ray_starts.append(a))
+    capsys.readouterr()  # the registrations' own log lines
+    for uri, k, message in ((uncond, "0", "--class 0: this model version has no classes"),
+                            (legacy, "2", "--class 2: this model version has no classes"),
+                            (cond_before, "3", "--class 3: this model version was registered before class-conditional"),
+                            (cond, "8", "--class: got 8; allowed: an integer from 0 to 7"),
+                            (cond, "-1", "--class: got -1; allowed: an integer >= 0")):
+        out = tmp_path / f"out-{uri.split('/')[-2]}-{k}"
+        rc = main(["sample", "--model", uri, "--num-samples", "10", "--out", str(out), "--class", k,
+                   "--engine", "direct", "--no-progress"])
+        err = capsys.readouterr().err.strip()
+        assert rc == 2 and err.splitlines() == [err] and err.startswith("error: ") and message in err, (uri, k, err)
+        assert "Traceback" not in err and not out.exists()
+    assert ray_starts == []
+    plan_sampling(cond, 10, 0, str(tmp_path / "ok"), class_label=7)  # every class of a conditional version
+    # a sampling actor holding the old pyfunc refuses too (its code would ignore the class)
+    with pytest.raises(SamplingError, match="registered before class-conditional sampling") as e:
+        generate_range(load(legacy).unwrap_python_model(), 0, 0, 3, 3, class_label=0)
+    assert "\n" not in str(e.value)
+
 # --- item 9: the pyfunc's documented calls ------------------------------------------------------------
 
 
