@@ -217,15 +217,20 @@ def _tensor_signature(config):
         params=ParamSchema([ParamSpec(p, "long", 0) for p in ("num_samples", "seed", "start")]))
 
 
-def test_a_version_logged_before_issue15_still_loads_and_predicts(store, tiny, tmp_path, monkeypatch):
-    """Its own (older) pyfunc and signature; the extra code_sha256 in its model_config is ignored by it."""
-    G, cfg = tiny
+def log_legacy_version(name, G, cfg, tmp_path, monkeypatch) -> str:
+    """A version as registered before issue 15: the older pyfunc file and its tensor signature."""
     pyfunc = tmp_path / "generator_model.py"
     pyfunc.write_text(LEGACY_PYFUNC.read_text())
     with monkeypatch.context() as mp:
         mp.setattr(registry, "PYFUNC_FILE", pyfunc)
         mp.setattr(registry, "model_signature", _tensor_signature)
-        uri = log_version("legacy-gen", G, cfg)
+        return log_version(name, G, cfg)
+
+
+def test_a_version_logged_before_issue15_still_loads_and_predicts(store, tiny, tmp_path, monkeypatch):
+    """Its own (older) pyfunc and signature; the extra code_sha256 in its model_config is ignored by it."""
+    G, cfg = tiny
+    uri = log_legacy_version("legacy-gen", G, cfg, tmp_path, monkeypatch)
     model = load(uri)
     z = latents_for_range(1, 0, 5, cfg.network.z_dim).numpy()
     np.testing.assert_allclose(model.predict(z), expected(G, z), rtol=0, atol=1e-6)
@@ -270,12 +275,7 @@ def test_sample_class_is_refused_in_one_line_before_anything_is_written(store, t
     with monkeypatch.context() as mp:
         mp.setattr(registry, "model_signature", _signature_without_label)
         cond_before = log_version("class-cond-before", G_c, cfg_c)
-    legacy_pyfunc = tmp_path / "generator_model.py"
-    legacy_pyfunc.write_text(LEGACY_PYFUNC.read_text())
-    with monkeypatch.context() as mp:
-        mp.setattr(registry, "PYFUNC_FILE", legacy_pyfunc)
-        mp.setattr(registry, "model_signature", _tensor_signature)
-        legacy = log_version("class-legacy", G, cfg)
+    legacy = log_legacy_version("class-legacy", G, cfg, tmp_path, monkeypatch)
     assert (resolve_model(cond).num_classes, resolve_model(cond).supports_class_label) == (8, True)
     assert (resolve_model(uncond).num_classes, resolve_model(uncond).supports_class_label) == (0, False)
     assert (resolve_model(cond_before).num_classes, resolve_model(cond_before).supports_class_label) == (8, False)
