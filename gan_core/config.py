@@ -471,10 +471,17 @@ def preset_digits() -> GANConfig:
 
 
 def preset_digits_cond() -> GANConfig:
-    """``digits``, class-conditional (Mirza & Osindero 2014): G takes a class embedding beside z, D is a
-    projection discriminator (Miyato & Koyama 2018); same schedule, so the two are directly comparable."""
+    """``digits``, class-conditional (Mirza & Osindero 2014): G takes a class embedding beside z and
+    conditional batch norm, D is a projection discriminator (Miyato & Koyama 2018); 4,000 steps.
+
+    NOTE: measured with one CPU thread (python -m gan_core --preset digits-cond, then python -m
+    gan_core.evaluate): FD 9.40 and 8.70 (seeds 0, 1) against a real-vs-real floor of 10.63, and the
+    digits classifier reads the class asked for in >= 93.3% and >= 95.5% of every class's samples. At the
+    unconditional preset's 2,000 steps the worst class (9) was read correctly in only 85-93%.
+    """
     base = preset_digits()
-    return replace(base, network=replace(base.network, conditional=True))
+    return replace(base, network=replace(base.network, conditional=True),
+                   train=replace(base.train, total_steps=4000))
 
 
 def preset_dcgan32() -> GANConfig:
