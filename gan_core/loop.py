@@ -215,13 +215,15 @@ class _TickReporter:
 
 
 def format_tick(s: Snapshot, total_steps: int) -> str:
-    """One progress line: step, kimg, paper-notation losses and D outputs, rate and ETA."""
+    """One progress line: step, kimg, paper-notation losses and D outputs, the adaptive augmentation
+    probability and r_t where augmenting, rate and ETA."""
     m = s.metrics
     eta = m.get("perf/eta_s", float("nan"))
     eta_txt = f"{int(eta // 60)}m{int(eta % 60):02d}s" if eta == eta else "?"
+    aug = f"  aug/p {m['aug/p']:.3f}  aug/rt {m['aug/rt']:.3f}" if "aug/p" in m and "aug/rt" in m else ""
     return (f"step {s.step:>6}/{total_steps}  kimg {s.kimg:8.1f}  loss/D {m['loss/D']:.4f}  "
             f"loss/G {m['loss/G']:.4f}  D(x) {m['D/real']:.3f}  D(G(z)) {m['D/fake']:.3f}  "
-            f"JS~ {m['js_estimate']:.3f}  {_rate(m['perf/kimg_per_s'])}  eta {eta_txt}")
+            f"JS~ {m['js_estimate']:.3f}{aug}  {_rate(m['perf/kimg_per_s'])}  eta {eta_txt}")
 
 
 def _rate(kimg_per_s: float) -> str:

@@ -9,7 +9,7 @@ from gan_core.augment import ADJUST_EVERY_STEPS, AdaptiveP, diff_augment, parse_
 from gan_core.checkpoint import load_training_state
 from gan_core.config import ConfigError, GANConfig, get_preset
 from gan_core.data import InMemoryBatches, load_digits, training_subset
-from gan_core.loop import train
+from gan_core.loop import format_tick, train
 
 ALL = "color,translation,cutout"
 
@@ -158,6 +158,15 @@ def test_adaptive_p_is_logged_checkpointed_and_resumes_bitwise(tmp_path, one_thr
                     checkpoint_root=tmp_path / "part", diagnostics=False).state
     assert torch.equal(resumed.adaptive_p.p, full.state.adaptive_p.p)
     assert states_equal(resumed, full.state)
+
+
+def test_the_progress_line_shows_p_and_rt_only_when_augmenting(tmp_path, one_thread):
+    on = train(tiny_images(4, **{"augment.policy": ALL, "augment.adaptive": True}), batches=digits_batches(),
+               checkpoint_root=tmp_path / "on", diagnostics=False)
+    line = format_tick(on.last_snapshot, 4)
+    assert "aug/p 0.000" in line and "aug/rt " in line
+    off = train(tiny_images(4), batches=digits_batches(), checkpoint_root=tmp_path / "off", diagnostics=False)
+    assert "aug/" not in format_tick(off.last_snapshot, 4)
 
 
 @pytest.mark.parametrize("overrides, message", [
