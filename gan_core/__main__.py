@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from .config import PRESETS, ConfigError, get_preset, parse_overrides
-from .data import MIXTURES, InMemoryBatches, load_builtin, mixture, mode_coverage, training_subset
+from .data import MIXTURES, InMemoryBatches, label_counts, load_builtin, mixture, mode_coverage, training_subset
 from .loop import NonFiniteLossError, Snapshot, format_tick, train
 from .plots import SampleStripRecorder, save_training_curves
 from .sampling import generate, save_image_grid, save_scatter
@@ -63,7 +63,15 @@ def main(argv: list[str] | None = None) -> int:
             if config.data.name in MIXTURES:
                 raise ValueError(f"data.subset: got {config.data.subset}; allowed: 0 for the 2-D mixtures "
                                  "(set data.num_examples instead)")
+            if config.data.subset < config.train.global_batch_size:
+                raise ValueError(f"data.subset: got {config.data.subset}; allowed: 0 (every example) or at least "
+                                 f"one global batch (train.global_batch_size = {config.train.global_batch_size})")
             x, labels = training_subset(x, labels, config.data.subset, config.data.data_seed)
+        if config.network.conditional and not config.data.class_frequencies:  # fakes follow the data's p(c)
+            counts = label_counts(labels, config.data.num_classes)
+            config = config.with_overrides({"data.class_frequencies": list(counts)})
+        batches = InMemoryBatches(x, config.train.global_batch_size, config.train.seed,
+                                  labels=labels if config.network.conditional else None)
     except (ConfigError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -92,8 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = train(
             config,
-            batches=InMemoryBatches(x, config.train.global_batch_size, config.train.seed,
-                                    labels=labels if config.network.conditional else None),
+            batches=batches,
             device=args.device,
             on_snapshot=on_snapshot,
             should_stop=lambda: stop_requested,

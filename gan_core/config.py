@@ -55,6 +55,10 @@ class DataConfig:
     ``subset`` (built-in image datasets, i.e. digits, in ``python -m gan_core``): train on that many
     examples, a class-stratified draw seeded by ``data_seed`` (`gan_core.data.training_subset`), for
     data-limited experiments; 0 = all. Evaluation still compares against the whole dataset.
+    ``class_frequencies``: the class distribution p(c) that a class-conditional G's fake labels are drawn
+    from, K non-negative weights (counts or frequencies, normalised when drawn); () = uniform. The
+    launchers fill it from the training labels (`python -m gan_core`; `ganpipe` from the staged
+    dataset's ``label_counts``) when it is not set, so fakes follow the data's class frequencies.
     """
 
     name: str = "ring8"
@@ -63,6 +67,7 @@ class DataConfig:
     data_seed: int = 0  # seed of that draw, and of data.subset's (the training seed is train.seed)
     num_classes: int = 0
     subset: int = 0  # built-in image datasets: train on this many examples (stratified); 0 = all
+    class_frequencies: tuple[float, ...] = ()  # p(c) of the fake labels; () = uniform
 
     def __post_init__(self) -> None:
         check(isinstance(self.name, str) and self.name != "", "data.name", self.name, "a non-empty string")
@@ -80,6 +85,12 @@ class DataConfig:
               "data.num_classes", self.num_classes, f"0 (unlabelled) or an integer from 2 to {MAX_NUM_CLASSES}")
         check(_is_int(self.subset) and self.subset >= 0, "data.subset", self.subset,
               "a non-negative integer (0 = every example)")
+        freq = tuple(self.class_frequencies) if isinstance(self.class_frequencies, (list, tuple)) else None
+        check(freq is not None and (not freq or (
+            len(freq) == self.num_classes and all(_is_number(f) and math.isfinite(f) and f >= 0 for f in freq)
+            and sum(freq) > 0)), "data.class_frequencies", self.class_frequencies,
+            f"[] (uniform) or data.num_classes = {self.num_classes} non-negative numbers with a positive sum")
+        object.__setattr__(self, "class_frequencies", tuple(float(f) for f in freq))
 
     @property
     def is_image(self) -> bool:

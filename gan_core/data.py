@@ -96,6 +96,18 @@ def training_subset(x: np.ndarray, labels: np.ndarray, n: int, seed: int) -> tup
     return x[idx], labels[idx]
 
 
+def label_counts(labels: np.ndarray, num_classes: int) -> tuple[int, ...]:
+    """How many of ``labels`` (int (N,)) are in each class 0..num_classes-1: the label distribution a
+    class-conditional G's fakes are drawn from (``data.class_frequencies``). Raises ValueError naming
+    the labels outside [0, num_classes) and the data.num_classes that would take them."""
+    labels = np.asarray(labels).reshape(-1)
+    if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
+        raise ValueError(f"labels: got values in [{int(labels.min())}, {int(labels.max())}]; allowed: 0 to "
+                         f"{num_classes - 1} (data.num_classes = {num_classes}; set it to at least "
+                         f"{int(labels.max()) + 1})")
+    return tuple(int(n) for n in np.bincount(labels.astype(np.int64), minlength=num_classes))
+
+
 @dataclass(frozen=True)
 class Mixture:
     name: str

@@ -127,16 +127,16 @@ def latents(state: TrainingState, purpose: str, j: int, rank: int, world_size: i
 
 def fake_labels(state: TrainingState, purpose: str, j: int, rank: int, world_size: int) -> torch.Tensor | None:
     """This worker's slice of the global batch of class labels for the fakes of (step, purpose, j):
-    int64, uniform over the data.num_classes classes, drawn like `latents` (the same union over any
-    number of workers); None for unconditional networks.
-
-    NOTE: uniform, not the data's class frequencies: exact for balanced data such as digits (StyleGAN2-ADA
-    draws training labels from the dataset instead, which differs only for imbalanced classes)."""
+    int64 in [0, data.num_classes), drawn from the label distribution data.class_frequencies (uniform
+    when unset) like `latents` (the same union over any number of workers); None for unconditional
+    networks. StyleGAN2-ADA likewise draws training labels with the dataset's class frequencies."""
     cfg = state.config
     if not cfg.network.conditional:
         return None
-    B = cfg.train.global_batch_size
-    c = torch.randint(cfg.data.num_classes, (B,), generator=generator(cfg.train.seed, purpose, state.step, j))
+    B, freq = cfg.train.global_batch_size, cfg.data.class_frequencies
+    g = generator(cfg.train.seed, purpose, state.step, j)
+    c = (torch.multinomial(torch.tensor(freq, dtype=torch.float64), B, replacement=True, generator=g) if freq
+         else torch.randint(cfg.data.num_classes, (B,), generator=g))
     return c[rank_slice(B, rank, world_size)].to(state.device, non_blocking=True)
 
 

@@ -123,15 +123,23 @@ class StagingPlan(ShardPlan):
         start, stop = self.shard_ranges[index]
         spec, step = self.source.spec, self.layout.row_group_rows
         schema = arrow_schema(spec)
-        skipped, lo, hi = [], math.inf, -math.inf
+        skipped, lo, hi, counts = [], math.inf, -math.inf, np.zeros(0, dtype=np.int64)
 
         def tables():
-            nonlocal lo, hi
+            nonlocal lo, hi, counts
             for a in range(start, stop, step):
                 chunk = self.source.read(a, min(a + step, stop))
                 skipped.extend(chunk.skipped)
                 if len(chunk.x):
                     lo, hi = min(lo, float(chunk.x.min())), max(hi, float(chunk.x.max()))
+                    if chunk.labels is not None and len(chunk.labels):
+                        y = np.asarray(chunk.labels, dtype=np.int64)
+                        if y.min() < 0:
+                            raise SourceError(f"{self.source.default_name}: labels must be class indices 0, 1, "
+                                              f"..., got {int(y.min())} (in items {a} to {min(a + step, stop) - 1})")
+                        c = np.bincount(y)
+                        counts = np.pad(counts, (0, max(0, len(c) - len(counts))))
+                        counts[:len(c)] += c
                     # NOTE: one row group, handed to the writer in slices of WRITE_SLICE_BYTES: Parquet's
                     # list encoding buffers repetition/definition levels for a whole array at once (about
                     # 15 bytes per uint8 value), so slices bound the writer's memory (measured: 52 -> 21 MB
@@ -147,7 +155,8 @@ class StagingPlan(ShardPlan):
         record = shardset.write_parquet_shard(self, index, schema, tables(),
                                               statistics=["label"] if spec.has_labels else False)
         rows = record["rows"]
-        return {**record, "skipped_files": skipped, "min": lo if rows else None, "max": hi if rows else None}
+        return {**record, "skipped_files": skipped, "min": lo if rows else None, "max": hi if rows else None,
+                "label_counts": counts.tolist()}
 
     def manifest_fields(self, shards: list[dict]) -> dict[str, Any]:
         spec = self.source.spec
@@ -168,11 +177,22 @@ class StagingPlan(ShardPlan):
             "normalisation": spec.normalisation.to_dict(),
             "has_labels": spec.has_labels,
             "label_names": list(spec.label_names) if spec.label_names else None,
+            # examples per class 0..K-1: the label distribution of class-conditional fakes
+            "label_counts": _sum_counts([s["label_counts"] for s in shards]) if spec.has_labels else None,
             "num_skipped": len(skipped),
             "skipped_files": skipped,
             "source": self.fingerprint,
             "options": self.options,
         }
+
+
+def _sum_counts(per_shard: list[list[int]]) -> list[int]:
+    """Per-class counts summed over shards of different lengths (a shard may lack the highest classes)."""
+    total = [0] * max((len(c) for c in per_shard), default=0)
+    for c in per_shard:
+        for k, n in enumerate(c):
+            total[k] += n
+    return total
 
 
 def plan_staging(source: Source | str, root: str, name: str | None = None, *, rows_per_shard: int | None = None,

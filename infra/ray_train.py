@@ -127,9 +127,11 @@ class TrainOutcome:
 
 def resolve_config_for_dataset(config: GANConfig, manifest: dict) -> GANConfig:
     """The config with `data` filled in from the staged dataset (its name and example shape). A
-    class-conditional config (network.conditional) needs a labelled dataset, with no more named classes
-    than data.num_classes; raises ConfigError naming the dataset otherwise."""
-    shape = tuple(manifest["shape"])
+    class-conditional config (network.conditional) needs a labelled dataset, with no more named or
+    counted classes than data.num_classes; its fake labels follow the dataset's ``label_counts``
+    (data.class_frequencies, unless set; uniform for datasets staged without counts). Raises ConfigError
+    naming the dataset otherwise."""
+    data = replace(config.data, name=manifest["name"], shape=tuple(manifest["shape"]))
     if config.network.conditional:
         name, K = manifest["name"], config.data.num_classes
         if not manifest.get("has_labels"):
@@ -140,7 +142,13 @@ def resolve_config_for_dataset(config: GANConfig, manifest: dict) -> GANConfig:
         if len(names) > K:
             raise ConfigError(f"data.num_classes: got {K}, but the staged dataset {name!r} names {len(names)} "
                               f"classes; allowed: an integer >= {len(names)}")
-    return replace(config, data=replace(config.data, name=manifest["name"], shape=shape))
+        counts = list(manifest.get("label_counts") or [])
+        if len(counts) > K:
+            raise ConfigError(f"data.num_classes: got {K}, but the staged dataset {name!r} has labels up to "
+                              f"{len(counts) - 1}; allowed: an integer >= {len(counts)}")
+        if counts and not config.data.class_frequencies:
+            data = replace(data, class_frequencies=tuple(float(n) for n in counts + [0] * (K - len(counts))))
+    return replace(config, data=data)
 
 
 def validate_launch(config: GANConfig, cluster: ClusterConfig) -> None:

@@ -103,6 +103,8 @@ def _check_labels(labels: Any, n: int, where: str) -> np.ndarray:
         raise SourceError(f"{where}: {len(labels)} labels for {n} examples")
     if not np.issubdtype(labels.dtype, np.integer):
         raise SourceError(f"{where}: labels must be integers, got dtype {labels.dtype}")
+    if len(labels) and labels.min() < 0:
+        raise SourceError(f"{where}: labels must be class indices 0, 1, ..., got {int(labels.min())}")
     return labels.astype(np.int64, copy=False)
 
 

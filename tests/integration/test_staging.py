@@ -17,6 +17,7 @@ import pytest
 from gan_core.data import load_digits, sample_mixture
 from infra import datasets
 from infra.datasets import open_dataset
+from infra.sources import SourceError
 from tests.staging_data import file_mtimes, make_png_folder, object_versions, upload_folder
 
 pytestmark = pytest.mark.integration
@@ -52,6 +53,7 @@ def test_digits_roundtrip_exact(storage_root):
     x, labels = datasets.load_numpy(again.uri)
     x_ref, labels_ref = load_digits()
     assert x.dtype == np.float32 and np.array_equal(x, x_ref) and np.array_equal(labels, labels_ref)
+    assert m["label_counts"] == np.bincount(labels_ref).tolist()  # summed over the 4 shards
     stored, _ = again.load_arrays()
     assert stored.dtype == np.uint8 and stored.max() == 16
     assert np.array_equal(np.rint(again.normalisation.to_data(x)).astype(np.uint8), stored)
@@ -88,6 +90,7 @@ def test_png_folder_roundtrip_noop_and_new_version(storage_root, png_folder, tmp
     assert m["normalisation"]["offset"] == -1.0 and abs(m["normalisation"]["scale"] * 127.5 - 1) < 1e-12
     x, labels = open_dataset(f"{storage_root}/datasets/shapes", verify=True).load_arrays()
     assert np.array_equal(x, x_ref) and np.array_equal(labels, labels_ref)
+    assert m["label_counts"] == np.bincount(labels_ref, minlength=4).tolist()
 
     # staging again is a no-op: same version, nothing rewritten
     if storage_root.startswith("s3://"):
@@ -147,7 +150,7 @@ def test_image_resize_centre_crop_grayscale(tmp_path):
     Image.fromarray(images[0]).save(src / "3.jpg", quality=95)
     ds = datasets.stage(str(src), str(tmp_path / "store"), image_size=6, grayscale=True)
     m = ds.manifest
-    assert m["shape"] == [1, 6, 6] and not m["has_labels"] and m["num_rows"] == 4
+    assert m["shape"] == [1, 6, 6] and not m["has_labels"] and m["num_rows"] == 4 and m["label_counts"] is None
     x, labels = ds.load_arrays()
     assert labels is None
     # 0.png is 20x12: resized (bicubic) to 10x6, centre 6x6 crop keeps columns 2..7
@@ -165,7 +168,12 @@ def test_array_and_parquet_sources(tmp_path, s3_bucket):
     ds = datasets.stage(str(tmp_path / "vectors.npy"), root, labels=str(tmp_path / "y.npy"))
     x, labels = ds.load_arrays()
     assert ds.manifest["dtype"] == "float32" and np.array_equal(x, vectors.astype(np.float32))
-    assert np.array_equal(labels, y)
+    assert np.array_equal(labels, y) and ds.manifest["label_counts"] == np.bincount(y).tolist()
+    # labels are class indices: a negative one is refused before anything is staged
+    np.save(tmp_path / "y_neg.npy", np.where(np.arange(1000) == 7, -1, y))
+    with pytest.raises(SourceError, match=r"y_neg.npy.*labels must be class indices 0, 1, \.\.\., got -1"):
+        datasets.stage(str(tmp_path / "vectors.npy"), root, name="neg", labels=str(tmp_path / "y_neg.npy"))
+    assert not any(p.name == "neg" for p in (tmp_path / "store" / "datasets").iterdir())
 
     images = rng.integers(0, 256, (300, 1, 4, 4), dtype=np.uint8)
     np.savez(tmp_path / "imgs.npz", x=images, labels=np.arange(300) % 3)

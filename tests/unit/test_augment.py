@@ -212,3 +212,17 @@ def test_training_subset_is_stratified_seeded_and_complete_at_0():
     assert np.array_equal(training_subset(x, labels, 300, seed=0)[0], sx)
     assert not np.array_equal(training_subset(x, labels, 300, seed=1)[0], sx)
     assert training_subset(x, labels, 0, seed=0)[0] is x
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--set", "data.subset=37"], "error: data.subset: got 37; allowed: 0 (every example) or at least one global "
+                                  "batch (train.global_batch_size = 64)"),
+    (["--preset", "ring8", "--set", "data.subset=300"], "error: data.subset: got 300; allowed: 0 for the 2-D mixtures"),
+])
+def test_python_m_gan_core_refuses_a_bad_subset_in_one_line_and_writes_nothing(tmp_path, capsys, argv, message):
+    from gan_core.__main__ import main
+
+    out = tmp_path / "run"
+    assert main(argv + ["--steps", "1", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(message) and err.count("\n") == 1 and not out.exists()

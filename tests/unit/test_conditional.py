@@ -74,7 +74,7 @@ def test_conditional_config_errors_name_the_field(overrides, field):
         get_preset("tiny").with_overrides(overrides)
 
 
-def test_fake_labels_are_uniform_seed_addressed_and_rank_sliced():
+def test_fake_labels_are_uniform_without_class_frequencies_seed_addressed_and_rank_sliced():
     cfg = tiny_cond()
     s = build_training_state(cfg)
     whole = fake_labels(s, "c_D", 0, 0, 1)
@@ -85,6 +85,49 @@ def test_fake_labels_are_uniform_seed_addressed_and_rank_sliced():
     assert not torch.equal(whole, fake_labels(s, "c_G", 0, 0, 1))
     assert int(whole.min()) >= 0 and int(whole.max()) < cfg.data.num_classes
     assert fake_labels(build_training_state(get_preset("tiny")), "c_D", 0, 0, 1) is None
+
+
+def test_fake_labels_follow_the_class_frequencies_seed_addressed_and_rank_sliced():
+    freq = [0, 6, 0, 0, 0, 0, 0, 2]  # classes 1 and 7 only, 3:1
+    cfg = tiny_cond(**{"train.global_batch_size": 4096, "data.class_frequencies": freq})
+    s = build_training_state(cfg)
+    whole = fake_labels(s, "c_D", 0, 0, 1)
+    assert set(whole.tolist()) == {1, 7}
+    assert abs((whole == 1).float().mean().item() - 0.75) < 0.03
+    assert torch.equal(whole, torch.cat([fake_labels(s, "c_D", 0, r, 2) for r in range(2)]))
+    assert not torch.equal(whole, fake_labels(s, "c_G", 0, 0, 1))
+
+
+@pytest.mark.parametrize("freq", [[1, 2], [1] * 7 + [-1], [0] * 8, [1] * 7 + [float("nan")], [1] * 7 + ["a"]])
+def test_class_frequencies_must_be_num_classes_non_negative_weights(freq):
+    with pytest.raises(ConfigError, match=r"^data.class_frequencies: got .*; allowed: \[\] \(uniform\) or "
+                                          r"data.num_classes = 8 non-negative numbers with a positive sum"):
+        tiny_cond(**{"data.class_frequencies": freq})
+    with pytest.raises(ConfigError, match=r"^data.class_frequencies: got 'uniform'; allowed: a list"):
+        tiny_cond(**{"data.class_frequencies": "uniform"})
+
+
+def test_label_counts_count_every_class_and_name_labels_beyond_num_classes():
+    from gan_core.data import label_counts
+
+    assert label_counts(np.array([0, 2, 2, 3]), 5) == (1, 0, 2, 1, 0)
+    with pytest.raises(ValueError, match=r"^labels: got values in \[0, 9\]; allowed: 0 to 7 "
+                                         r"\(data.num_classes = 8; set it to at least 10\)"):
+        label_counts(np.arange(10), 8)
+
+
+def test_python_m_gan_core_draws_fakes_with_the_training_labels_frequencies(tmp_path, capsys):
+    from gan_core.__main__ import main
+    from gan_core.checkpoint import load_training_state
+    from gan_core.data import training_subset
+
+    out = tmp_path / "run"
+    assert main(["--preset", "digits-cond", "--steps", "1", "--threads", "1", "--set", "data.subset=37",
+                 "--set", "train.global_batch_size=16", "--set", "network.g_width=8", "--set", "network.d_width=8", "--out", str(out)]) == 0
+    state = load_training_state(next((out / "checkpoints").glob("checkpoint-*")))
+    x, y = load_digits()
+    counts = np.bincount(training_subset(x, y, 37, 0)[1], minlength=10)
+    assert state.config.data.class_frequencies == tuple(float(n) for n in counts)
 
 
 def test_conditional_training_needs_labelled_batches_in_range():
@@ -247,5 +290,14 @@ def test_a_conditional_launch_needs_a_labelled_dataset_with_at_most_num_classes_
         resolve_config_for_dataset(cfg, named)
     ok = resolve_config_for_dataset(cfg, {**named, "label_names": ["a", "b"]})
     assert ok.data.name == "photos" and ok.network.conditional
+    assert ok.data.class_frequencies == ()  # staged before label counts: uniform fakes
+    # the fakes follow the staged label counts (classes never seen get weight 0); set frequencies win
+    counted = {**manifest, "has_labels": True, "label_counts": [5, 0, 3]}
+    assert resolve_config_for_dataset(cfg, counted).data.class_frequencies == (5, 0, 3, 0, 0, 0, 0, 0)
+    given = tiny_cond(**{"data.class_frequencies": [1] * 8})
+    assert resolve_config_for_dataset(given, counted).data.class_frequencies == (1,) * 8
+    with pytest.raises(ConfigError, match=r"^data.num_classes: got 8, but the staged dataset 'photos' has labels "
+                                          r"up to 9; allowed: an integer >= 10"):
+        resolve_config_for_dataset(cfg, {**counted, "label_counts": [1] * 10})
     # an unconditional config never looks at the labels
     assert resolve_config_for_dataset(get_preset("tiny"), manifest).data.name == "photos"
