@@ -252,7 +252,7 @@ def _choose_loading(cluster: ClusterConfig, manifest: dict) -> str:
     return "memory" if memory_loading_bytes(manifest) <= cluster.data_memory_mib * 2**20 else "stream"
 
 
-def _stream_passes(plan: WorkerPlan, manifest: dict, num_workers: int) -> int:
+def stream_passes(plan: WorkerPlan, manifest: dict, num_workers: int) -> int:
     """How many passes over the shards a streamed run reads in one Ray Data execution.
 
     NOTE: every new epoch of a split Ray Data stream starts a new execution, which stalled training
@@ -261,7 +261,7 @@ def _stream_passes(plan: WorkerPlan, manifest: dict, num_workers: int) -> int:
     paths). Big datasets need few passes.
 
     A split that fits one stream chunk (`_stream_chunk_rows`) is read once (1 pass): the worker keeps
-    that chunk and cycles it (`_stream_batches`). NOTE: every copy in the union is its own read branch
+    that chunk and cycles it (`stream_batches`). NOTE: every copy in the union is its own read branch
     (file listing, footer and read tasks); 19 of them for digits (1,797 rows, 500 steps) started 40 Ray
     worker processes on 2 CPUs and ran at 0.05x the in-memory rate.
     """
@@ -353,7 +353,7 @@ def _ray_dataset(plan: WorkerPlan, ds, cluster: ClusterConfig):
                                     stream_chunk_bytes(plan.data_memory_bytes))
     ray_ds = ray.data.read_parquet(ds.shard_paths, filesystem=ds.filesystem, columns=_columns(plan),
                                    file_extensions=["parquet"])
-    passes = _stream_passes(plan, ds.manifest, cluster.num_workers)
+    passes = stream_passes(plan, ds.manifest, cluster.num_workers)
     return ray_ds.union(*[ray_ds] * (passes - 1)) if passes > 1 else ray_ds
 
 
@@ -512,7 +512,7 @@ def _stream_chunk_rows(per_worker: int, plan: WorkerPlan) -> int:
     return per_worker * max(1, min(STREAM_CHUNK_BATCHES, batches))
 
 
-def _stream_batches(shard, plan: WorkerPlan, rank: int, world_size: int):
+def stream_batches(shard, plan: WorkerPlan, rank: int, world_size: int):
     """This worker's split of the dataset, streamed epoch after epoch.
 
     A background thread pulls large chunks from Ray Data (up to STREAM_CHUNK_BATCHES minibatches or
@@ -520,7 +520,12 @@ def _stream_batches(shard, plan: WorkerPlan, rank: int, world_size: int):
     STREAM_PREFETCH_CHUNKS of them; the training loop cuts minibatches from the queue. So the per-batch
     cost is a tensor slice, and the seconds Ray Data needs to start each new epoch pass are spent
     while training consumes the chunks already queued. A split that arrives as one chunk (a small
-    dataset: `_stream_passes` reads it once) is kept and reshuffled for every further epoch.
+    dataset: `stream_passes` reads it once) is kept and reshuffled for every further epoch.
+
+    ``shard``: this worker's Ray Data split (a DataIterator: ``iter_batches(batch_size=,
+    batch_format="pyarrow", prefetch_batches=)`` gives tables with column x, and label when
+    conditional). Returns ``stream(start)``, an iterator of per-worker batches: float32 tensors
+    (rows, *shape) in model units, or (images, int64 labels) pairs; it raises what the reader raised.
     """
     import queue
     import threading
@@ -726,7 +731,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     rank, world_size = ctx.get_world_rank(), ctx.get_world_size()
     torch.set_num_threads(plan.threads_per_worker)
     # 1. data: through Ray Data, as this worker's share of every global batch
-    make = _memory_batches if plan.data_loading == "memory" else _stream_batches
+    make = _memory_batches if plan.data_loading == "memory" else stream_batches
     shard = ray.train.get_dataset_shard("train")
     memory = _DataMemory()  # what the data costs this worker: its peak RSS over the RSS before loading
     batches = make(shard, plan, rank, world_size)
@@ -791,4 +796,5 @@ def outcome_to_json(outcome: TrainOutcome) -> str:
 
 
 __all__ = ["ClusterConfig", "TrackingSpec", "TrainOutcome", "TrainingStopped", "WorkerPlan", "launch_training",
-           "plan_training", "train_worker", "deterministic_run_name", "validate_launch", "resolve_config_for_dataset", "outcome_to_json"]
+           "plan_training", "train_worker", "deterministic_run_name", "validate_launch", "resolve_config_for_dataset", "outcome_to_json",
+           "stream_batches", "stream_passes"]
