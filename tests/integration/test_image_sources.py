@@ -15,7 +15,7 @@ import pytest
 
 from infra import datasets
 from infra.image_sources import ParquetImageSource, ZipImageSource
-from infra.sources import ParquetSource, open_source
+from infra.sources import ParquetSource, SourceError, open_source
 from pipelines.cli import main
 from pipelines.settings import resolve_settings
 from tests.staging_data import file_mtimes, object_versions, upload_folder
@@ -189,3 +189,20 @@ def test_prefect_flow_passes_the_column_options(prefect_harness, photo_crops, tm
     x, labels = ds.load_arrays()
     assert np.array_equal(x, photo_crops["x"]) and np.array_equal(labels, photo_crops["labels"])
     assert ds.manifest["options"]["image_column"] == "img" and ds.manifest["num_shards"] == 3
+
+
+def test_a_negative_integer_label_in_a_parquet_column_is_refused_and_leaves_no_dataset(photo_crops, tmp_path):
+    table = pq.read_table(photo_crops["parquet"])
+    labels = np.asarray(table.column("label").to_numpy(), np.int64)
+    labels[3] = -2
+    table = table.set_column(table.schema.get_field_index("label"), "label", pa.array(labels))
+    pq.write_table(table, tmp_path / "named.parquet")  # with the ClassLabel names: checked against them
+    pq.write_table(table.replace_schema_metadata(None), tmp_path / "plain.parquet")  # bare integers
+    root = tmp_path / "store"
+    with pytest.raises(SourceError, match=r"named.parquet row 3: label -2 in column 'label' \(allowed: 0..1"):
+        datasets.stage(str(tmp_path / "named.parquet"), str(root))
+    with pytest.raises(SourceError, match=r"plain.parquet row 3: label -2 in column 'label' \(allowed: integers >= 0\)"):
+        datasets.stage(str(tmp_path / "plain.parquet"), str(root))
+    for name in ("named", "plain"):
+        with pytest.raises(datasets.DatasetError):
+            datasets.open_dataset(f"{root}/datasets/{name}")  # nothing that reads as a dataset

@@ -11,6 +11,7 @@ import time
 import boto3
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -174,6 +175,13 @@ def test_array_and_parquet_sources(tmp_path, s3_bucket):
     with pytest.raises(SourceError, match=r"y_neg.npy.*labels must be class indices 0, 1, \.\.\., got -1"):
         datasets.stage(str(tmp_path / "vectors.npy"), root, name="neg", labels=str(tmp_path / "y_neg.npy"))
     assert not any(p.name == "neg" for p in (tmp_path / "store" / "datasets").iterdir())
+    # the same in a numeric Parquet file's label column: refused while staging, no manifest written
+    pq.write_table(pa.table({"x": pa.array(vectors.tolist(), pa.list_(pa.float64())),
+                             "label": pa.array(np.where(np.arange(1000) == 7, -1, y))}), tmp_path / "neg.parquet")
+    with pytest.raises(SourceError, match=r"^neg: labels must be class indices 0, 1, \.\.\., got -1 \(in items 0 to"):
+        datasets.stage(str(tmp_path / "neg.parquet"), root)
+    with pytest.raises(datasets.DatasetError):
+        open_dataset(f"{root}/datasets/neg")
 
     images = rng.integers(0, 256, (300, 1, 4, 4), dtype=np.uint8)
     np.savez(tmp_path / "imgs.npz", x=images, labels=np.arange(300) % 3)
