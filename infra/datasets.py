@@ -178,7 +178,7 @@ class StagingPlan(ShardPlan):
             "has_labels": spec.has_labels,
             "label_names": list(spec.label_names) if spec.label_names else None,
             # examples per class 0..K-1: the label distribution of class-conditional fakes
-            "label_counts": _sum_counts([s["label_counts"] for s in shards]) if spec.has_labels else None,
+            "label_counts": _sum_counts(shards) if spec.has_labels else None,
             "num_skipped": len(skipped),
             "skipped_files": skipped,
             "source": self.fingerprint,
@@ -186,8 +186,12 @@ class StagingPlan(ShardPlan):
         }
 
 
-def _sum_counts(per_shard: list[list[int]]) -> list[int]:
-    """Per-class counts summed over shards of different lengths (a shard may lack the highest classes)."""
+def _sum_counts(shards: list[dict]) -> list[int] | None:
+    """The shard records' per-class counts summed (a shard may lack the highest classes); None when a
+    record has none (written by an interrupted run of an older version: the manifest then has no counts)."""
+    if any("label_counts" not in s for s in shards):
+        return None
+    per_shard = [s["label_counts"] for s in shards]
     total = [0] * max((len(c) for c in per_shard), default=0)
     for c in per_shard:
         for k, n in enumerate(c):
