@@ -5,16 +5,31 @@
     MLFLOW_REGISTRY_URI  MLflow's own variable; unset -> the tracking URI
 
 Every component reads its settings through these helpers, so the embedded defaults are in one place.
+The CLI commands that need MLflow check an http(s) server with `check_mlflow_reachable` before any work.
 """
 
 from __future__ import annotations
 
 import functools
 import os
+import socket
+import ssl
 import subprocess
+import time
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 DEFAULT_EXPERIMENT = "ganpipe"
+TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
+REGISTRY_URI_ENV = "MLFLOW_REGISTRY_URI"
+
+# The preflight probe of an http(s) MLflow server (check_mlflow_reachable). MLflow's own client retries a
+# server that does not answer for minutes (MLFLOW_HTTP_REQUEST_MAX_RETRIES=7 with exponential backoff:
+# 249 s measured), which suits training (an outage must not kill it, infra.tracking) but not a command
+# that has not started any work yet. Worst case: 3 x 3 s + 2 x 0.5 s = 10 s.
+PROBE_ATTEMPTS = 3  # a server that is restarting gets a second and a third chance
+PROBE_TIMEOUT_S = 3.0  # per attempt: connecting and the answer to GET /health
+PROBE_PAUSE_S = 0.5  # between attempts
 
 
 def local_home() -> Path:
@@ -34,11 +49,76 @@ def cache_dir() -> Path:
 
 def mlflow_tracking_uri() -> str:
     """``MLFLOW_TRACKING_URI`` if set, else SQLite under the local home (MLflow 3 refuses ./mlruns)."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{local_home() / 'mlflow.db'}"
+    return os.environ.get(TRACKING_URI_ENV) or f"sqlite:///{local_home() / 'mlflow.db'}"
 
 
 def mlflow_registry_uri() -> str:
-    return os.environ.get("MLFLOW_REGISTRY_URI") or mlflow_tracking_uri()
+    return os.environ.get(REGISTRY_URI_ENV) or mlflow_tracking_uri()
+
+
+def display_uri(uri: str) -> str:
+    """The URI without credentials (``http://user:pass@host`` -> ``http://host``), fit to print."""
+    parts = urlsplit(uri)
+    if parts.username or parts.password:
+        host = parts.hostname or ""
+        return urlunsplit(parts._replace(netloc=f"{host}:{parts.port}" if parts.port else host))
+    return uri
+
+
+class MlflowUnreachable(RuntimeError):
+    """An http(s) MLflow server did not answer the preflight probe; the message is one line naming the
+    URI, the cause and what to do. The CLI reports it as a user error (exit 2)."""
+
+
+def check_mlflow_reachable(*uris: str) -> None:
+    """Fail fast (MlflowUnreachable) when an http(s) MLflow server among `uris` (default: the tracking and
+    the registry URI) does not answer ``GET <uri>/health`` within PROBE_ATTEMPTS tries of PROBE_TIMEOUT_S.
+    Other stores (sqlite:, file paths, databricks) are not probed. Writes nothing, creates nothing."""
+    for uri in dict.fromkeys(uris or (mlflow_tracking_uri(), mlflow_registry_uri())):
+        if not uri.startswith(("http://", "https://")):
+            continue
+        cause = _health_check_failure(uri)
+        if cause:
+            names = " / ".join(v for v in (TRACKING_URI_ENV, REGISTRY_URI_ENV) if os.environ.get(v) == uri)
+            names = names or TRACKING_URI_ENV
+            raise MlflowUnreachable(f"the MLflow server {display_uri(uri)} ({names}) cannot be reached: {cause}; "
+                                    f"start it, or set {names} to a server that runs")
+
+
+def _health_check_failure(uri: str) -> str | None:
+    """None once ``GET <uri>/health`` (the MLflow server's health endpoint) gets an answer, else why not.
+    Any answer but 408 and 5xx will do: the probe checks that the server is there, and those are the
+    statuses MLflow's client would retry for minutes (a proxy in front of a stopped server says 502-504)."""
+    from urllib.error import HTTPError, URLError
+    from urllib.request import urlopen
+
+    url = f"{display_uri(uri).rstrip('/')}/health"  # /health needs no credentials
+    start = time.monotonic()
+    for attempt in range(PROBE_ATTEMPTS):
+        if attempt:
+            time.sleep(PROBE_PAUSE_S)
+        try:
+            urlopen(url, timeout=PROBE_TIMEOUT_S).close()
+            return None
+        except HTTPError as e:
+            e.close()
+            if e.code != 408 and e.code < 500:  # 401, 403, 404, 429: the server answered
+                return None
+            cause = f"HTTP {e.code} {e.reason}"
+        except ValueError as e:  # a malformed URI: no retry helps
+            return f"not a valid URL ({e})"
+        except (URLError, OSError) as e:  # refused, timed out, reset; URLError wraps the socket's error
+            reason = getattr(e, "reason", e)
+            if isinstance(reason, ssl.SSLCertVerificationError):
+                # NOTE: an answer. The certificate is MLflow's client's business (it has its own settings:
+                # MLFLOW_TRACKING_SERVER_CERT_PATH, MLFLOW_TRACKING_INSECURE_TLS), not this probe's.
+                return None
+            if isinstance(reason, socket.gaierror):  # an unknown host: no retry helps
+                return f"unknown host ({reason.strerror})"
+            cause = ("connection refused" if isinstance(reason, ConnectionRefusedError)
+                     else f"no answer within {PROBE_TIMEOUT_S:g} s" if isinstance(reason, TimeoutError)
+                     else str(reason))
+    return f"{cause} ({PROBE_ATTEMPTS} tries in {time.monotonic() - start:.1f} s)"
 
 
 def mlflow_client(tracking_uri: str | None = None, registry_uri: str | None = None):

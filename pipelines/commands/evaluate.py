@@ -56,8 +56,8 @@ def run(args: argparse.Namespace) -> int:
     from gan_core.evaluate import evaluate_generator, feature_space, format_report, load_real_data
     from infra.datasets import DatasetError, load_numpy
     from infra.registry import RegistryError, resolve_checkpoint
-    from infra.settings import cache_dir
-    from infra.storage import StorageError, first_line
+    from infra.settings import MlflowUnreachable, cache_dir, check_mlflow_reachable, mlflow_tracking_uri
+    from infra.storage import StorageError, first_line, is_s3
     from pipelines.flow import fetch_checkpoint
     from pipelines.settings import default_inception, inception_weights
 
@@ -73,6 +73,11 @@ def run(args: argparse.Namespace) -> int:
     if inception and args.feature_network:
         raise UserError("--feature-network: give either it or the FID Inception weights (--inception, "
                         "$GANPIPE_FID_INCEPTION), not both")
+    if not os.path.isdir(ckpt) and not is_s3(ckpt) and not ckpt.startswith("file://"):
+        try:  # a run id or an MLflow artifact URI: the tracking server must answer (seconds, not minutes)
+            check_mlflow_reachable(mlflow_tracking_uri())
+        except MlflowUnreachable as e:
+            raise UserError(str(e)) from None
     try:
         with tempfile.TemporaryDirectory(prefix="ganpipe-evaluate-") as scratch:
             ref, _ = resolve_checkpoint(args.checkpoint)

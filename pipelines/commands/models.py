@@ -10,8 +10,9 @@ import argparse
 import json
 from typing import Any
 
+from infra.settings import display_uri
 from pipelines.cli import UserError
-from pipelines.commands.runs import aliases_by_version, display_uri, format_table, listing, names_hint, utc_iso
+from pipelines.commands.runs import aliases_by_version, format_table, listing, names_hint, utc_iso
 
 EPILOG = """\
 Each model starts with the line consumers need: models:/<name>@champion and the version it points at

@@ -39,13 +39,15 @@ def run(args) -> int:
     from mlflow.exceptions import MlflowException
 
     from infra.registry import RegistryError, register_generator, resolve_checkpoint, store_unreachable
+    from infra.settings import MlflowUnreachable, check_mlflow_reachable
     from infra.storage import first_line
     from pipelines.settings import check_alias, check_model_name
 
     try:  # 1. the names first: nothing is evaluated, logged or registered for a name MLflow would refuse
         check_model_name(args.name, "--name")
         check_alias(args.alias, "--alias")
-    except ConfigError as e:
+        check_mlflow_reachable()  # 2. a tracking / registry server that does not answer: seconds, not minutes
+    except (ConfigError, MlflowUnreachable) as e:
         raise UserError(str(e)) from None
     try:
         checkpoint, run_id = resolve_checkpoint(args.run)

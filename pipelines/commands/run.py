@@ -85,12 +85,16 @@ def run(args: argparse.Namespace) -> int:
     if args.dry_run:
         sys.stdout.write(settings.to_toml())
         return 0
+    from infra.settings import MlflowUnreachable, check_mlflow_reachable
     from infra.storage import StorageError
     from pipelines.settings import check_output_locations
 
     try:
         check_output_locations(settings)  # where it will write: before any service starts
-    except StorageError as e:
+        # a tracking / registry server given by address answers (the register step needs it even with
+        # tracking off): seconds here, not MLflow's minutes of retries at registration
+        check_mlflow_reachable()
+    except (StorageError, MlflowUnreachable) as e:
         raise UserError(str(e)) from None
     from infra.console import ConsoleCapture, say
 

@@ -13,8 +13,8 @@ import json
 import os
 from datetime import datetime, timezone
 from typing import Any, Callable
-from urllib.parse import urlsplit, urlunsplit
 
+from infra.settings import MlflowUnreachable, check_mlflow_reachable, display_uri
 from pipelines.cli import UserError
 
 EPILOG = """\
@@ -31,7 +31,6 @@ examples:
 """
 
 TABLE_WIDTH = 100  # the tables are sized to read in a 100-column terminal
-PROBE_TIMEOUT_S = 5.0  # one quick request before MLflow's own client, whose HTTP retries last minutes
 MAX_NAMES_SHOWN = 10  # "experiments: a, b, ..." in a not-found message
 
 # Names written by infra.tracking (params and metrics) that the listing reads back.
@@ -53,48 +52,26 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 # -- shared with `ganpipe models` ---------------------------------------------------------------------
-def display_uri(uri: str) -> str:
-    """The URI without credentials (``http://user:pass@host`` -> ``http://host``), fit to print."""
-    parts = urlsplit(uri)
-    if parts.username or parts.password:
-        host = parts.hostname or ""
-        return urlunsplit(parts._replace(netloc=f"{host}:{parts.port}" if parts.port else host))
-    return uri
-
-
 def sqlite_file_missing(uri: str) -> bool:
     """True for a ``sqlite:///path`` store whose database file does not exist (nothing recorded yet)."""
     return uri.startswith("sqlite:///") and not os.path.exists(uri[len("sqlite:///"):])
 
 
-def check_reachable(uri: str) -> None:
-    """Fail fast, in one line, when an HTTP tracking server does not answer. Any HTTP answer will do:
-    this checks the connection only (MLflow's client would retry for minutes before giving up)."""
-    if not uri.startswith(("http://", "https://")):
-        return
-    from urllib.error import HTTPError
-    from urllib.request import urlopen
-
-    try:
-        urlopen(f"{display_uri(uri).rstrip('/')}/health", timeout=PROBE_TIMEOUT_S).close()
-    except HTTPError:  # an answer (401, 404, ...): the server is there
-        return
-    except (OSError, ValueError) as e:  # refused, timed out, unknown host, malformed URI
-        raise UserError(f"MLflow tracking server {display_uri(uri)} is unreachable "
-                        f"({getattr(e, 'reason', None) or e}); check MLFLOW_TRACKING_URI") from None
-
-
 def listing(uri: str, named: str | None, read: Callable[[], list[dict[str, Any]]]) -> list[dict[str, Any]]:
     """`read()` against the store at `uri`, or [] when a SQLite store does not exist yet (opening it would
     create the database) — a UserError then if the user `named` something in it. One line for an
-    unreachable server or a store failing mid-listing."""
+    unreachable server (infra.settings.check_mlflow_reachable: seconds, not MLflow's minutes of retries) or
+    a store failing mid-listing."""
     from mlflow.exceptions import MlflowException
 
     if sqlite_file_missing(uri):
         if named:
             raise UserError(f"{named} not found: no MLflow store at {uri} yet")
         return []
-    check_reachable(uri)
+    try:
+        check_mlflow_reachable(uri)
+    except MlflowUnreachable as e:
+        raise UserError(str(e)) from None
     try:
         return read()
     except (MlflowException, OSError) as e:

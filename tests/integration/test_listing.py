@@ -186,4 +186,5 @@ def test_unreachable_tracking_server_is_one_line_exit_2(monkeypatch, capsys):
     monkeypatch.setenv("MLFLOW_REGISTRY_URI", f"http://127.0.0.1:{port}")
     for command in ("runs", "models"):
         line = _one_line_error(capsys, command)
-        assert f"MLflow tracking server http://127.0.0.1:{port} is unreachable" in line
+        assert f"the MLflow server http://127.0.0.1:{port} (MLFLOW_TRACKING_URI / MLFLOW_REGISTRY_URI) cannot be " \
+               "reached: connection refused" in line

@@ -71,13 +71,13 @@ def test_mlflow_unreachable_at_registration_fails_in_one_line_and_register_compl
     assert main(["register", "--run", run.info.run_id, "--name", "late-model", "--no-export"]) == 0
     [version] = client.search_model_versions("name = 'late-model'")
     assert version.tags["checkpoint_uri"] == str(ckpt) and version.run_id == run.info.run_id
-    # 3. the CLI against a store that does not answer: one line, exit 2
+    # 3. the CLI against a store that does not answer: one line, exit 2 (the preflight probe's)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", down)
     mlflow.set_tracking_uri(down)
     capsys.readouterr()
     assert main(["register", "--run", run.info.run_id, "--name", "late-model", "--no-export"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and f"the MLflow tracking store {down} cannot be reached" in err[0], err
+    assert len(err) == 1 and f"the MLflow server {down} (MLFLOW_TRACKING_URI) cannot be reached" in err[0], err
     # 4. a store that stops answering midway (after the run was found): one line, exit 2, no traceback
     from mlflow.exceptions import MlflowException
 

@@ -475,10 +475,12 @@ def test_a_held_promotion_lock_times_out_clearly_and_a_stale_one_is_broken(store
 
 
 def test_the_promotion_lock_works_through_an_mlflow_server(tmp_path, monkeypatch):
-    """Behind a tracking server (REST), the registry's duplicate-name refusal is what the lock relies on."""
+    """Behind a tracking server (REST), the registry's duplicate-name refusal is what the lock relies on.
+    The CLI's preflight probe (GET /health) passes that real server."""
     import mlflow
     from mlflow import MlflowClient
 
+    from infra.settings import check_mlflow_reachable
     from tests.integration.test_external_services import wait_for
     from tests.ray_head import free_port
 
@@ -495,6 +497,7 @@ def test_the_promotion_lock_works_through_an_mlflow_server(tmp_path, monkeypatch
             monkeypatch.setenv(var, uri)
         mlflow.set_tracking_uri(uri)
         mlflow.set_registry_uri(uri)
+        check_mlflow_reachable()  # the tracking and registry URIs: a real `mlflow server` answers /health
         with promotion_lock("served-gen"):
             with pytest.raises(RegistryError, match=r"promotion lock .*stayed taken"):
                 with promotion_lock("served-gen", wait_s=0.5):

@@ -6,13 +6,17 @@ which is what the table checks.
 
 from __future__ import annotations
 
+import http.server
 import os
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from pipelines.cli import main
+from tests.reliability.test_flow_faults import closed_port
 from tests.staging_data import make_png_folder
 
 pytestmark = pytest.mark.integration
@@ -158,6 +162,72 @@ def test_unreachable_s3_endpoint_is_one_line(fresh_home, capsys, monkeypatch, ar
     line = run_cli(capsys, [a.replace("{tmp}", str(fresh_home)) for a in argv])
     assert f"cannot reach S3 at {CLOSED_PORT_ENDPOINT}" in line and "s3://bucket/" in line, line
     assert_nothing_left(fresh_home)
+
+
+# every command that needs MLflow probes an http(s) server before any work (infra.settings.check_mlflow_reachable)
+MLFLOW_COMMANDS = {
+    "run": ["run", "--preset", "tiny", "--set", "sampling.out={tmp}/out"],
+    "register": ["register", "--run", "0123456789abcdef", "--name", "m"],
+    "sample": ["sample", "--model", "models:/m/1", "--num-samples", "10", "--out", "{tmp}/out"],
+    "evaluate": ["evaluate", "0123456789abcdef"],
+    "runs": ["runs"],
+    "models": ["models"],
+}
+
+
+@pytest.mark.parametrize("argv", MLFLOW_COMMANDS.values(), ids=MLFLOW_COMMANDS.keys())
+def test_unreachable_mlflow_server_fails_fast_in_one_line(fresh_home, capsys, monkeypatch, argv):
+    """MLFLOW_TRACKING_URI on a closed port, with MLflow's own HTTP retry budget as it ships (7 retries with
+    backoff: about 4 minutes): exit 2 in seconds, one line naming the URI, the cause and the variable;
+    nothing written (no --out folder, no MLflow store, no Ray)."""
+    down = f"http://127.0.0.1:{closed_port()}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", down)
+    for var in ("MLFLOW_REGISTRY_URI", "MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT"):
+        monkeypatch.delenv(var, raising=False)
+    start = time.monotonic()
+    line = run_cli(capsys, [a.replace("{tmp}", str(fresh_home)) for a in argv])
+    elapsed = time.monotonic() - start
+    assert elapsed < 30, elapsed  # a bound (the probe's worst case is 10 s), not a benchmark
+    assert f"the MLflow server {down} (MLFLOW_TRACKING_URI) cannot be reached: connection refused" in line, line
+    assert line.endswith("start it, or set MLFLOW_TRACKING_URI to a server that runs"), line
+    assert not (fresh_home / "out").exists()
+    assert_nothing_left(fresh_home)
+
+
+class _Answer(http.server.BaseHTTPRequestHandler):
+    status = 200  # what GET /health answers; set per test
+
+    def do_GET(self):
+        self.send_response(type(self).status)
+        self.end_headers()
+
+    def log_message(self, *args):  # quiet
+        pass
+
+
+@pytest.mark.parametrize("status, reachable", [(200, True), (401, True), (404, True), (503, False), (502, False)])
+def test_mlflow_probe_needs_an_answer_but_not_a_5xx(monkeypatch, status, reachable):
+    """A server that answers /health (even 401 behind auth, or 404 behind a proxy) passes; a 5xx (a proxy in
+    front of a stopped server, which MLflow's client would retry for minutes) fails in one line naming the
+    status, after the probe's few tries."""
+    from infra.settings import PROBE_ATTEMPTS, MlflowUnreachable, check_mlflow_reachable
+
+    monkeypatch.setattr(_Answer, "status", status)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Answer)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    uri = f"http://127.0.0.1:{server.server_port}"
+    monkeypatch.setenv("MLFLOW_REGISTRY_URI", uri)
+    try:
+        if reachable:
+            check_mlflow_reachable(uri)
+        else:
+            with pytest.raises(MlflowUnreachable) as e:
+                check_mlflow_reachable(uri)
+            assert f"the MLflow server {uri} (MLFLOW_REGISTRY_URI) cannot be reached: HTTP {status} " in str(e.value)
+            assert f"({PROBE_ATTEMPTS} tries in " in str(e.value) and "\n" not in str(e.value)
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def test_failed_staging_leaves_no_shard(fresh_home, capsys):
