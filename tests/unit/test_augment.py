@@ -10,6 +10,7 @@ from gan_core.checkpoint import load_training_state
 from gan_core.config import ConfigError, GANConfig, get_preset
 from gan_core.data import InMemoryBatches, load_digits, training_subset
 from gan_core.loop import format_tick, train
+from tests.gloo import run_ranks
 
 ALL = "color,translation,cutout"
 
@@ -228,49 +229,29 @@ def test_python_m_gan_core_refuses_a_bad_subset_in_one_line_and_writes_nothing(t
     assert err.startswith(message) and err.count("\n") == 1 and not out.exists()
 
 
-def _adaptive_p_worker(rank, world_size, port, out_dir):
-    import json
-    import os
-
-    import torch.distributed as dist
+def _adaptive_p_worker(rank, world_size, out_dir):
     from torch.nn.parallel import DistributedDataParallel
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world_size)
-    try:
-        # 1. adjust() all-reduces the sign sums: each rank holds its half of the logits, both end with the
-        #    p of one worker that saw them all
-        logits = torch.randn(4, 16, generator=torch.Generator().manual_seed(5)) + 0.4
-        halves = AdaptiveP(0.3, 0.2, 0.05)
-        for step in range(1, 5):
-            halves.observe(logits[step - 1].view(world_size, -1)[rank], images=16, world_size=world_size)
-            halves.adjust(step, world_size)
-        # 2. a DDP run with an adaptive p: every rank holds the same p at every tick
-        ps = []
-        cfg = tiny_images(8, **{"augment.policy": ALL, "augment.adaptive": True, "augment.speed_kimg": 0.2,
-                                "augment.p": 0.5, "train.tick_every_steps": 4, "network.g_norm": "none"})
-        x, _ = load_digits()
-        train(cfg, batches=InMemoryBatches(x[:100], 16, seed=3, rank=rank, world_size=world_size), rank=rank,
-              world_size=world_size, wrap_model=DistributedDataParallel, diagnostics=False,
-              on_snapshot=lambda s: ps.append(s.metrics["aug/p"]), checkpoint_root=f"{out_dir}/ckpt-{rank}")
-        with open(f"{out_dir}/{rank}.json", "w") as f:
-            json.dump({"p": halves.p.item(), "tick_p": ps}, f)
-    finally:
-        dist.destroy_process_group()
+    # 1. adjust() all-reduces the sign sums: each rank holds its half of the logits, both end with the p
+    #    of one worker that saw them all
+    logits = torch.randn(4, 16, generator=torch.Generator().manual_seed(5)) + 0.4
+    halves = AdaptiveP(0.3, 0.2, 0.05)
+    for step in range(1, 5):
+        halves.observe(logits[step - 1].view(world_size, -1)[rank], images=16, world_size=world_size)
+        halves.adjust(step, world_size)
+    # 2. a DDP run with an adaptive p: every rank holds the same p at every tick
+    ps = []
+    cfg = tiny_images(8, **{"augment.policy": ALL, "augment.adaptive": True, "augment.speed_kimg": 0.2,
+                            "augment.p": 0.5, "train.tick_every_steps": 4, "network.g_norm": "none"})
+    x, _ = load_digits()
+    train(cfg, batches=InMemoryBatches(x[:100], 16, seed=3, rank=rank, world_size=world_size), rank=rank,
+          world_size=world_size, wrap_model=DistributedDataParallel, diagnostics=False,
+          on_snapshot=lambda s: ps.append(s.metrics["aug/p"]), checkpoint_root=f"{out_dir}/ckpt-{rank}")
+    return {"p": halves.p.item(), "tick_p": ps}
 
 
 def test_adaptive_p_is_all_reduced_in_a_two_process_run(tmp_path):
-    import json
-    import socket
-
-    import torch.multiprocessing as mp
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mp.spawn(_adaptive_p_worker, args=(2, port, str(tmp_path)), nprocs=2)
-    rank0, rank1 = (json.loads((tmp_path / f"{r}.json").read_text()) for r in (0, 1))
+    rank0, rank1 = run_ranks(_adaptive_p_worker, tmp_path)
     logits = torch.randn(4, 16, generator=torch.Generator().manual_seed(5)) + 0.4
     one = AdaptiveP(0.3, 0.2, 0.05)
     for step in range(1, 5):

@@ -19,6 +19,7 @@ from gan_core.diagnostics import (CONFIDENT_REJECTION, GRADIENT_PROBE_SAMPLES, G
 from gan_core.loop import train
 from gan_core.sampling import latents_for_range
 from gan_core.training import build_training_state, discriminator_step, generator_step
+from tests.gloo import run_ranks
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -340,41 +341,21 @@ def test_an_unusable_classifier_cache_costs_a_warning_not_the_run(cache, digits_
     assert str(cache_dir) in record.getMessage() and "training one in memory" in record.getMessage()
 
 
-def _ddp_worker(rank, world_size, port, out_dir):
-    import json
-    import os
-
-    import torch.distributed as dist
+def _ddp_worker(rank, world_size, out_dir):
     from torch.nn.parallel import DistributedDataParallel
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world_size)
-    try:
-        cfg = get_preset("tiny").with_overrides({"train.total_steps": 6, "train.tick_every_steps": 3,
-                                                 "network.g_norm": "none", "loss.kind": "minimax"})
-        x, _ = sample_mixture("ring8", 256, seed=0)
-        snaps = []
-        train(cfg, batches=InMemoryBatches(x, 32, seed=0, rank=rank, world_size=world_size), rank=rank,
-              world_size=world_size, wrap_model=DistributedDataParallel, on_snapshot=lambda s: snaps.append(s.metrics),
-              checkpoint_root=f"{out_dir}/ckpt-{rank}")
-        with open(f"{out_dir}/{rank}.json", "w") as f:
-            json.dump([{k: v for k, v in m.items() if not k.startswith("perf/")} for m in snaps], f)
-    finally:
-        dist.destroy_process_group()
+    cfg = get_preset("tiny").with_overrides({"train.total_steps": 6, "train.tick_every_steps": 3,
+                                             "network.g_norm": "none", "loss.kind": "minimax"})
+    x, _ = sample_mixture("ring8", 256, seed=0)
+    snaps = []
+    train(cfg, batches=InMemoryBatches(x, 32, seed=0, rank=rank, world_size=world_size), rank=rank,
+          world_size=world_size, wrap_model=DistributedDataParallel, on_snapshot=lambda s: snaps.append(s.metrics),
+          checkpoint_root=f"{out_dir}/ckpt-{rank}")
+    return [{k: v for k, v in m.items() if not k.startswith("perf/")} for m in snaps]
 
 
 def test_diagnostics_are_identical_on_every_rank_of_a_ddp_run(tmp_path):
-    import json
-    import socket
-
-    import torch.multiprocessing as mp
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mp.spawn(_ddp_worker, args=(2, port, str(tmp_path)), nprocs=2)
-    rank0, rank1 = (json.loads((tmp_path / f"{r}.json").read_text()) for r in (0, 1))
+    rank0, rank1 = run_ranks(_ddp_worker, tmp_path)
     assert len(rank0) == 2 and "mode_collapse/modes_covered" in rank0[-1]
     assert "vanishing_gradient/indicator" in rank0[-1] and "vanishing_gradient/gradient_ratio_measured" in rank0[-1]
     assert rank0 == rank1
