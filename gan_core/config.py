@@ -228,6 +228,11 @@ class AugmentConfig:
     adaptive: adjust p as ADA does (Karras et al. 2020): every 4 steps r_t = E[sign(D(x_real))] over all
     workers; p rises when r_t > target (D overfits) and falls otherwise, by images / (speed_kimg * 1000),
     within [0, 1]. p and r_t are logged per tick as ``aug/p`` and ``aug/rt``; p is checkpointed.
+
+    NOTE: measured on 300 digits (``data.subset = 300``, FD/floor against all 1,797; README "Small
+    datasets"): p = 1 made FD/floor worse at 2,000 and 6,000 steps, translation most (a 1 px shift moves
+    an 8x8 digit by an eighth of its side); the adaptive p (target 0.1) was a wash over 5 seeds at 10,000
+    steps. The R1-regularised digits D kept r_t below ADA's 0.6, so there p stays near 0 by default.
     """
 
     policy: str = ""
