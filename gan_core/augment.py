@@ -12,8 +12,11 @@ Transforms (``augment.policy``, a comma-separated subset, always applied in this
 
 - ``color``: brightness + U(-0.5, 0.5); saturation (deviation from the channel mean) * U(0, 2);
   contrast (deviation from the image mean) * U(0.5, 1.5).
-- ``translation``: an integer shift of up to 1/8 of the image side in each direction, zero padding.
-- ``cutout``: a square of half the image side set to 0, at a uniformly random centre.
+- ``translation``: an integer shift of up to 1/8 of the image side in each direction, the uncovered
+  border set to ``fill``.
+- ``cutout``: a square of half the image side set to ``fill``, at a uniformly random centre.
+
+``fill`` is 0 in DiffAugment (mid-grey for images in [-1, 1]); -1 is black, the background of digits.
 
 Each transform is applied to each example with probability p (independently); p = 1 is DiffAugment.
 Randomness is seed-addressed (`gan_core.rng`): the parameters of the *global* batch are drawn from
@@ -49,14 +52,16 @@ def parse_policy(policy: str) -> tuple[str, ...]:
 
 
 def diff_augment(x: torch.Tensor, policy: str | tuple[str, ...], p: float | torch.Tensor = 1.0, *, seed: int,
-                 purpose: str, step: int, j: int = 0, rank: int = 0, world_size: int = 1) -> torch.Tensor:
+                 purpose: str, step: int, j: int = 0, rank: int = 0, world_size: int = 1,
+                 fill: float = 0.0) -> torch.Tensor:
     """``x`` (this worker's rows of a global batch, float (N, C, H, W)) through DiffAugment's transforms.
 
     Parameters are drawn for the global batch of N * world_size examples from
     ``generator(seed, purpose, step, j)`` and rows ``rank_slice(N * world_size, rank, world_size)`` are
     kept: the result is a pure function of (x, policy, p, seed, purpose, step, j) and the rows. ``p`` is
     each transform's per-example probability (a float or a 0-dim tensor, e.g. the adaptive p on the
-    device); examples a transform skips are passed through bitwise. Differentiable in ``x``. With an
+    device); examples a transform skips are passed through bitwise. ``fill`` is the value translation's
+    uncovered border and cutout's square take (0 = DiffAugment's). Differentiable in ``x``. With an
     empty policy ``x`` itself is returned. Raises ValueError for a tensor that is not 4-D.
     """
     names = parse_policy(policy) if isinstance(policy, str) else tuple(policy)
@@ -90,7 +95,7 @@ def diff_augment(x: torch.Tensor, policy: str | tuple[str, ...], p: float | torc
         y = (y - mean) * (r[:, 2] + 0.5) + mean  # contrast
         x = torch.where(apply[:, 0], y, x)
     if "translation" in names:
-        xp = F.pad(x, (ty, ty, tx, tx))
+        xp = F.pad(x, (ty, ty, tx, tx), value=fill)
         ri = (torch.arange(H, device=dev)[None, :] + shift[:, :1] + tx)  # (n, H): source row in the padded image
         ci = (torch.arange(W, device=dev)[None, :] + shift[:, 1:] + ty)
         b = torch.arange(n, device=dev)[:, None, None]
@@ -102,7 +107,7 @@ def diff_augment(x: torch.Tensor, policy: str | tuple[str, ...], p: float | torc
         in_rows = (i >= lo[:, :1]) & (i < lo[:, :1] + ch)
         in_cols = (k >= lo[:, 1:]) & (k < lo[:, 1:] + cw)
         keep = ~(in_rows[:, :, None] & in_cols[:, None, :])  # (n, H, W)
-        x = torch.where(apply[:, 2], x * keep[:, None].to(x.dtype), x)
+        x = torch.where(apply[:, 2] & ~keep[:, None], torch.full_like(x, fill), x)
     return x
 
 

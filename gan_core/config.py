@@ -222,18 +222,21 @@ class AugmentConfig:
     """Differentiable augmentation of every image D sees (DiffAugment, Zhao et al. 2020), real and fake,
     in the D and the G step; images only (`gan_core.augment`).
 
-    policy: a comma-separated subset of ``color``, ``translation`` (1/8 of the side, zero padding),
-    ``cutout`` (1/2 of the side); "" = off (training is then exactly as without this section).
+    policy: a comma-separated subset of ``color``, ``translation`` (1/8 of the side), ``cutout`` (a square
+    of 1/2 the side); "" = off (training is then exactly as without this section).
+    fill: the value, in G's output range [-1, 1], of translation's uncovered border and cutout's square:
+    0.0 (DiffAugment's, mid-grey) or e.g. -1.0 (black, the background of digits).
     p: each transform's per-example probability; None = 1.0 (DiffAugment), or 0.0 where adaptive starts.
     adaptive: adjust p as ADA does (Karras et al. 2020): every 4 steps r_t = E[sign(D(x_real))] over all
     workers; p rises when r_t > target (D overfits) and falls otherwise, by images / (speed_kimg * 1000),
     within [0, 1]. p and r_t are logged per tick as ``aug/p`` and ``aug/rt``; p is checkpointed.
 
-    NOTE: measured on 300 digits (``data.subset = 300``, FD/floor against all 1,797; README "Small
-    datasets"): p = 1 made FD/floor worse at 2,000 and 6,000 steps, translation most (a 1 px shift moves
-    an 8x8 digit by an eighth of its side); the adaptive p (target 0.1) was a wash over 5 seeds at 10,000
-    steps; without R1 the default target held p near 0.08 and was worse on 3 of 3 seeds. The
-    R1-regularised digits D kept r_t below ADA's 0.6, so there p stays near 0 by default.
+    NOTE: measured on 300 digits (``data.subset = 300``, FD/floor against all 1,797, 10,000 steps, EMA 20
+    kimg; README "Small datasets", ``python -m benchmarks.data_limited``): D overfits its 300 images and
+    calls the held-out digits fake; ``cutout`` with ``fill = -1`` keeps it neutral on them and lowers
+    FD/floor from 1.94 to 1.77 on average over 10 seeds (lower on 6). Translation (a 1 px shift of an 8x8
+    digit) and the grey fill made it worse; the R1-regularised digits D keeps r_t below ADA's 0.6, so the
+    adaptive p stays near 0 at the default target.
     """
 
     policy: str = ""
@@ -241,6 +244,7 @@ class AugmentConfig:
     adaptive: bool = False
     target: float = 0.6  # ADA's r_t target
     speed_kimg: float = 500.0  # thousands of real images for p to cross [0, 1] (ADA: 500)
+    fill: float = 0.0  # translation's border and cutout's square (DiffAugment: 0)
 
     def __post_init__(self) -> None:
         check(isinstance(self.policy, str), "augment.policy", self.policy, "a string")
@@ -258,6 +262,7 @@ class AugmentConfig:
               "a number in (0, 1)")
         check(_is_number(self.speed_kimg) and self.speed_kimg > 0, "augment.speed_kimg", self.speed_kimg,
               "a number > 0")
+        check(_is_number(self.fill) and -1 <= self.fill <= 1, "augment.fill", self.fill, "a number in [-1, 1]")
 
     @property
     def initial_p(self) -> float:

@@ -167,7 +167,7 @@ def augment(state: TrainingState, x: torch.Tensor, purpose: str, j: int, rank: i
         return x
     p = state.adaptive_p.p if state.adaptive_p is not None else a.initial_p
     return diff_augment(x, a.policy, p, seed=state.config.train.seed, purpose=purpose, step=state.step, j=j,
-                        rank=rank, world_size=world_size)
+                        rank=rank, world_size=world_size, fill=a.fill)
 
 
 def _grad_norm(module: nn.Module) -> torch.Tensor:

@@ -44,6 +44,19 @@ def test_translation_shifts_by_at_most_an_eighth_with_zero_padding_and_cutout_bl
     assert blanked.max() == 16 and blanked.min() >= 4  # a 4x4 square, clipped at the border
 
 
+@pytest.mark.parametrize("fill", [-1.0, 0.5])
+def test_fill_is_the_value_of_the_uncovered_border_and_the_cutout_square_and_blocks_the_gradient(fill):
+    x = torch.full((64, 1, 8, 8), 0.25, requires_grad=True)
+    for policy, counts in (("translation", {0, 8, 15}), ("cutout", set(range(4, 17)))):
+        y = aug(x, policy, fill=fill)
+        filled = (y == fill).sum(dim=(1, 2, 3))
+        assert set(filled.tolist()) <= counts and filled.max() > 0, policy
+        assert torch.equal(y[y != fill], torch.full_like(y[y != fill], 0.25))
+        assert torch.equal(aug(x, policy, fill=0.0) == 0, y == fill)  # the same pixels as the default fill
+        (grad,) = torch.autograd.grad(y.sum(), x)
+        assert torch.equal(grad.sum(dim=(1, 2, 3)), 64 - filled.to(grad.dtype)), policy
+
+
 def test_parameters_are_addressed_by_seed_purpose_step_and_j_not_the_global_rng():
     x = images()
     torch.manual_seed(0)
@@ -178,6 +191,8 @@ def test_the_progress_line_shows_p_and_rt_only_when_augmenting(tmp_path, one_thr
     ({"augment.adaptive": True}, "augment.adaptive: got True; allowed: true only together with a non-empty"),
     ({"augment.target": 1}, "augment.target: got 1"),
     ({"augment.speed_kimg": 0}, "augment.speed_kimg: got 0"),
+    ({"augment.fill": 2.5}, "augment.fill: got 2.5; allowed: a number in [-1, 1]"),
+    ({"augment.fill": "black"}, "augment.fill: got 'black'"),
     ({"augment.nope": 0}, "augment.nope: unknown field"),
     ({"data.subset": -1}, "data.subset: got -1"),
 ])
