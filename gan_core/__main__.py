@@ -18,15 +18,23 @@ from pathlib import Path
 
 import torch
 
+from .checkpoint import CheckpointError, verify_checkpoint
 from .config import PRESETS, ConfigError, get_preset, parse_overrides
 from .data import MIXTURES, InMemoryBatches, label_counts, load_builtin, mixture, mode_coverage, training_subset
 from .loop import NonFiniteLossError, Snapshot, format_tick, train
 from .plots import SampleStripRecorder, save_training_curves
 from .sampling import generate, save_image_grid, save_scatter
-from .training import build_training_state
+from .training import build_training_state, check_device
 
 STRIP_SEED = 0  # the sample strip's fixed latents: the same samples as samples.png
 CLASS_GRID_COLUMNS = 10  # samples per class (one row each) in a class-conditional samples.png
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"got {value}; allowed: a positive integer")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/gan_core", help="output folder for checkpoints and pictures")
     p.add_argument("--resume", help="checkpoint directory to continue from")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
+    p.add_argument("--threads", type=_positive_int, help="torch intra-op threads (default: torch's choice)")
     return p
 
 
@@ -72,13 +80,22 @@ def main(argv: list[str] | None = None) -> int:
             config = config.with_overrides({"data.class_frequencies": list(counts)})
         batches = InMemoryBatches(x, config.train.global_batch_size, config.train.seed,
                                   labels=labels if config.network.conditional else None)
-    except (ConfigError, ValueError) as e:
+        check_device(args.device)
+        if args.resume:
+            verify_checkpoint(args.resume)  # missing, incomplete or damaged: refused before anything is written
+        out = Path(args.out)
+        if out.exists() and not out.is_dir():
+            raise ValueError(f"--out: {out} is a file; allowed: a folder (created when missing)")
+    except (ConfigError, CheckpointError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        print(f"error: --out: cannot create {out}: {e.strerror}", file=sys.stderr)
         return 2
     if args.threads:
         torch.set_num_threads(args.threads)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     stop_requested = False
 
     def request_stop(signum, frame):  # Ctrl-C: finish the step, write a checkpoint, exit
@@ -111,6 +128,9 @@ def main(argv: list[str] | None = None) -> int:
     except NonFiniteLossError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except CheckpointError as e:  # --resume from a checkpoint whose networks do not fit this config
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     seconds = time.perf_counter() - t0
     G_ema = result.state.G_ema
     summary: dict[str, object] = {"preset": args.preset, "steps": result.state.step, "kimg": result.state.kimg,

@@ -58,7 +58,7 @@ def diff_augment(x: torch.Tensor, policy: str | tuple[str, ...], p: float | torc
 
     Parameters are drawn for the global batch of N * world_size examples from
     ``generator(seed, purpose, step, j)`` and rows ``rank_slice(N * world_size, rank, world_size)`` are
-    kept: the result is a pure function of (x, policy, p, seed, purpose, step, j) and the rows. ``p`` is
+    kept: the result is a pure function of (x, policy, p, seed, purpose, step, j, fill) and the rows. ``p`` is
     each transform's per-example probability (a float or a 0-dim tensor, e.g. the adaptive p on the
     device); examples a transform skips are passed through bitwise. ``fill`` is the value translation's
     uncovered border and cutout's square take (0 = DiffAugment's). Differentiable in ``x``. With an

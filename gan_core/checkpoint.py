@@ -203,8 +203,12 @@ def restore_training_state(state: TrainingState, directory: str | os.PathLike, *
         state.opt_D.load_state_dict(payload["opt_D"])
         state.scaler_G.load_state_dict(payload["scaler_G"])
         state.scaler_D.load_state_dict(payload["scaler_D"])
-    except (RuntimeError, KeyError, ValueError) as e:
-        raise CheckpointError(f"{directory}: does not match the configured networks ({e})") from e
+    except (RuntimeError, KeyError, ValueError) as e:  # torch's message lists every key: keep the first
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        first = next((ln for ln in lines[1:] if "size mismatch" in ln or "key" in ln.lower()),
+                     lines[0] if lines else "")
+        raise CheckpointError(f"{directory}: does not match the configured networks ({first.rstrip('.')}; "
+                              "allowed: the config the checkpoint was written with, e.g. its config.json)") from e
     state.step = int(payload["step"])
     state.images_seen = int(payload["images_seen"])
     if state.adaptive_p is not None and "augment" in payload:  # else p starts afresh

@@ -44,6 +44,7 @@ from .metrics import (DigitsClassifierFeatures, FIDInceptionFeatures, IdentityFe
 from .metrics.features import FeatureExtractor
 from .rng import derive_seed
 from .sampling import generate, labels_for_range, num_classes_of
+from .training import check_device
 
 PRIMARY_METRIC = "fd"  # lower is better; the registry compares generators on it
 FID_METRIC = "fid"  # the primary metric instead, when the distance is FID proper (Inception weights given)
@@ -292,6 +293,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        check_device(args.device)
+        if args.json and (Path(args.json).is_dir() or not Path(args.json).parent.is_dir()):
+            raise ValueError(f"--json: {args.json} is a folder or lies in a missing one; allowed: a file path "
+                             "in an existing folder")
         result = evaluate_checkpoint(args.checkpoint, num_samples=args.num_samples, seed=args.seed,
                                      real_path=args.real, inception=args.inception,
                                      feature_network=args.feature_network,

@@ -158,6 +158,21 @@ def _real_labels(state: TrainingState, labels: torch.Tensor | None, n: int) -> t
     return labels.to(state.device, non_blocking=True)
 
 
+def check_device(name: str) -> torch.device:
+    """``name`` as a torch.device this process can use: ``cpu``, or ``cuda``/``cuda:N`` with N below the
+    number of visible CUDA devices. Raises ValueError naming the value and what is allowed (a typo, a
+    device type torch does not know, or CUDA where none is visible)."""
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError, TypeError):
+        device = None
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if device is not None and (device.type == "cpu" or (device.type == "cuda" and (device.index or 0) < count)):
+        return device
+    allowed = "cpu" + (f", cuda or cuda:0 to cuda:{count - 1}" if count else " (no CUDA device is visible)")
+    raise ValueError(f"device: got {name!r}; allowed: {allowed}")
+
+
 def augment(state: TrainingState, x: torch.Tensor, purpose: str, j: int, rank: int,
             world_size: int) -> torch.Tensor:
     """``x`` through config.augment's DiffAugment policy at the current p, with parameters addressed by

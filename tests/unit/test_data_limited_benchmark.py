@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import re
 
+import pytest
+
 from benchmarks import data_limited
 
 
+@pytest.mark.slow
 def test_the_sweep_trains_both_arms_prints_the_paired_table_and_reuses_finished_runs(tmp_path, capsys,
                                                                                        one_thread):
     argv = ["--seeds", "3", "--steps", "20", "--subset", "100", "--jobs", "2", "--out", str(tmp_path),
@@ -28,3 +31,9 @@ def test_the_sweep_trains_both_arms_prints_the_paired_table_and_reuses_finished_
     assert data_limited.main(argv) == 0  # the runs exist: evaluated again, not retrained
     again = capsys.readouterr().out
     assert "trained " not in again and row.group(0) in again
+    # the same folder under other settings: refused in one line before anything is trained
+    assert data_limited.main(argv + ["--set", "train.ema_kimg=5"]) == 2
+    captured = capsys.readouterr()
+    assert "a finished run with another config" in captured.err and "trained " not in captured.out
+    assert data_limited.main(argv + ["--augment", "augment.fill=2"]) == 2
+    assert "augment.fill: got 2.0; allowed: a number in [-1, 1]" in capsys.readouterr().err
