@@ -159,17 +159,20 @@ def _real_labels(state: TrainingState, labels: torch.Tensor | None, n: int) -> t
 
 
 def check_device(name: str) -> torch.device:
-    """``name`` as a torch.device this process can use: ``cpu``, or ``cuda``/``cuda:N`` with N below the
-    number of visible CUDA devices. Raises ValueError naming the value and what is allowed (a typo, a
+    """``name`` as a torch.device this process can use: ``cpu``, ``cuda``/``cuda:N`` with N below the
+    number of visible CUDA devices, or ``mps`` where Apple's backend is available. Raises ValueError naming the value and what is allowed (a typo, a
     device type torch does not know, or CUDA where none is visible)."""
     try:
         device = torch.device(name)
     except (RuntimeError, ValueError, TypeError):
         device = None
     count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    if device is not None and (device.type == "cpu" or (device.type == "cuda" and (device.index or 0) < count)):
+    mps = torch.backends.mps.is_available()
+    if device is not None and (device.type == "cpu" or (device.type == "cuda" and (device.index or 0) < count)
+                               or (device.type == "mps" and mps)):
         return device
     allowed = "cpu" + (f", cuda or cuda:0 to cuda:{count - 1}" if count else " (no CUDA device is visible)")
+    allowed += ", mps" if mps else ""
     raise ValueError(f"device: got {name!r}; allowed: {allowed}")
 
 
