@@ -289,7 +289,9 @@ def promotion_lock(name: str, *, wait_s: float = PROMOTION_LOCK_WAIT_S, stale_s:
                                                        f"delete when no registration is running")
             break
         except MlflowException as e:
-            if e.error_code != "RESOURCE_ALREADY_EXISTS":
+            # RESOURCE_DOES_NOT_EXIST: the name was taken, then released before MLflow's SQL store read
+            # the holder back to word its "already exists" error; the lock is free again: wait and retry
+            if e.error_code not in ("RESOURCE_ALREADY_EXISTS", "RESOURCE_DOES_NOT_EXIST"):
                 raise
         holder = _lock_holder(client, lock)
         if holder is not None and time.time() - holder[1] > stale_s:

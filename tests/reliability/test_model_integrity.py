@@ -474,6 +474,30 @@ def test_a_held_promotion_lock_times_out_clearly_and_a_stale_one_is_broken(store
     assert not [m for m in MlflowClient().search_registered_models() if m.name == lock]
 
 
+def test_a_lock_released_while_the_store_words_its_clash_error_is_taken_on_retry(store, monkeypatch):
+    # the CI race: B's create clashes with A's lock, A releases it, then MLflow's SQL store reads the
+    # model back to word "already exists" and raises "not found" instead; B must retry, not fail
+    from mlflow import MlflowClient
+    from mlflow.store.model_registry.sqlalchemy_store import SqlAlchemyStore
+
+    lock = "racy-gen" + registry.PROMOTION_LOCK_SUFFIX
+    MlflowClient().create_registered_model(lock, tags={registry.PROMOTION_LOCK_TAG: "host:2:alive"})
+    original, released = SqlAlchemyStore.get_registered_model, []
+
+    def holder_releases_first(self, name):
+        if name == lock and not released:  # the clash's read-back: the holder lets go just before it
+            released.append(name)
+            MlflowClient().delete_registered_model(lock)
+        return original(self, name)
+
+    monkeypatch.setattr(SqlAlchemyStore, "get_registered_model", holder_releases_first)
+    with promotion_lock("racy-gen", wait_s=5):
+        holder = MlflowClient().get_registered_model(lock).tags[registry.PROMOTION_LOCK_TAG]
+        assert holder != "host:2:alive"
+    assert released == [lock]
+    assert not [m for m in MlflowClient().search_registered_models() if m.name == lock]
+
+
 def test_the_promotion_lock_works_through_an_mlflow_server(tmp_path, monkeypatch):
     """Behind a tracking server (REST), the registry's duplicate-name refusal is what the lock relies on.
     The CLI's preflight probe (GET /health) passes that real server."""
