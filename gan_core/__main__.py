@@ -20,6 +20,7 @@ import torch
 
 from .checkpoint import CheckpointError, verify_checkpoint
 from .config import PRESETS, ConfigError, get_preset, parse_overrides
+from .files import claim_output_folder
 from .data import MIXTURES, InMemoryBatches, label_counts, load_builtin, mixture, mode_coverage, training_subset
 from .loop import NonFiniteLossError, Snapshot, format_tick, train
 from .plots import SampleStripRecorder, save_training_curves
@@ -83,16 +84,12 @@ def main(argv: list[str] | None = None) -> int:
         check_device(args.device)
         if args.resume:
             verify_checkpoint(args.resume)  # missing, incomplete or damaged: refused before anything is written
-        out = Path(args.out)
-        if out.exists() and not out.is_dir():
-            raise ValueError(f"--out: {out} is a file; allowed: a folder (created when missing)")
+        out = claim_output_folder(args.out, "--out", "python -m gan_core")  # last: it writes the folder's mark
     except (ConfigError, CheckpointError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    try:
-        out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        print(f"error: --out: cannot create {out}: {e.strerror}", file=sys.stderr)
+        print(f"error: --out: cannot create {args.out}: {e.strerror or e}", file=sys.stderr)
         return 2
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -76,7 +76,9 @@ def save_checkpoint(state: TrainingState, directory: str | os.PathLike, metrics:
                    "metrics": metrics or {}, "format": FORMAT}
         (tmp / SUMMARY_FILE).write_text(json.dumps(summary, indent=2, sort_keys=True))
         write_files_manifest(tmp)
-        if directory.exists():
+        if directory.is_symlink():  # never replace (or delete through) a link someone put there
+            raise CheckpointError(f"{directory}: a symbolic link where a checkpoint goes; refusing to replace it")
+        if directory.exists():  # a checkpoint of the same step this run wrote before (a rerun): replaced whole
             shutil.rmtree(directory)
         os.replace(tmp, directory)
     except BaseException:
@@ -110,12 +112,24 @@ def verify_checkpoint(directory: str | os.PathLike) -> dict[str, Any]:
     return read_summary(directory)
 
 
+LEGACY_FORMATS = ("ganpipe-checkpoint/1", "ganpipe-checkpoint/2")  # written before sha256.json existed
+
+
 def _check_files(directory: Path) -> bool:
-    """The files against sha256.json: False if the checkpoint has none (older formats), True if all
-    match; raises CheckpointError naming the first file that does not."""
+    """The files against sha256.json: True if all match; False if the checkpoint has none and its
+    summary names a format older than sha256.json (LEGACY_FORMATS: then it is checked by loading it).
+    Raises CheckpointError naming the first file that does not match, and when sha256.json is missing
+    from any other checkpoint: deleting it must not switch the integrity check off."""
     path = directory / FILES_MANIFEST
     if not path.is_file():
-        return False
+        fmt = _read_json(directory / SUMMARY_FILE).get("format")
+        if fmt in LEGACY_FORMATS:
+            return False
+        raise CheckpointError(f"{path}: missing, so the checkpoint's integrity cannot be checked (its summary says "
+                              f"format {fmt!r}, which always has one); the checkpoint was altered or copied "
+                              "incompletely: use another checkpoint")
+    if path.is_symlink() or (directory / STATE_FILE).is_symlink():
+        raise CheckpointError(f"{directory}: holds a symbolic link; a checkpoint's files are plain files")
     try:
         files = json.loads(path.read_text())["files"]
         expected = {name: (int(files[name]["bytes"]), str(files[name]["sha256"])) for name in _HASHED_FILES}

@@ -23,6 +23,7 @@ written, so the latest checkpoint stays good.
 
 from __future__ import annotations
 
+import re
 import shutil
 import tempfile
 import time
@@ -171,7 +172,9 @@ class _Checkpoints:
     def __init__(self, root: str | Path | None, keep: int):
         self.root = Path(root) if root is not None else Path(tempfile.mkdtemp(prefix="gan-ckpt-"))
         self.keep = keep
-        self.written = sorted(p for p in self.root.glob("checkpoint-*") if p.is_dir())  # a resumed run's too
+        # a resumed run's too: only folders named exactly as write() names them, never through a link
+        self.written = sorted(p for p in self.root.glob("checkpoint-*")
+                              if re.fullmatch(r"checkpoint-\d{9}", p.name) and p.is_dir() and not p.is_symlink())
 
     def write(self, state: TrainingState, metrics: dict[str, float]) -> str:
         path = save_checkpoint(state, self.root / f"checkpoint-{state.step:09d}", metrics)

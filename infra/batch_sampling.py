@@ -458,6 +458,7 @@ def check_request(num_samples: int, seed: int, out: str, *, fmt: str = "parquet"
         storage.check_output_folder(loc, "--out")
     except StorageError as e:
         raise SamplingError(str(e) if str(e).startswith("--out") else f"--out: {e}") from None
+    shardset.check_destination(loc, FORMAT, SamplingError, "--out")  # new, empty, or a sample set's own
     return loc
 
 

@@ -19,6 +19,7 @@ against eager, with outputs in the same data units as ``predict``.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -170,6 +171,9 @@ def resolve_checkpoint(ref: str) -> tuple[str, str | None]:
     from .checkpoints import local_directory, newest_intact
     from .console import say
 
+    if not str(ref).strip():  # Path('') is the current folder: nobody asks for it by typing ''
+        raise RegistryError("checkpoint reference: got an empty string; allowed: a checkpoint folder, an s3:// or "
+                            "runs:/ URI, or an MLflow run id")
     if Path(ref).is_dir() or "://" in ref:
         uri = str(Path(ref).resolve()) if Path(ref).is_dir() else ref
         try:
@@ -451,16 +455,30 @@ def register_generator(checkpoint: str | Path, name: str, *, run_id: str | None 
     mv = mlflow.register_model(info.model_uri, name, tags=_version_tags(evaluation, values))
     if run_id is not None:
         _log_eval_to_training_run(client, run_id, evaluation, summary)
-    # 6. the champion decision; recorded on the version whichever way it goes
+    registration = Registration(
+        name=name, version=str(mv.version), model_uri=f"models:/{name}/{mv.version}",
+        logged_model_uri=info.model_uri, evaluation=evaluation, promoted=False, champion_version="",
+        decision="not considered (promote=False)",
+        exports={f: (f"artifacts/{Path(r.path).name}" if r.ok else f"skipped: {r.skipped_reason}")
+                 for f, r in exported.items()})
+    # 6. the champion decision (a caller with more steps to run promotes last: decide_champion)
+    registration = decide_champion(registration, alias=alias, force=force, promote=promote)
+    log.info("registered %s v%s; %s", name, mv.version, registration.decision)
+    return registration
+
+
+def decide_champion(registration: Registration, *, alias: str = CHAMPION, force: bool = False,
+                    promote: bool = True) -> Registration:
+    """The champion decision for a registered version (promote_if_better, or none when not `promote`),
+    recorded on the version as the tag ``champion.decision`` whichever way it goes. Returns the
+    registration with promoted, champion_version and decision filled in. A pipeline calls it as its
+    last step, so that a run that fails after registering leaves the alias where it was."""
+    name, version = registration.name, registration.version
     if promote:
-        promoted, champion, decision = promote_if_better(name, mv.version, evaluation, alias=alias, force=force)
+        promoted, champion, decision = promote_if_better(name, version, registration.evaluation, alias=alias,
+                                                         force=force)
     else:
         current = champion_value(name, alias)
         promoted, champion, decision = False, current[0] if current else "", "not considered (promote=False)"
-    client.set_model_version_tag(name, mv.version, "champion.decision", decision)
-    log.info("registered %s v%s; %s", name, mv.version, decision)
-    return Registration(name=name, version=str(mv.version), model_uri=f"models:/{name}/{mv.version}",
-                        logged_model_uri=info.model_uri, evaluation=evaluation, promoted=promoted,
-                        champion_version=champion, decision=decision,
-                        exports={f: (f"artifacts/{Path(r.path).name}" if r.ok else f"skipped: {r.skipped_reason}")
-                                 for f, r in exported.items()})
+    mlflow_client().set_model_version_tag(name, version, "champion.decision", decision)
+    return dataclasses.replace(registration, promoted=promoted, champion_version=champion, decision=decision)

@@ -2,7 +2,17 @@
 
     <set>/part-00000.parquet ... part-NNNNN.parquet   (a PNG layout: part-NNNNN/ folders, one PNG per row)
     <set>/_pending/part-NNNNN.json                     resumable plans: a shard an interrupted run finished
+    <set>/_ganpipe.json                                written first: the folder is this set's own
     <set>/_manifest.json                               written last; its presence commits the set
+
+Ownership (what a writer may touch): a set is written only into a folder that is new, empty, or already
+this kind of set's own (its _ganpipe.json or its manifest says so); a folder holding anything else is
+refused before a byte is written (check_destination). Clean-up deletes only exact paths: the shards this
+process wrote after a failure, the plan's own pending records after the commit, and, on local disk, the
+temporary files of this set's writers killed midway, found by their exact name in the set's own folder,
+never through a symbolic link, and only while this process holds the set's lock (so no live writer owns
+them). Writers of one set on one host take turns on that lock (`writing`); on S3 two writers of one set
+write the same bytes (a shard is a function of the plan), and neither deletes what the other wrote.
 
 Staged datasets (infra.datasets: source -> rows) and sample sets (infra.batch_sampling: model -> rows)
 are both shard sets; each keeps its own rows and manifest fields, the mechanics live here once:
@@ -12,13 +22,15 @@ are both shard sets; each keeps its own rows and manifest fields, the mechanics 
 - ShardPlan: a job's plan (subclassed) fixes the shard ranges before anything is written; a shard's
   bytes depend on the plan alone, so rewriting one after a crash reproduces it.
 - The executor, whose steps the Prefect flows wrap in tasks and the CLI runs directly:
-      execute(plan) = committed(plan) or commit(plan, write_pending(plan))
+      execute(plan) = committed(plan) or (with writing(plan): commit(plan, write_pending(plan)))
 - ShardSet: a committed set for reading: verify() (sha256 + size), read_table(); column_to_numpy().
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import hashlib
 import json
 import logging
@@ -39,6 +51,8 @@ import pyarrow.parquet as pq
 from pydantic import (BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt, StringConstraints, ValidationError,
                       model_validator)
 
+from gan_core.files import OWNER_FILE, is_protected_folder
+
 from . import storage
 from .storage import Location
 
@@ -46,6 +60,10 @@ log = logging.getLogger(__name__)
 
 MANIFEST_NAME = "_manifest.json"
 PENDING_DIR = "_pending"
+# OWNER_FILE (gan_core.files) is written before the first shard: this folder is a shard set's own
+# a temporary file of storage.atomic_output (<name>.tmp-<8 hex>) for a shard, or a PNG inside a shard folder
+TEMPORARY_SHARD_FILE = re.compile(r"part-\d{5,}(\.parquet)?\.tmp-[0-9a-f]{8}")
+TEMPORARY_PNG_FILE = re.compile(r"\d{9}\.png\.tmp-[0-9a-f]{8}")
 # Key under which each shard's data contract travels in its Parquet schema metadata.
 SCHEMA_METADATA_KEY = b"ganpipe"
 PNG_FOLDERS = "png"  # a layout's "compression" when each shard is a folder of one PNG per row
@@ -296,6 +314,165 @@ class ShardPlan:
         """Raise self.error when the manifest committed at `uri` is another request's."""
 
 
+# --- ownership: the folders a writer may use, and the lock its writers take turns on -------------------
+
+
+def check_destination(loc: Location, fmt: str | None, error: type[ValueError], what: str) -> None:
+    """Refuse (`error`, one line naming `what`, the folder and what is accepted) a folder that a set of
+    format `fmt` must not be written into: the filesystem root or the home folder, an existing file, or
+    an existing folder holding anything but such a set (neither its OWNER_FILE nor a manifest). New and
+    empty folders pass, and so do this kind of set's own (to resume or to find it committed); with
+    `fmt` None, any folder ganpipe claimed (claim_folder). Reads one listing of the folder itself (not
+    below it); writes nothing."""
+    if isinstance(loc.fs, pafs.LocalFileSystem) and is_protected_folder(loc.path):
+        raise error(f"{what} {loc.uri}: the filesystem root or the home folder; allowed: a new or empty folder, "
+                    "or one ganpipe wrote")
+    info = loc.info()
+    if info.type == pafs.FileType.NotFound:
+        return
+    if info.type != pafs.FileType.Directory:
+        raise error(f"{what} {loc.uri}: an existing file; allowed: a new or empty folder, or one ganpipe wrote")
+    names = sorted(posixpath.basename(i.path) for i in
+                   loc.fs.get_file_info(pafs.FileSelector(loc.path, recursive=False, allow_not_found=True)))
+    if not names:
+        return
+    if OWNER_FILE in names:
+        owner_format = _owner_format(loc.join(OWNER_FILE))
+        if fmt is None or owner_format in (fmt, None):
+            return
+        raise error(f"{what} {loc.uri}: holds a set of another kind ({OWNER_FILE} says {owner_format!r}, not "
+                    f"{fmt!r}); allowed: a new or empty folder, or one of {fmt}")
+    if MANIFEST_NAME in names:  # committed before sets carried OWNER_FILE: its manifest decides (committed())
+        return
+    shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+    raise error(f"{what} {loc.uri}: an existing folder that ganpipe did not write ({shown}; no {OWNER_FILE}); "
+                "allowed: a new or empty folder, or one ganpipe wrote. Nothing was written or deleted there")
+
+
+def claim_folder(loc: Location, written_by: str) -> None:
+    """Mark a folder (check_destination passed) as ganpipe's own: OWNER_FILE, unless it has one."""
+    owner = loc.join(OWNER_FILE)
+    if not owner.exists():
+        storage.write_bytes(owner, json.dumps({"written_by": written_by}, sort_keys=True).encode())
+
+
+def _owner_format(owner: Location) -> str | None:
+    """The format an OWNER_FILE names; None for an empty one (its writer was killed before writing it)."""
+    try:
+        with owner.fs.open_input_stream(owner.path) as f:
+            text = f.read(4096)
+        return str(json.loads(text)["format"]) if text else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return "unreadable"
+
+
+@contextlib.contextmanager
+def writing(plan: "ShardPlan") -> Iterator[None]:
+    """Hold the plan's folder while its shards are written and committed (execute() and the Prefect flows
+    run both steps inside). On entry: check the folder (check_destination), claim it (OWNER_FILE, created
+    once, never replaced), and on local disk take its lock, waiting while another process of this host
+    writes the same set, then delete the temporary files of its writers killed midway. On a failure, a
+    folder this call created and nothing else wrote into is removed again."""
+    loc = plan.location()
+    check_destination(loc, plan.FORMAT, plan.error, plan.uri)
+    owner = loc.join(OWNER_FILE)
+    body = json.dumps({"format": plan.FORMAT}, sort_keys=True).encode()
+    if not isinstance(loc.fs, pafs.LocalFileSystem):
+        created = not owner.exists()
+        if created:
+            storage.write_bytes(owner, body)
+        try:
+            yield
+        except BaseException:
+            if created:
+                _remove_claim(loc)
+            raise
+        return
+    created_folder = not os.path.isdir(loc.path)
+    os.makedirs(loc.path, exist_ok=True)
+    try:  # O_EXCL: two writers never replace each other's file (a replaced file would split the lock)
+        with os.fdopen(os.open(owner.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644), "wb") as f:
+            f.write(body)
+    except FileExistsError:
+        pass
+    try:
+        fd = os.open(owner.path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError as e:
+        raise plan.error(f"{owner.uri}: cannot be opened ({os.strerror(e.errno) if e.errno else e}; "
+                         f"{'a symbolic link' if e.errno == errno.ELOOP else 'not a file'}); refusing to write the "
+                         "set there") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.warning("%s: another ganpipe process is writing this set; waiting for it to finish", plan.uri)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        pending = loc.join(PENDING_DIR).path
+        if os.path.islink(pending) or (os.path.lexists(pending) and not os.path.isdir(pending)):
+            raise plan.error(f"{loc.join(PENDING_DIR).uri}: {'a symbolic link' if os.path.islink(pending) else 'a file'}"
+                             "; ganpipe writes only a folder of its own there (remove it, or write the set "
+                             "elsewhere)")
+        delete_stale_temporaries(loc.path)
+        try:
+            yield
+        except BaseException:
+            if created_folder:
+                _remove_claim(loc)
+            raise
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _remove_claim(loc: Location) -> None:
+    """Remove OWNER_FILE (and the folder, on local disk) when nothing else is in the folder."""
+    with contextlib.suppress(OSError):
+        entries = loc.fs.get_file_info(pafs.FileSelector(loc.path, recursive=False, allow_not_found=True))
+        if [posixpath.basename(i.path) for i in entries] == [OWNER_FILE]:
+            loc.fs.delete_file(loc.join(OWNER_FILE).path)
+            if isinstance(loc.fs, pafs.LocalFileSystem):
+                os.rmdir(loc.path)
+
+
+def delete_stale_temporaries(folder: str) -> list[str]:
+    """Delete the temporary files that killed writers of a local set left in `folder`: only names a
+    shard writer gives them (TEMPORARY_SHARD_FILE in the folder, TEMPORARY_PNG_FILE in its shard
+    folders), only regular files, never through a symbolic link. Call it only holding the set's lock
+    (`writing`): then no live writer owns them. Returns the deleted paths."""
+    deleted = []
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            if TEMPORARY_SHARD_FILE.fullmatch(entry.name) and entry.is_file(follow_symlinks=False):
+                candidates = [entry]
+            elif re.fullmatch(r"part-\d{5,}", entry.name) and entry.is_dir(follow_symlinks=False):
+                with os.scandir(entry.path) as inner:
+                    candidates = [e for e in inner
+                                  if TEMPORARY_PNG_FILE.fullmatch(e.name) and e.is_file(follow_symlinks=False)]
+            else:
+                continue
+            for c in candidates:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(c.path)
+                    deleted.append(c.path)
+    if deleted:
+        log.info("deleted %d temporary files of interrupted writers in %s", len(deleted), folder)
+    return deleted
+
+
+def delete_pending_records(plan: "ShardPlan") -> None:
+    """After the commit: delete the plan's own pending records (`_pending/part-NNNNN.json` for its shard
+    indices, files only), then the folder when empty. Never through a symbolically linked folder."""
+    pending = plan.location().join(PENDING_DIR)
+    if isinstance(pending.fs, pafs.LocalFileSystem) and os.path.islink(pending.path):
+        return
+    for info in pending.fs.get_file_info(pafs.FileSelector(pending.path, recursive=False, allow_not_found=True)):
+        m = re.fullmatch(r"part-(\d{5,})\.json", posixpath.basename(info.path))
+        if m and int(m[1]) < plan.num_shards and info.type == pafs.FileType.File:
+            pending.fs.delete_file(info.path)
+    if isinstance(pending.fs, pafs.LocalFileSystem):
+        with contextlib.suppress(OSError):
+            os.rmdir(pending.path)  # only when empty
+
+
 def discard_written(plan: ShardPlan, records: list[dict]) -> None:
     """After a failed job, delete the shards it wrote, so that nothing is left behind in the uncommitted
     folder (then the folder itself when it is empty, on local disk). A resumable plan keeps them: its
@@ -424,12 +601,8 @@ def commit(plan: ShardPlan, shards: list[dict]) -> dict:
     loc = plan.location()
     storage.commit_json(loc.join(MANIFEST_NAME), manifest)
     try:  # best effort: leftovers are harmless, readers go by the manifest
-        if plan.RESUMABLE and loc.join(PENDING_DIR).exists():
-            loc.fs.delete_dir(loc.join(PENDING_DIR).path)
-        if isinstance(loc.fs, pafs.LocalFileSystem):  # temporary files of writers killed midway
-            for info in storage.list_files(loc):
-                if ".tmp-" in posixpath.basename(info.path):
-                    loc.fs.delete_file(info.path)
+        if plan.RESUMABLE:
+            delete_pending_records(plan)
     except OSError as e:
         log.warning("could not tidy %s: %s", plan.uri, e)
     return manifest
@@ -440,7 +613,10 @@ def execute(plan: ShardPlan, progress: Callable[[int], None] | None = None) -> d
     Returns the manifest."""
     manifest = committed(plan)
     if manifest is None:
-        return commit(plan, write_pending(plan, progress))
+        with writing(plan):
+            manifest = committed(plan)  # committed by another writer while this one waited for the lock?
+            if manifest is None:
+                return commit(plan, write_pending(plan, progress))
     if progress is not None:
         progress(plan.num_items)
     return manifest

@@ -23,6 +23,8 @@ from typing import Iterator
 import pyarrow as pa
 import pyarrow.fs as pafs
 
+from gan_core.files import is_protected_folder
+
 S3_SCHEME = "s3://"
 # Bytes per read when streaming a file through a hash; large enough to keep S3 requests few.
 HASH_CHUNK_BYTES = 8 << 20
@@ -137,8 +139,12 @@ def join_uri(uri: str, *parts: str) -> str:
 
 
 def resolve(uri: str) -> Location:
-    """A URI (local path, ``file://`` path or ``s3://bucket/prefix``) as a Location."""
+    """A URI (local path, ``file://`` path or ``s3://bucket/prefix``) as a Location. StorageError for an
+    empty or blank URI: it would otherwise mean the current folder, which nobody asks for by typing ''."""
     uri = str(uri)
+    if not uri.strip() or uri.strip() == "file://":
+        raise StorageError(f"storage URI {uri!r} is empty; allowed: a local path or s3://bucket/prefix (write ./ "
+                           "for the current folder)")
     if is_s3(uri):
         rest = uri[len(S3_SCHEME):].strip("/")
         if not rest:
@@ -179,6 +185,9 @@ def check_output_folder(loc: Location, what: str) -> None:
     if not isinstance(loc.fs, pafs.LocalFileSystem):
         return
     path = loc.path
+    if is_protected_folder(path):
+        raise StorageError(f"{what} {loc.uri}: the filesystem root or the home folder; allowed: a folder of its own "
+                           f"below it (e.g. {path.rstrip('/')}/ganpipe-out)")
     if os.path.exists(path) and not os.path.isdir(path):
         raise StorageError(f"{what} {loc.uri}: is an existing file; allowed: a folder (new or existing)")
     parent = path

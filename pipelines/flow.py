@@ -11,11 +11,12 @@ Each step is a named Prefect step, so the UI shows its state, logs and timing:
    after a failure resumes from the latest checkpoint instead of starting over.
 3. `load-real-data`, `fetch-checkpoint`, `evaluate`: gan_core.evaluate on G_ema, every metric beside
    its real-vs-real floor.
-4. `register`: a new MLflow model version; the alias (`champion`) moves only if the new version is
-   strictly better on the primary metric (ties keep the holder).
+4. `register`: a new MLflow model version (the alias does not move yet).
 5. `sample-generator` (sub-flow, pipelines.sample) + `render-preview`: a preview set drawn from the
    *registered* model by the batch sampler, rendered as a grid.
-6. `publish-report`: a markdown artifact with the metrics table, the training curves and the sample
+6. `promote`, last: the alias (`champion`) moves only if the new version is strictly better on the
+   primary metric (ties keep the holder); a run that fails before it leaves the alias where it was.
+7. `publish-report`: a markdown artifact with the metrics table, the training curves and the sample
    strip (the training run's MLflow artifacts), the grid, the version and alias, and the MLflow run link.
 
 Retries sit on I/O steps only (reading data and checkpoints, publishing); training has Ray's own
@@ -152,7 +153,7 @@ def register(settings: Settings, checkpoint_uri: str, mlflow_run_id: str | None,
         reg = register_generator(
             checkpoint_uri, settings.model_name, run_id=mlflow_run_id, evaluator=lambda G, config: evaluation,
             normalisation=Normalisation.from_dict(manifest["normalisation"]), dataset_name=manifest["name"],
-            dataset_version=manifest["version"], alias=settings.registry.alias, promote=settings.registry.promote,
+            dataset_version=manifest["version"], alias=settings.registry.alias, promote=False,  # promote: last step
             export_formats=("pt2", "onnx") if settings.registry.export else (),
             experiment=settings.tracking.experiment)
     except MlflowException as e:
@@ -163,7 +164,18 @@ def register(settings: Settings, checkpoint_uri: str, mlflow_run_id: str | None,
             f"registration failed, {cause} ({reason}); the checkpoint {checkpoint_uri} is "
             f"kept: `ganpipe register --run {mlflow_run_id or checkpoint_uri} --name {settings.model_name}` "
             f"registers it {when}") from None
-    get_run_logger().info(f"registered {reg.model_uri}; {reg.decision}")
+    get_run_logger().info(f"registered {reg.model_uri}; the champion decision comes after the preview")
+    return reg
+
+
+@task(name="promote", **once_per_flow_run)
+def promote(settings: Settings, reg):
+    """The champion decision, the pipeline's last step: a run that fails before it (a preview that cannot
+    be written, an interrupt) leaves the alias where it was."""
+    from infra.registry import decide_champion
+
+    reg = decide_champion(reg, alias=settings.registry.alias, promote=settings.registry.promote)
+    get_run_logger().info(f"{reg.model_uri}: {reg.decision}")
     return reg
 
 
@@ -198,9 +210,13 @@ def render_preview(samples_uri: str, manifest: dict, fmt: str, out_uri: str, tit
 def sample_preview(model_uri: str, manifest: dict, num_samples: int, seed: int, fmt: str, out_uri: str) -> str:
     """Sample the *registered* model with the batch sampler (pipelines.sample, a sub-flow: the version is
     pinned, the set is seed-addressed and committed with a manifest), then render the preview."""
+    from infra import shardset, storage
     from infra.storage import join_uri
     from pipelines.sample import sample_generator
 
+    out = storage.resolve(out_uri)
+    shardset.check_destination(out, None, storage.StorageError, "sampling.out")  # new, empty, or ganpipe's
+    shardset.claim_folder(out, "ganpipe run (preview)")
     samples_uri = sample_generator(model_uri, num_samples, seed, join_uri(out_uri, "set"), fmt="parquet")
     return render_preview(samples_uri, manifest, fmt, out_uri, f"{model_uri} (seed {seed})")
 
@@ -274,7 +290,9 @@ def gan_pipeline(preset: str | None = None, config: dict[str, Any] | None = None
     out_dir = settings.preview_uri(reg.name, reg.version)
     grid = timed("sampling", sample_preview, reg.model_uri, manifest, settings.sampling.num_samples,
                  settings.sampling.seed, settings.sampling.format, out_dir)
-    # 6. report
+    # 6. the champion decision, last: a failure above leaves the alias where it was
+    reg = timed("promotion", promote, settings, reg)
+    # 7. report
     summary = {
         "model_name": reg.name, "model_uri": reg.model_uri, "version": reg.version,
         "alias": settings.registry.alias, "champion_version": reg.champion_version, "promoted": reg.promoted,

@@ -78,7 +78,9 @@ def sample_generator(model_uri: str, num_samples: int, seed: int, out: str, *, f
     if manifest is not None:
         get_run_logger().info(f"{plan.out}: already committed, nothing to write")
     else:
-        # 3. generate and write the shards (skipping any an interrupted run finished), 4. commit
-        manifest = commit_manifest(plan, generate_and_write_shards(plan, show_progress))
+        # 3. generate and write the shards (skipping any an interrupted run finished), 4. commit; holding the
+        # folder: it must be new or the set's own, and another writer of the same set waits its turn
+        with shardset.writing(plan):
+            manifest = commit_manifest(plan, generate_and_write_shards(plan, show_progress))
     summarise_samples(manifest, plan.out)
     return plan.out

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from gan_core.files import read_bytes_bounded
 from gan_core.config import PRESETS, ConfigError, GANConfig, check, from_dict, get_preset, parse_overrides, to_plain
 from infra.ray_train import ClusterConfig, validate_launch
 from infra.storage import join_uri
@@ -52,6 +53,7 @@ MAX_PARAMETERS = 10**9
 # and the side of a resized image (DCGAN builds up to 128 px; Pillow would try any size).
 MAX_SOURCE_SAMPLES = 10**8
 MAX_IMAGE_SIZE = 4096
+MAX_CONFIG_BYTES = 1 << 20  # a config file is a few KiB of TOML; more is a mistake (or /dev/zero)
 BUILTIN_SOURCES = ("digits", "ring8", "grid25")
 SAMPLE_FORMATS = ("png", "npy")
 FID_INCEPTION_ENV = "GANPIPE_FID_INCEPTION"  # the default of evaluation.inception (read in resolve_settings)
@@ -279,10 +281,12 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     else:  # pragma: no cover - Python 3.10
         import tomli as tomllib
     path = Path(path)
+    try:  # a regular file of bounded size: /dev/zero, a FIFO or a huge file is refused before it is read
+        raw = read_bytes_bounded(path, "--config", MAX_CONFIG_BYTES)
+    except ValueError as e:  # one line naming the path and what is accepted
+        raise ConfigError(str(e)) from None
     try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot read the config file ({e.strerror or e})") from None
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
         raise ConfigError(f"{path}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start}); "
                           "allowed: a TOML file in UTF-8") from None
@@ -382,8 +386,8 @@ def default_inception() -> str:
 def check_output_locations(settings: Settings) -> None:
     """Where the request will write ([storage] root, [cluster] storage_path, [sampling] out), checked as
     output folders (infra.storage.check_output_folder: not an existing file, writable, the S3 bucket
-    reachable) before any service starts. Not part of resolve_settings: --dry-run and `ganpipe submit`
-    (whose paths live on the cluster) touch no storage. Raises StorageError naming the field."""
+    reachable; the preview folder also new, empty or ganpipe's) before any service starts. Not part of
+    resolve_settings: --dry-run and `ganpipe submit` (whose paths live on the cluster) touch no storage. Raises StorageError naming the field."""
     from infra import storage
 
     for field_name, uri in (("storage.root", settings.storage.root), ("cluster.storage_path",
@@ -391,6 +395,11 @@ def check_output_locations(settings: Settings) -> None:
                             ("sampling.out", settings.sampling.out)):
         if uri:
             storage.check_output_folder(storage.resolve(uri), field_name)
+    if settings.sampling.out:  # the preview folder: new, empty, or ganpipe's (it writes samples.png there)
+        from infra import shardset
+
+        shardset.check_destination(storage.resolve(settings.sampling.out), None, storage.StorageError,
+                                   "sampling.out")
 
 
 def _check_source(settings: Settings) -> None:

@@ -128,18 +128,20 @@ def stage_dataset(source: str, root: str, name: str | None = None, *, num_sample
     if manifest is not None:
         get_run_logger().info(f"{plan.uri}: already committed, nothing to write")
     else:
-        # 3. Write the shards in parallel; cached ones return at once.
-        futures = write_shard.map(plan, range(plan.num_shards))
-        with shardset.progress_bar(plan.num_items, f"staging {plan.name}", bar=show_progress,
-                                   log=progress_line) as bar:
-            for future in as_completed(futures):
-                start, stop = plan.shard_ranges[futures.index(future)]
-                bar.update(stop - start)
-        shards = [f.result() for f in futures]
-        # 4. A cache hit for a shard that storage lost is rewritten before the commit.
-        for i in find_missing_shards(plan, shards):
-            shards[i] = write_shard.with_options(refresh_cache=True)(plan, i)
-        # 5. Commit.
-        manifest = commit_manifest(plan, shards)
+        # 3. Write the shards in parallel (cached ones return at once), holding the folder: it must be new or
+        # the set's own, and another writer of the same version waits its turn.
+        with shardset.writing(plan):
+            futures = write_shard.map(plan, range(plan.num_shards))
+            with shardset.progress_bar(plan.num_items, f"staging {plan.name}", bar=show_progress,
+                                       log=progress_line) as bar:
+                for future in as_completed(futures):
+                    start, stop = plan.shard_ranges[futures.index(future)]
+                    bar.update(stop - start)
+            shards = [f.result() for f in futures]
+            # 4. A cache hit for a shard that storage lost is rewritten before the commit.
+            for i in find_missing_shards(plan, shards):
+                shards[i] = write_shard.with_options(refresh_cache=True)(plan, i)
+            # 5. Commit.
+            manifest = commit_manifest(plan, shards)
     summarise_version(manifest, plan.uri)
     return plan.uri

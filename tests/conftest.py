@@ -21,6 +21,14 @@ os.environ.setdefault("GANPIPE_HOME", tempfile.mkdtemp(prefix="ganpipe-tests-hom
 
 import torch  # noqa: E402
 
+# Prefect binds its console log handler to sys.stderr as it is when its logging is first set up (on the
+# first flow import): set it up now, on the session's stream, so that a test whose in-process CLI does it
+# first (under capsys, whose stream closes with the test) cannot leave every later flow logging into a
+# closed file (RecursionError in Prefect's handler).
+from prefect.logging.configuration import setup_logging  # noqa: E402
+
+setup_logging()
+
 # The tests' networks are tiny: one intra-op thread is faster than two fighting over the 2 cores with
 # Ray workers and servers (measured: ~10x on this machine under load).
 torch.set_num_threads(1)

@@ -99,12 +99,12 @@ def test_png_folder_roundtrip_noop_and_new_version(storage_root, png_folder, tmp
         before = object_versions(bucket, "ganpipe/")
         again = datasets.stage(str(folder), storage_root, rows_per_shard=500)
         after = object_versions(bucket, "ganpipe/")
-        assert after == before and len(after) == 5 and set(after.values()) == {1}  # 4 shards + manifest
+        assert after == before and len(after) == 6 and set(after.values()) == {1}  # 4 shards, owner file, manifest
     else:
         before = file_mtimes(tmp_path / "store")
         time.sleep(0.01)
         again = datasets.stage(str(folder), storage_root, rows_per_shard=500)
-        assert file_mtimes(tmp_path / "store") == before and len(before) == 5
+        assert file_mtimes(tmp_path / "store") == before and len(before) == 6  # 4 shards, owner file, manifest
     assert again.version == ds.version and again.manifest["created_at"] == m["created_at"]
 
     # changing one input image gives a new version, which becomes the latest

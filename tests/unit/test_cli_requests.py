@@ -40,7 +40,7 @@ def test_check_device_accepts_cpu():
     assert check_device("cpu").type == "cpu"
 
 
-@pytest.mark.parametrize("below, message", [("", "is a file; allowed: a folder"), ("run", "--out: cannot create")])
+@pytest.mark.parametrize("below, message", [("", "an existing file; allowed: a folder"), ("run", "--out: cannot create")])
 def test_training_refuses_an_output_folder_it_cannot_create(tmp_path, capsys, below, message):
     (tmp_path / "taken").write_text("x")
     out = tmp_path / "taken" / below if below else tmp_path / "taken"
