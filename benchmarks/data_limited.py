@@ -64,24 +64,28 @@ def _training_part(config: GANConfig) -> dict:
     return d
 
 
+def run_gan_core(out: Path, args: list[str], overrides: list[str]) -> None:
+    """``python -m gan_core <args> --set <overrides> --threads 1 --out <out>`` in its own process on one
+    thread, its output in ``<out>.log``. Raises RunFailed (naming the log, with its tail) on a non-zero exit."""
+    cmd = [sys.executable, "-m", "gan_core", *args, "--threads", "1", "--out", str(out)]
+    cmd += [a for o in overrides for a in ("--set", o)]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    log = Path(f"{out}.log")
+    with open(log, "w") as f:
+        rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, check=False,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"}).returncode
+    if rc != 0:
+        tail = "\n".join(log.read_text(errors="replace").splitlines()[-5:])
+        raise RunFailed(f"{out}: training failed (exit {rc}); see {log}:\n{tail}")
+
+
 def train_run(out: Path, config: GANConfig, overrides: list[str]) -> Path:
     """Train one run (unless its final checkpoint exists); returns the final checkpoint directory. Raises
     RunFailed when training exits non-zero."""
     steps, seed = config.train.total_steps, config.train.seed
     final = out / "checkpoints" / f"checkpoint-{steps:09d}"
     if not (final / "state.pt").exists():
-        cmd = [sys.executable, "-m", "gan_core", "--preset", "digits", "--threads", "1", "--seed", str(seed),
-               "--steps", str(steps), "--out", str(out)]
-        for o in overrides:
-            cmd += ["--set", o]
-        out.parent.mkdir(parents=True, exist_ok=True)
-        log = Path(f"{out}.log")
-        with open(log, "w") as f:
-            rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, check=False,
-                                env={**os.environ, "OMP_NUM_THREADS": "1"}).returncode
-        if rc != 0:
-            tail = "\n".join(log.read_text(errors="replace").splitlines()[-5:])
-            raise RunFailed(f"{out}: training failed (exit {rc}); see {log}:\n{tail}")
+        run_gan_core(out, ["--preset", "digits", "--seed", str(seed), "--steps", str(steps)], overrides)
         print(f"trained {out}", flush=True)
     return final
 

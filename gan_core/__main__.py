@@ -22,6 +22,7 @@ from .checkpoint import CheckpointError, verify_checkpoint
 from .config import PRESETS, ConfigError, get_preset, parse_overrides
 from .files import claim_output_folder
 from .data import MIXTURES, InMemoryBatches, label_counts, load_builtin, mixture, mode_coverage, training_subset
+from .networks import parameter_counts
 from .loop import NonFiniteLossError, Snapshot, format_tick, train
 from .plots import SampleStripRecorder, save_training_curves
 from .sampling import generate, save_image_grid, save_scatter
@@ -38,12 +39,29 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def preset_table() -> str:
+    """The presets with their data, networks and parameter counts (counted on the meta device)."""
+    lines = ["presets (parameters of G / D):"]
+    for name in sorted(PRESETS):
+        cfg = get_preset(name)
+        g, d = parameter_counts(cfg)
+        shape = "x".join(map(str, cfg.data.shape))
+        data = f"{cfg.data.name} {shape}"
+        lines.append(f"  {name:<14} {cfg.network.arch:<6} {cfg.loss.kind:<15} {data:<22} {_count(g):>7} / {_count(d)}")
+    return "\n".join(lines) + "\n"
+
+
+def _count(n: int) -> str:
+    return f"{n / 1e6:.2f} M" if n >= 1e6 else f"{n / 1e3:.0f} k"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m gan_core",
         description="Train a GAN (Goodfellow et al. 2014, Algorithm 1) in one process on a built-in dataset.",
         epilog="examples:\n  python -m gan_core --preset ring8 --out runs/ring8\n"
-               "  python -m gan_core --preset digits --steps 500 --set loss.kind=minimax\n",
+               "  python -m gan_core --preset digits --steps 500 --set loss.kind=minimax\n"
+               "  python -m gan_core --preset r3gan-digits --out runs/r3gan-digits\n\n" + preset_table(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--preset", default="digits", choices=sorted(PRESETS), help="configuration preset (default: digits)")

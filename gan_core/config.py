@@ -33,9 +33,18 @@ def _is_number(v: Any) -> bool:
     return (isinstance(v, (int, float)) and not isinstance(v, bool)) and math.isfinite(v)
 
 
-LOSS_KINDS = ("non_saturating", "minimax", "hinge", "wasserstein")
-ARCHS = ("mlp", "dcgan")
-NORMS = ("batch", "layer", "none")  # "layer" is the batch-independent option
+LOSS_KINDS = ("non_saturating", "minimax", "hinge", "wasserstein", "rpgan")
+ARCHS = ("mlp", "dcgan", "r3gan")
+NORMS = ("batch", "layer", "none")
+EXPANSION = 2  # r3gan: a residual block's inner width is 2x its outer width (the paper's inverted bottleneck)
+R3GAN_FULL_WIDTH_PX = 32  # r3gan: stages up to 32 px are network.*_width wide; wider images halve it per octave
+
+
+def r3gan_widths(width: int, resolution: int) -> list[int]:
+    """r3gan's channels at 4x4, 8x8, ..., resolution px: `width` up to 32 px, then halved per doubling
+    (R3GAN's FFHQ presets: 768 up to 32 px, 384 at 64 px, ...)."""
+    n = int(math.log2(resolution)) - 2
+    return [max(1, width * R3GAN_FULL_WIDTH_PX // max(R3GAN_FULL_WIDTH_PX, 4 * 2 ** i)) for i in range(n + 1)]  # "layer" is the batch-independent option
 AMP_MODES = ("off", "bf16", "fp16")
 # NOTE: a documented bound, so a typo (10**12) is refused at once instead of allocating without end;
 # 64Ki images per step is far beyond the GAN literature's largest batches (BigGAN: 2048)
@@ -102,8 +111,11 @@ class NetworkConfig:
     """Generator G and discriminator D.
 
     ``mlp``: fully connected nets for vector data (and flattened images). ``dcgan``: Radford et al.
-    2015 conv nets for square power-of-two images of 8 to 128 px. ``*_width`` is hidden units (mlp)
-    or the channel count of the highest-resolution conv layer (dcgan).
+    2015 conv nets for square power-of-two images of 8 to 128 px. ``r3gan``: R3GAN's normalisation-free
+    ResNets (Huang et al. 2024; gan_core.r3gan) for square power-of-two images of 8 to 256 px.
+    ``*_width`` is hidden units (mlp), the channel count of the highest-resolution conv layer (dcgan),
+    or the channel count of every stage up to 32 px, halved per octave above (r3gan). The norms,
+    spectral norm and depths apply to mlp and dcgan; r3gan has no normalisation layers by design.
     """
 
     arch: str = "mlp"
@@ -119,9 +131,17 @@ class NetworkConfig:
     # class-conditional G (class embedding concatenated to z) and projection D (Miyato & Koyama 2018),
     # on data.num_classes classes
     conditional: bool = False
+    # r3gan only: residual blocks per resolution (the paper's 2), and channels per group of the grouped
+    # 3x3 conv (ResNeXt; R3GAN's CIFAR-10 net: 1536 inner channels in 96 groups = 16)
+    blocks_per_stage: int = 2
+    group_width: int = 16
 
     def __post_init__(self) -> None:
         check(self.arch in ARCHS, "network.arch", self.arch, " | ".join(ARCHS))
+        check(_is_int(self.blocks_per_stage) and 1 <= self.blocks_per_stage <= 16, "network.blocks_per_stage",
+              self.blocks_per_stage, "an integer from 1 to 16")
+        check(_is_int(self.group_width) and 1 <= self.group_width <= 65536, "network.group_width",
+              self.group_width, "a positive integer")
         for name in ("z_dim", "g_width", "d_width", "g_depth", "d_depth"):
             v = getattr(self, name)
             check(_is_int(v) and 0 < v <= 65536, f"network.{name}", v, "a positive integer")
@@ -139,7 +159,12 @@ class LossConfig:
     """The adversarial objective and its regularisers.
 
     kind: ``non_saturating`` (default, -log D(G(z)) for G), ``minimax`` (the saturating
-    log(1 - D(G(z))) of the paper's value function), ``hinge``, ``wasserstein``.
+    log(1 - D(G(z))) of the paper's value function), ``hinge``, ``wasserstein``, ``rpgan`` (the
+    relativistic pairing loss of R3GAN, gan_core.losses.rpgan_d_loss: each fake is judged against a real
+    row, so G's step takes a real minibatch too).
+    r2_gamma: R2 weight, the zero-centred gradient penalty on fakes (Roth et al. 2017; R3GAN uses
+    R1 + R2 with one gamma); it follows R1's lazy interval and R1's schedule (its weight is r2_gamma x
+    the current R1 weight / r1_gamma; constant when r1_gamma is 0).
     gp_lambda: WGAN-GP weight (Gulrajani et al. 2017); r1_gamma: R1 weight (Mescheder et al. 2018);
     r1_gamma_final: when > 0, the R1 weight decays geometrically from r1_gamma at step 0 to this value
     at train.total_steps (a smooth D early keeps G's gradient reaching every mode; a sharp D late
@@ -153,9 +178,12 @@ class LossConfig:
     r1_gamma: float = 0.0
     r1_gamma_final: float = 0.0
     r1_interval: int = 1
+    r2_gamma: float = 0.0
 
     def __post_init__(self) -> None:
         check(self.kind in LOSS_KINDS, "loss.kind", self.kind, " | ".join(LOSS_KINDS))
+        check(_is_number(self.r2_gamma) and 0 <= self.r2_gamma <= 1e6, "loss.r2_gamma", self.r2_gamma,
+              "a number from 0 to 1e6")
         check(_is_number(self.gp_lambda) and self.gp_lambda >= 0, "loss.gp_lambda", self.gp_lambda,
               "a number >= 0")
         check(_is_number(self.r1_gamma) and self.r1_gamma >= 0, "loss.r1_gamma", self.r1_gamma, "a number >= 0")
@@ -287,12 +315,22 @@ class GANConfig:
         check(not self.augment.policy or self.data.is_image, "augment.policy", self.augment.policy,
               f"'' for vector data (data.shape = {list(self.data.shape)}); DiffAugment transforms images "
               f"(C, H, W)")
-        if self.network.arch == "dcgan":
-            check(self.data.is_image, "network.arch", self.network.arch,
-                  "mlp for vector data (data.shape has one entry); dcgan needs (C, H, W)")
+        if self.network.arch in ("dcgan", "r3gan"):
+            arch = self.network.arch
+            check(self.data.is_image, "network.arch", arch,
+                  f"mlp for vector data (data.shape has one entry); {arch} needs (C, H, W)")
             c, h, w = self.data.shape
-            check(h == w and h in (8, 16, 32, 64, 128), "data.shape", self.data.shape,
-                  "square images of 8, 16, 32, 64 or 128 px for network.arch = dcgan")
+            sizes = (8, 16, 32, 64, 128) if arch == "dcgan" else (8, 16, 32, 64, 128, 256)
+            check(h == w and h in sizes, "data.shape", self.data.shape,
+                  f"square images of {', '.join(map(str, sizes[:-1]))} or {sizes[-1]} px for network.arch = {arch}")
+        if self.network.arch == "r3gan":
+            n = self.network
+            for name in ("g_width", "d_width"):
+                widths = r3gan_widths(getattr(n, name), self.data.shape[1])
+                bad = [w for w in widths if (w * EXPANSION) % n.group_width]
+                check(not bad, f"network.{name}", getattr(n, name),
+                      f"a width whose stages ({widths}) times {EXPANSION} are multiples of network.group_width = "
+                      f"{n.group_width}")
         if self.network.conditional:
             check(self.data.num_classes >= 2, "network.conditional", self.network.conditional,
                   "true only with data.num_classes >= 2 (labelled data); set data.num_classes (digits: 10)")
@@ -543,6 +581,69 @@ def preset_dcgan64() -> GANConfig:
                    train=replace(base.train, tick_every_steps=200, checkpoint_every_steps=2000))
 
 
+def preset_stacked() -> GANConfig:
+    """``digits``' DCGAN nets and loss on stacked digits (gan_core.data.stacked_digits: 1000 modes, 3x8x8):
+    the baseline of the 1000-mode benchmark (the StackedMNIST protocol, evaluated by gan_core.evaluate)."""
+    base = preset_digits()
+    return replace(base, data=DataConfig(name="stacked-digits", shape=(3, 8, 8), num_examples=50_000))
+
+
+def preset_r3gan_digits() -> GANConfig:
+    """R3GAN (Huang et al. 2024) sized for one CPU thread on digits: RpGAN + R1 + R2 (gamma 2, lazy every
+    16 D updates), Adam (0, 0.9) at 3e-3, normalisation-free ResNets of one block per stage, 32 channels,
+    groups of 16 (gan_core.r3gan).
+
+    NOTE: measured with one CPU thread, seed 0, FD/floor of G_ema after 1,000 steps (python -m gan_core
+    --preset r3gan-digits --steps 1000 --set ..., then python -m gan_core.evaluate): R3GAN's CIFAR-10
+    optimiser settings (lr 2e-4, beta2 0.99, gamma 0.1) 24.2; lr 1e-3 10.3; lr 2e-3 with gamma 1 8.5; and
+    beta2 0.9 6.8; lr 3e-3 with gamma 2 5.6 (this preset); lr 5e-3 with gamma 4 8.6; 64 channels 11.9; two
+    blocks per stage 9.2. DCGAN's digits preset with the same RpGAN loss: 4.7. The fix-up network starts as
+    a linear map of z and learns slowly at small learning rates; a step costs about 2.7x a DCGAN step."""
+    return GANConfig(
+        data=DataConfig(name="digits", shape=(1, 8, 8), num_classes=10),
+        network=NetworkConfig(arch="r3gan", z_dim=32, g_width=32, d_width=32, blocks_per_stage=1, group_width=16),
+        loss=LossConfig(kind="rpgan", r1_gamma=2.0, r2_gamma=2.0, r1_interval=16),
+        g_optim=OptimizerConfig(lr=3e-3, beta1=0.0, beta2=0.9),
+        d_optim=OptimizerConfig(lr=3e-3, beta1=0.0, beta2=0.9),
+        train=TrainConfig(global_batch_size=64, total_steps=2000, tick_every_steps=200,
+                          checkpoint_every_steps=1000, ema_kimg=5.0),
+    )
+
+
+def preset_r3gan_stacked() -> GANConfig:
+    """``r3gan-digits`` on stacked digits (1000 modes, 3x8x8): R3GAN's StackedMNIST experiment in small."""
+    base = preset_r3gan_digits()
+    return replace(base, data=DataConfig(name="stacked-digits", shape=(3, 8, 8), num_examples=50_000))
+
+
+def preset_r3gan32() -> GANConfig:
+    """R3GAN's CIFAR-10 configuration (Huang et al. 2024; R3GAN's train.py, preset CIFAR10): 32x32 RGB,
+    four stages of 768 channels with 2 blocks each, groups of 16 (96 of 1536 inner channels), z of 64,
+    20.7 M (G) and 20.7 M (D) parameters, batch 512, RpGAN + R1 + R2 with gamma 0.05 -> 0.005, Adam
+    (0, 0.99) at 2e-4, bf16 autocast. Meant for GPUs.
+
+    NOTE: R3GAN ramps lr (2e-4 -> 5e-5), beta2 (0.9 -> 0.99), the EMA half-life and the augmentation
+    probability by cosine over 20 Mimg; here the learning rates are constant until train.lr_rampdown,
+    gamma decays geometrically (loss.r1_gamma_final) and the EMA half-life ramps up as in StyleGAN2-ADA."""
+    return GANConfig(
+        data=DataConfig(name="images", shape=(3, 32, 32)),
+        network=NetworkConfig(arch="r3gan", z_dim=64, g_width=768, d_width=768, blocks_per_stage=2, group_width=16),
+        loss=LossConfig(kind="rpgan", r1_gamma=0.05, r1_gamma_final=0.005, r2_gamma=0.05),
+        g_optim=OptimizerConfig(lr=2e-4, beta1=0.0, beta2=0.99),
+        d_optim=OptimizerConfig(lr=2e-4, beta1=0.0, beta2=0.99),
+        train=TrainConfig(global_batch_size=512, total_steps=50_000, tick_every_steps=500,
+                          checkpoint_every_steps=2500, ema_kimg=500.0, amp="bf16", lr_rampdown=0.5),
+    )
+
+
+def preset_r3gan64() -> GANConfig:
+    """R3GAN's FFHQ-64 configuration: ``r3gan32`` one octave up (384 channels at 64 px), gamma 2 -> 0.2."""
+    base = preset_r3gan32()
+    return replace(base, data=replace(base.data, shape=(3, 64, 64)),
+                   loss=replace(base.loss, r1_gamma=2.0, r1_gamma_final=0.2, r2_gamma=2.0),
+                   train=replace(base.train, global_batch_size=256, ema_kimg=500.0))
+
+
 PRESETS = {
     "tiny": preset_tiny,
     "digits": preset_digits,
@@ -552,6 +653,11 @@ PRESETS = {
     "dcgan32": preset_dcgan32,
     "dcgan32-cpu": preset_dcgan32_cpu,
     "dcgan64": preset_dcgan64,
+    "stacked": preset_stacked,
+    "r3gan-digits": preset_r3gan_digits,
+    "r3gan-stacked": preset_r3gan_stacked,
+    "r3gan32": preset_r3gan32,
+    "r3gan64": preset_r3gan64,
 }
 
 

@@ -36,11 +36,11 @@ from torch import nn
 
 from .checkpoint import CheckpointError, load_generator
 from .config import GANConfig
-from .data import BUILTIN_DATASETS, MIXTURES, load_builtin, mode_coverage
-from .metrics import (DigitsClassifierFeatures, FIDInceptionFeatures, IdentityFeatures, RandomConvFeatures,
-                      TorchScriptFeatures, class_coverage, extract_features, frechet_distance,
-                      frechet_inception_distances, kernel_inception_distance, load_or_train_digits_classifier,
-                      precision_recall)
+from .data import BUILTIN_DATASETS, MIXTURES, STACKED_DIGITS, load_builtin, mode_coverage
+from .metrics import (STACKED_PROTOCOL_SAMPLES, DigitsClassifierFeatures, FIDInceptionFeatures, IdentityFeatures,
+                      RandomConvFeatures, StackedDigitsFeatures, TorchScriptFeatures, class_coverage,
+                      extract_features, frechet_distance, frechet_inception_distances, kernel_inception_distance,
+                      load_or_train_digits_classifier, mode_statistics, precision_recall, stacked_modes)
 from .metrics.features import FeatureExtractor
 from .rng import derive_seed
 from .sampling import generate, labels_for_range, num_classes_of
@@ -80,14 +80,17 @@ def feature_space(config: GANConfig, *, inception: str | Path | None = None,
 
     ``inception``: a local FID Inception weights file (`FIDInceptionFeatures`); ``feature_network``: any
     other TorchScript network (`TorchScriptFeatures`); at most one of them. Without either: the digits
-    classifier for ``digits`` (which also gives class coverage), `RandomConvFeatures` for other images,
+    classifier for ``digits`` (which also gives class coverage), its per-channel features for
+    ``stacked-digits`` (whose classifier gives the 1000 modes), `RandomConvFeatures` for other images,
     the raw values for vectors. Raises ValueError for both given, FileNotFoundError for a missing file.
     """
     if inception is not None and feature_network is not None:
         raise ValueError("give either the FID Inception weights or another feature network, not both")
     clf = None
-    if config.data.name == "digits":
+    if config.data.name in ("digits", STACKED_DIGITS):
         clf = DigitsClassifierFeatures(load_or_train_digits_classifier(cache_dir or default_cache_dir()).to(device))
+    if config.data.name == STACKED_DIGITS and inception is None and feature_network is None:
+        return StackedDigitsFeatures(clf), clf  # each channel read by the digits classifier
     if inception is not None:
         return FIDInceptionFeatures(inception, device=device), clf
     if feature_network is not None:
@@ -191,7 +194,9 @@ def evaluate_generator(G: nn.Module, config: GANConfig, real_x: np.ndarray | tor
             out.update({f"{prefix}modes_covered": cov["modes_covered"], f"{prefix}num_modes": cov["num_modes"],
                         f"{prefix}high_quality_fraction": cov["high_quality_fraction"],
                         f"{prefix}mode_reverse_kl": cov["reverse_kl"]})
-    if classifier is not None:
+    if classifier is not None and config.data.name == STACKED_DIGITS:
+        out.update(stacked_mode_metrics(G, classifier, real_x, seed=seed, device=device, say=say))
+    elif classifier is not None:
         hist_source = ref_y if ref_y is not None else classifier.predict(torch.from_numpy(ref_x))
         data_hist = np.bincount(np.asarray(hist_source, dtype=np.int64))
         for prefix, x in (("", fake_x), ("floor/", torch.from_numpy(held_x))):
@@ -203,6 +208,21 @@ def evaluate_generator(G: nn.Module, config: GANConfig, real_x: np.ndarray | tor
             out["classifier_accuracy_on_held_back"] = float((predicted == held_y).mean())
         out.update(conditional_accuracy(classifier.predict(fake_x), n, num_classes_of(G)))
     out["feature_dim"] = float(f_ref.shape[1])
+    return out
+
+
+def stacked_mode_metrics(G: nn.Module, classifier: DigitsClassifierFeatures, real_x: np.ndarray, *, seed: int = 0,
+                         device: str | torch.device = "cpu", num_samples: int = STACKED_PROTOCOL_SAMPLES,
+                         say: Callable[[str], None] = lambda line: None) -> dict[str, float]:
+    """The StackedMNIST protocol (gan_core.metrics.stacked): ``modes_covered`` (of 1000) and ``mode_kl`` of
+    ``num_samples`` G samples (seed-addressed), and under ``floor/`` the same for as many real stacked
+    digits (all of ``real_x`` when it has fewer)."""
+    t0 = time.perf_counter()
+    fake = generate(G, num_samples, seed=seed, device=device)
+    out = mode_statistics(stacked_modes(classifier, fake))
+    real = torch.from_numpy(np.ascontiguousarray(real_x[:num_samples]))
+    out.update({f"floor/{k}": v for k, v in mode_statistics(stacked_modes(classifier, real)).items()})
+    say(f"evaluation: 1000-mode protocol on {num_samples} samples in {time.perf_counter() - t0:.1f} s")
     return out
 
 

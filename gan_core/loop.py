@@ -39,7 +39,7 @@ from .checkpoint import restore_training_state, save_checkpoint
 from .config import GANConfig, TrainConfig
 from .diagnostics import TrainingDiagnostics, resolve_diagnostics
 from .losses import js_estimate
-from .training import TrainingState, build_training_state, train_step
+from .training import TrainingState, build_training_state, minibatches_per_step, train_step
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -99,8 +99,8 @@ def _open_batches(batches: Callable[[int], Iterable] | Iterable, start: int) -> 
 def _real_minibatches(batches: Callable[[int], Iterable] | Iterable, state: TrainingState,
                       train: TrainConfig) -> Callable[[], torch.Tensor | tuple[torch.Tensor, torch.Tensor]]:
     """``next_real()``: this worker's next real minibatch (images, or (images, labels)), from a stream opened where ``state`` left it
-    (train.d_steps minibatches per completed step). Raises DataExhaustedError when the stream ends."""
-    stream = _open_batches(batches, state.step * train.d_steps)
+    (minibatches_per_step per completed step). Raises DataExhaustedError when the stream ends."""
+    stream = _open_batches(batches, state.step * minibatches_per_step(state.config))
 
     def next_real() -> torch.Tensor:
         try:
@@ -149,7 +149,8 @@ def _reduce_tick(tick: _Tick, world_size: int) -> dict[str, float]:
         name = next((n for n in bad if n.startswith("loss/")), bad[0])
         raise NonFiniteLossError(tick.first_step + bad_step + 1, name, float(table[names.index(name), bad_step]))
     metrics = {n: float(v) for n, v in zip(names, table.mean(dim=1))}
-    metrics["js_estimate"] = float(js_estimate(metrics.pop("value")))
+    if "value" in metrics:  # V(D, G) is reported by the losses it means something for (not rpgan)
+        metrics["js_estimate"] = float(js_estimate(metrics.pop("value")))
     return metrics
 
 
@@ -218,15 +219,19 @@ class _TickReporter:
 
 
 def format_tick(s: Snapshot, total_steps: int) -> str:
-    """One progress line: step, kimg, paper-notation losses and D outputs, the adaptive augmentation
+    """One progress line: step, kimg, paper-notation losses and D outputs (for rpgan: how often and by how
+    much D ranks the real of a pair above its fake), the adaptive augmentation
     probability and r_t where augmenting, rate and ETA."""
     m = s.metrics
     eta = m.get("perf/eta_s", float("nan"))
     eta_txt = f"{int(eta // 60)}m{int(eta % 60):02d}s" if eta == eta else "?"
     aug = f"  aug/p {m['aug/p']:.3f}  aug/rt {m['aug/rt']:.3f}" if "aug/p" in m and "aug/rt" in m else ""
+    if "D/real>fake" in m:  # rpgan: only D's ordering of real over fake means something
+        d = f"P(D(x)>D(G(z))) {m['D/real>fake']:.3f}  D(x)-D(G(z)) {m['D/real-fake']:.3f}"
+    else:
+        d = f"D(x) {m['D/real']:.3f}  D(G(z)) {m['D/fake']:.3f}  JS~ {m['js_estimate']:.3f}"
     return (f"step {s.step:>6}/{total_steps}  kimg {s.kimg:8.1f}  loss/D {m['loss/D']:.4f}  "
-            f"loss/G {m['loss/G']:.4f}  D(x) {m['D/real']:.3f}  D(G(z)) {m['D/fake']:.3f}  "
-            f"JS~ {m['js_estimate']:.3f}{aug}  {_rate(m['perf/kimg_per_s'])}  eta {eta_txt}")
+            f"loss/G {m['loss/G']:.4f}  {d}{aug}  {_rate(m['perf/kimg_per_s'])}  eta {eta_txt}")
 
 
 def _rate(kimg_per_s: float) -> str:

@@ -1,4 +1,5 @@
-"""Generator G and discriminator D: MLPs for vectors, DCGAN conv nets for square images.
+"""Generator G and discriminator D: MLPs for vectors, DCGAN conv nets for square images (R3GAN's
+ResNets live in gan_core.r3gan; build_generator / build_discriminator pick by network.arch).
 
 Device placement, distribution (DDP) and precision are applied from outside; these modules only
 define the maths. D returns one pre-sigmoid score ("logit") per example, shape (N,).
@@ -233,9 +234,18 @@ class DCGANDiscriminator(nn.Module):
         return _projection(self.net, self.embed, x, c, self.num_classes)
 
 
+def _classes(arch: str) -> tuple[type[nn.Module], type[nn.Module]]:
+    """(G, D) classes of a network.arch."""
+    if arch == "r3gan":
+        from .r3gan import R3GANDiscriminator, R3GANGenerator  # NOTE: here, as gan_core.r3gan imports this module
+
+        return R3GANGenerator, R3GANDiscriminator
+    return (DCGANGenerator, DCGANDiscriminator) if arch == "dcgan" else (MLPGenerator, MLPDiscriminator)
+
+
 def build_generator(config: GANConfig) -> nn.Module:
-    cls = DCGANGenerator if config.network.arch == "dcgan" else MLPGenerator
-    return cls(config.network, config.data.shape, _num_classes(config))
+    """G for config.network.arch (mlp, dcgan or r3gan), on the CPU, initialised from the global RNG."""
+    return _classes(config.network.arch)[0](config.network, config.data.shape, _num_classes(config))
 
 
 def packed_shape(shape: tuple[int, ...], pack: int) -> tuple[int, ...]:
@@ -251,5 +261,14 @@ def pack(x: torch.Tensor, pack: int) -> torch.Tensor:
 
 
 def build_discriminator(config: GANConfig) -> nn.Module:
-    cls = DCGANDiscriminator if config.network.arch == "dcgan" else MLPDiscriminator
-    return cls(config.network, packed_shape(config.data.shape, config.network.d_pack), _num_classes(config))
+    """D for config.network.arch, taking network.d_pack packed examples (packed_shape)."""
+    return _classes(config.network.arch)[1](config.network, packed_shape(config.data.shape, config.network.d_pack),
+                                            _num_classes(config))
+
+
+def parameter_counts(config: GANConfig) -> tuple[int, int]:
+    """(parameters of G, parameters of D) for a config, counted on torch's meta device: nothing is
+    allocated, so it is cheap for any size (R3GAN's CIFAR-10 nets: about 20.7 M each)."""
+    with torch.device("meta"):
+        G, D = build_generator(config), build_discriminator(config)
+    return sum(p.numel() for p in G.parameters()), sum(p.numel() for p in D.parameters())

@@ -21,6 +21,9 @@ CURVE_PANELS: tuple[tuple[str, str, tuple[str, ...], tuple[tuple[float, str], ..
     ("Discriminator outputs", "mean D output (probability)", ("D/real", "D/fake"), ((0.5, "D = 1/2"),)),
     # Goodfellow et al. 2014, Thm. 1: V(G, D*) = -log 4 + 2 JSD, so JSD = (V + log 4) / 2 in [0, log 2]
     ("Jensen-Shannon estimate", "JSD estimate (nats)", ("js_estimate",), ((0.0, "0"), (math.log(2), "log 2"))),
+    # loss.kind rpgan (R3GAN): only D's ordering of each (real, fake) pair means something
+    ("Relativistic discriminator", "fraction of pairs / mean logit gap", ("D/real>fake", "D/real-fake"),
+     ((0.5, "1/2"), (0.0, "0"))),
     ("Gradient norms", "L2 norm of the gradient", ("grad_norm/G", "grad_norm/D"), ()),
     # gan_core.diagnostics: coverage of modes or classes and the diversity ratio (about 1 when healthy)
     ("Mode collapse", "fraction / ratio (1 = healthy)",

@@ -158,6 +158,14 @@ def _real_labels(state: TrainingState, labels: torch.Tensor | None, n: int) -> t
     return labels.to(state.device, non_blocking=True)
 
 
+def minibatches_per_step(config: GANConfig) -> int:
+    """Real minibatches one step of Algorithm 1 takes from the data stream: one per D update (k =
+    train.d_steps), plus one for G's update when its loss compares against reals (loss.kind rpgan, as
+    R3GAN's training loop fetches a separate real batch for the G phase). The stream of a resumed run
+    is opened at step x this."""
+    return config.train.d_steps + (1 if config.loss.kind == "rpgan" else 0)
+
+
 def check_device(name: str) -> torch.device:
     """``name`` as a torch.device this process can use: ``cpu``, ``cuda``/``cuda:N`` with N below the
     number of visible CUDA devices, or ``mps`` where Apple's backend is available. Raises ValueError naming the value and what is allowed (a typo, a
@@ -211,7 +219,8 @@ def discriminator_step(state: TrainingState, D_train: nn.Module, real: torch.Ten
     c_real = _real_labels(state, real_labels, real.shape[0])
     # 1. fresh z (and class labels); fakes from the unwrapped G without a graph: the D step must not touch G
     z = latents(state, "z_D", j, rank, world_size)
-    c_fake = fake_labels(state, "c_D", j, rank, world_size)
+    # rpgan pairs fake i with real i: a conditional pair shares the class (R3GAN conditions G on the reals')
+    c_fake = c_real if lcfg.kind == "rpgan" else fake_labels(state, "c_D", j, rank, world_size)
     with torch.no_grad(), _autocast(state):
         fake = apply(state.G, z, c_fake)
     real = real.to(state.device, non_blocking=True)
@@ -224,10 +233,14 @@ def discriminator_step(state: TrainingState, D_train: nn.Module, real: torch.Ten
     # PacGAN: D judges groups of d_pack consecutive examples (a no-op for d_pack = 1)
     k = cfg.network.d_pack
     real, fake = pack(real, k), pack(fake, k)
-    # lazy R1 (Karras et al. 2020): only on every r1_interval-th D update (counted over steps and j)
-    with_r1 = lcfg.r1_gamma > 0 and (state.step * cfg.train.d_steps + j) % lcfg.r1_interval == 0
+    # lazy R1 and R2 (Karras et al. 2020): only on every r1_interval-th D update (counted over steps and j)
+    lazy_turn = (state.step * cfg.train.d_steps + j) % lcfg.r1_interval == 0
+    with_r1 = lcfg.r1_gamma > 0 and lazy_turn
+    with_r2 = lcfg.r2_gamma > 0 and lazy_turn
     if with_r1:
         real = real.detach().requires_grad_(True)
+    if with_r2:
+        fake = fake.detach().requires_grad_(True)
     parts = [real, fake]
     if lcfg.gp_lambda > 0:
         B = cfg.train.global_batch_size // k
@@ -254,6 +267,12 @@ def discriminator_step(state: TrainingState, D_train: nn.Module, real: torch.Ten
         stats["loss/D_r1"] = r1.detach() if lcfg.r1_interval == 1 else r1.detach() * lcfg.r1_interval
     elif lcfg.r1_gamma > 0:  # amortised: interval x R1 where computed, 0 here; a tick's mean estimates R1
         stats["loss/D_r1"] = torch.zeros((), device=real.device)
+    if with_r2:  # on the fakes, with R1's interval and schedule (R3GAN: gamma/2 * (R1 + R2))
+        r2 = losses.r2_penalty(fake_logits, fake)
+        loss = loss + 0.5 * (r2_gamma(cfg, state.step) * lcfg.r1_interval) * r2
+        stats["loss/D_r2"] = r2.detach() * lcfg.r1_interval
+    elif lcfg.r2_gamma > 0:
+        stats["loss/D_r2"] = torch.zeros((), device=real.device)
     # 4. update D
     state.opt_D.zero_grad(set_to_none=True)
     state.scaler_D.scale(loss).backward()
@@ -262,9 +281,15 @@ def discriminator_step(state: TrainingState, D_train: nn.Module, real: torch.Ten
     state.scaler_D.step(state.opt_D)
     state.scaler_D.update()
     with torch.no_grad():
-        stats["D/real"] = torch.sigmoid(real_logits).mean()
-        stats["D/fake"] = torch.sigmoid(fake_logits).mean()
-        stats["value"] = losses.value_function(real_logits, fake_logits)
+        if lcfg.kind == "rpgan":
+            # NOTE: under RpGAN only differences of D's outputs mean something: no D(x), D(G(z)) or V (hence
+            # no JS estimate); the fraction of pairs D orders right (R3GAN logs Loss/signs/real) instead
+            stats["D/real>fake"] = (real_logits > fake_logits).float().mean()
+            stats["D/real-fake"] = (real_logits - fake_logits).mean()
+        else:
+            stats["D/real"] = torch.sigmoid(real_logits).mean()
+            stats["D/fake"] = torch.sigmoid(fake_logits).mean()
+            stats["value"] = losses.value_function(real_logits, fake_logits)
         if cfg.augment.policy:
             p = state.adaptive_p.p if state.adaptive_p is not None else torch.tensor(cfg.augment.initial_p)
             stats["aug/p"] = p.clone()
@@ -274,22 +299,36 @@ def discriminator_step(state: TrainingState, D_train: nn.Module, real: torch.Ten
     return stats
 
 
-def generator_step(state: TrainingState, G_train: nn.Module, rank: int = 0,
-                   world_size: int = 1) -> dict[str, torch.Tensor]:
+def generator_step(state: TrainingState, G_train: nn.Module, rank: int = 0, world_size: int = 1,
+                   real: torch.Tensor | None = None, real_labels: torch.Tensor | None = None
+                   ) -> dict[str, torch.Tensor]:
     """One G update on fresh z (Algorithm 1, outer loop), then the EMA update of G_ema.
 
     D's parameters are frozen (requires_grad off) so the backward pass computes no D gradients, and
-    D is used unwrapped: only G's gradients need synchronising.
+    D is used unwrapped: only G's gradients need synchronising. ``real`` (this worker's rows of a real
+    minibatch, and ``real_labels`` when conditional) is required by loss.kind rpgan, whose G loss pairs
+    fake i with real i (a conditional fake then takes its real's class); ignored otherwise.
     """
     cfg = state.config
+    rpgan = cfg.loss.kind == "rpgan"
+    if rpgan and real is None:
+        raise ValueError("loss.kind = rpgan: the G step needs a real minibatch (paired rows)")
     z = latents(state, "z_G", 0, rank, world_size)
-    c = fake_labels(state, "c_G", 0, rank, world_size)
+    c = _real_labels(state, real_labels, real.shape[0]) if rpgan else fake_labels(state, "c_G", 0, rank, world_size)
     state.D.requires_grad_(False)
     try:
         with _autocast(state):
             fake = augment(state, apply(G_train, z, c), "aug_G", 0, rank, world_size)  # G's gradient passes through
             fake_logits = apply(state.D, pack(fake, cfg.network.d_pack), c).float()
-        loss = losses.g_loss_for(cfg.loss.kind, fake_logits)
+            real_logits = None
+            if rpgan:  # D(x_r) is a constant for G: no graph
+                with torch.no_grad():
+                    x = real.to(state.device, non_blocking=True).to(fake.dtype)
+                    if cfg.train.channels_last and x.dim() == 4:
+                        x = x.contiguous(memory_format=torch.channels_last)
+                    x = augment(state, x, "aug_G_real", 0, rank, world_size)
+                    real_logits = apply(state.D, pack(x, cfg.network.d_pack), c).float()
+        loss = losses.g_loss_for(cfg.loss.kind, fake_logits, real_logits)
         state.opt_G.zero_grad(set_to_none=True)
         state.scaler_G.scale(loss).backward()
     finally:
@@ -314,11 +353,21 @@ def r1_gamma(config: GANConfig, step: int) -> float:
     return lcfg.r1_gamma * (lcfg.r1_gamma_final / lcfg.r1_gamma) ** progress
 
 
+def r2_gamma(config: GANConfig, step: int) -> float:
+    """The R2 weight at ``step``: loss.r2_gamma on R1's schedule (x r1_gamma(step) / loss.r1_gamma), constant
+    when R1 is off."""
+    lcfg = config.loss
+    if lcfg.r1_gamma <= 0:
+        return lcfg.r2_gamma
+    return lcfg.r2_gamma * r1_gamma(config, step) / lcfg.r1_gamma
+
+
 def train_step(state: TrainingState, next_real, G_train: nn.Module, D_train: nn.Module,
                rank: int = 0, world_size: int = 1) -> dict[str, torch.Tensor]:
     """One iteration of Algorithm 1: k = train.d_steps D updates, each on a fresh real minibatch
     from ``next_real()`` (a tensor, or an (images, labels) pair for conditional training), then one G
-    update, then both lr schedules advance to the new step. Returns statistics averaged over the D
+    update (on one more real minibatch for rpgan: minibatches_per_step), then both lr schedules advance
+    to the new step. Returns statistics averaged over the D
     updates (0-dim tensors, not synchronised to the host)."""
     k = state.config.train.d_steps
     d_stats: dict[str, list[torch.Tensor]] = {}
@@ -328,7 +377,11 @@ def train_step(state: TrainingState, next_real, G_train: nn.Module, D_train: nn.
         for key, v in discriminator_step(state, D_train, real, j, rank, world_size, labels).items():
             d_stats.setdefault(key, []).append(v)
     stats = {key: torch.stack(vs).mean() for key, vs in d_stats.items()}
-    stats.update(generator_step(state, G_train, rank, world_size))
+    g_real = g_labels = None
+    if state.config.loss.kind == "rpgan":  # G's own real minibatch (minibatches_per_step)
+        g_real = next_real()
+        g_real, g_labels = g_real if isinstance(g_real, tuple) else (g_real, None)
+    stats.update(generator_step(state, G_train, rank, world_size, g_real, g_labels))
     if state.adaptive_p is not None:  # ADA: every few steps, p follows r_t (same p on every rank)
         state.adaptive_p.adjust(state.step, world_size)
     # after the optimiser steps (as LambdaLR expects): the learning rates for the next step

@@ -35,6 +35,7 @@ from typing import Any
 
 from gan_core.config import ConfigError, GANConfig, check
 from gan_core.data import Normalisation
+from gan_core.training import minibatches_per_step
 
 from .ray_cluster import ensure_ray
 
@@ -270,7 +271,7 @@ def stream_passes(plan: WorkerPlan, manifest: dict, num_workers: int) -> int:
     if math.ceil(manifest["num_rows"] / num_workers) <= _stream_chunk_rows(per_worker, plan):
         return 1
     rows_per_worker = max(1, manifest["num_rows"] // num_workers)  # an equal split of each pass
-    needed_per_worker = t.total_steps * t.d_steps * per_worker
+    needed_per_worker = t.total_steps * minibatches_per_step(plan.config) * per_worker
     return min(MAX_STREAM_PASSES, math.ceil(needed_per_worker / rows_per_worker) + 1)  # + 1: a spare pass
 
 

@@ -45,7 +45,7 @@ IMAGE_NORMALISATION = Normalisation(1.0 / 127.5, -1.0)  # uint8 images 0..255 ->
 # How --image-size resizes, recorded in the fingerprint: a different method gives other pixels, so
 # another version (ImageOps.fit crops in source pixels, then resizes; earlier staging did the reverse).
 RESIZE_METHOD = "ImageOps.fit/bicubic"
-BUILTIN_SOURCES = ("digits", "ring8", "grid25")
+BUILTIN_SOURCES = ("digits", "stacked-digits", "ring8", "grid25")  # the one list (pipelines.settings uses it)
 
 
 class SourceError(ValueError):
@@ -162,6 +162,17 @@ def builtin_source(name: str, num_samples: int, seed: int) -> ArraySource:
         spec = ArraySpec(tuple(x.shape[1:]), "uint8", Normalisation(1.0 / 8.0, -1.0), (0.0, 16.0), True,
                          tuple(str(i) for i in range(10)))
         fp = {"kind": "builtin", "name": name, "content_sha256": _content_sha256(x, labels)}
+        return ArraySource(x, labels, spec, fp, name, name)
+    if name == "stacked-digits":  # 1000 modes: three digits as the channels (gan_core.data.stacked_digits)
+        if num_samples <= 0:
+            raise SourceError(f"{name}: --num-samples must be positive, got {num_samples}")
+        from gan_core.data import stacked_digits
+
+        x, labels = stacked_digits(num_samples, seed)
+        x = np.rint((x + 1.0) * 8.0).astype(np.uint8)  # exact, as digits
+        spec = ArraySpec(tuple(x.shape[1:]), "uint8", Normalisation(1.0 / 8.0, -1.0), (0.0, 16.0), True)
+        fp = {"kind": "builtin", "name": name, "num_samples": num_samples, "seed": seed,
+              "content_sha256": _content_sha256(x, labels)}
         return ArraySource(x, labels, spec, fp, name, name)
     if name in ("ring8", "grid25"):
         if num_samples <= 0:

@@ -36,6 +36,7 @@ from typing import Any
 from gan_core.files import read_bytes_bounded
 from gan_core.config import PRESETS, ConfigError, GANConfig, check, from_dict, get_preset, parse_overrides, to_plain
 from infra.ray_train import ClusterConfig, validate_launch
+from infra.sources import BUILTIN_SOURCES
 from infra.storage import join_uri
 
 GAN_SECTIONS = tuple(f.name for f in fields(GANConfig))
@@ -54,7 +55,6 @@ MAX_PARAMETERS = 10**9
 MAX_SOURCE_SAMPLES = 10**8
 MAX_IMAGE_SIZE = 4096
 MAX_CONFIG_BYTES = 1 << 20  # a config file is a few KiB of TOML; more is a mistake (or /dev/zero)
-BUILTIN_SOURCES = ("digits", "ring8", "grid25")
 SAMPLE_FORMATS = ("png", "npy")
 FID_INCEPTION_ENV = "GANPIPE_FID_INCEPTION"  # the default of evaluation.inception (read in resolve_settings)
 
@@ -145,12 +145,9 @@ def check_alias(alias: Any, where: str) -> None:
 def check_network_size(gan: GANConfig) -> int:
     """The parameter count of G and D for `gan`, computed on torch's meta device (no memory allocated);
     ConfigError naming the network fields unless it is at most MAX_PARAMETERS."""
-    import torch
+    from gan_core.networks import parameter_counts
 
-    from gan_core.networks import build_discriminator, build_generator
-
-    with torch.device("meta"):
-        count = sum(p.numel() for net in (build_generator(gan), build_discriminator(gan)) for p in net.parameters())
+    count = sum(parameter_counts(gan))
     n = gan.network
     check(count <= MAX_PARAMETERS, "network", f"{n.arch} z_dim={n.z_dim} g_width={n.g_width} d_width={n.d_width} "
           f"g_depth={n.g_depth} d_depth={n.d_depth} ({count:.3g} parameters in G and D)",

@@ -1,8 +1,11 @@
-"""DCGAN 64x64 on one GPU: training and sampling images/s, model FLOP utilisation (MFU) and peak memory
-for fp32 eager, bf16 autocast + channels_last, and torch.compile (bf16 + channels_last).
+"""DCGAN or R3GAN (--preset: dcgan64 by default, dcgan32, r3gan32, r3gan64) on one GPU: training and
+sampling images/s, model FLOP utilisation (MFU) and peak memory for fp32 eager, bf16 autocast +
+channels_last, and torch.compile (bf16 + channels_last).
 
     python -m benchmarks.gpu.bench_gpu --out runs/bench_gpu/results.json      # one GPU, under 5 minutes
+    python -m benchmarks.gpu.bench_gpu --preset r3gan32 --out runs/bench_gpu/r3gan32.json
     python -m benchmarks.gpu.bench_gpu --smoke --out /tmp/smoke.json          # CPU, tiny sizes, seconds
+    python -m benchmarks.gpu.bench_gpu --smoke --preset r3gan32 --out /tmp/smoke-r3gan.json
 
 Pure gan_core + torch: no Ray, Prefect or MLflow. Training runs the engine's own Algorithm 1 step
 (`gan_core.training.train_step`: k D updates with R1, one G update, the G_ema update, both lr schedules)
@@ -133,14 +136,15 @@ VARIANTS = (
 )
 # (numerator, denominator, target on training images/s)
 RATIOS = (("bf16_channels_last", "fp32_eager", 2.0), ("compile_bf16_channels_last", "bf16_channels_last", 1.2))
-DCGAN_PRESETS = sorted(name for name, preset in PRESETS.items() if preset().network.arch == "dcgan")
+# image presets of both engines: DCGAN (Radford et al. 2015) and R3GAN (Huang et al. 2024)
+IMAGE_PRESETS = sorted(name for name, preset in PRESETS.items() if preset().network.arch in ("dcgan", "r3gan"))
 SMOKE_OVERRIDES = {"data.shape": [3, 16, 16], "network.z_dim": 16, "network.g_width": 8, "network.d_width": 8,
                    "train.global_batch_size": 8}
 
 
 def needs_double_backward(config: GANConfig) -> bool:
-    """R1 (Mescheder et al. 2018) and the WGAN-GP penalty differentiate D's input gradient."""
-    return config.loss.r1_gamma > 0 or config.loss.gp_lambda > 0
+    """R1, R2 (Mescheder et al. 2018) and the WGAN-GP penalty differentiate D's input gradient."""
+    return config.loss.r1_gamma > 0 or config.loss.r2_gamma > 0 or config.loss.gp_lambda > 0
 
 
 def apply_compile(state: TrainingState, compile_fn: Callable) -> tuple[torch.nn.Module, list[str]]:
@@ -386,7 +390,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--smoke", action="store_true",
                    help="CPU smoke mode: 16x16 images, tiny widths, batch 8, a fraction of a second per variant, "
                         "torch.compile with the 'eager' backend (graph capture without code generation)")
-    p.add_argument("--preset", default="dcgan64", choices=DCGAN_PRESETS)
+    p.add_argument("--preset", default="dcgan64", choices=IMAGE_PRESETS)
     p.add_argument("--batch-size", type=int, help="train.global_batch_size (default: the preset's)")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="override a config field, e.g. --set loss.r1_gamma=0 (repeatable)")

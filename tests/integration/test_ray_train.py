@@ -12,9 +12,11 @@ from pathlib import Path
 
 import psutil
 import pytest
+import torch
 
 from gan_core.checkpoint import load_training_state
 from gan_core.config import ConfigError, get_preset
+from gan_core.networks import apply
 from gan_core.training import build_training_state
 from infra.datasets import stage
 from infra.ray_train import ClusterConfig, TrackingSpec, launch_training, worker_threads
@@ -59,20 +61,36 @@ def test_every_update_leaves_workers_bitwise_identical(ray_cluster, ring8_datase
     assert run.data.tags["ganpipe.last_checkpoint"].endswith(f"{out.run_name}/checkpoint-000000010")
 
 
-@pytest.mark.parametrize("conditional", [False, True], ids=["unconditional", "conditional"])
-def test_two_workers_reproduce_one_worker(ray_cluster, ring8_dataset, tmp_path, conditional):
-    # conditional: ring8's staged mode ids are the class labels; they travel with the real batches
-    cfg = tiny(**({"network.conditional": True, "data.num_classes": 8} if conditional else {}))
+@pytest.mark.parametrize("conditional, loss", [(False, {}), (True, {}),
+                                               (True, {"loss.kind": "rpgan", "loss.r2_gamma": 0.5})],
+                         ids=["unconditional", "conditional", "rpgan-conditional"])
+def test_two_workers_reproduce_one_worker(ray_cluster, ring8_dataset, tmp_path, conditional, loss):
+    # conditional: ring8's staged mode ids are the class labels; they travel with the real batches (rpgan: G's
+    # step takes its own real minibatch, labels included, through Ray Data too)
+    cfg = tiny(**({"network.conditional": True, "data.num_classes": 8} if conditional else {}), **loss)
     one = launch_training(cfg, ring8_dataset, ClusterConfig(num_workers=1, storage_path=str(tmp_path / "one"),
                                                             max_failures=0))
     two = launch_training(cfg, ring8_dataset, ClusterConfig(num_workers=2, storage_path=str(tmp_path / "two"),
                                                             max_failures=0))
     a, b = load_training_state(one.checkpoint_uri), load_training_state(two.checkpoint_uri)
     assert a.step == b.step == 20
+    # NOTE: RpGAN compares D's outputs on (real, fake) pairs of one class, so D's biases get gradients that
+    # (nearly) cancel: float noise, which Adam scales up to steps of about lr. Measured in 2-process gloo runs:
+    # the output bias and a hidden bias drift by up to 3.9e-4 after 20 steps, every weight stays within 4e-7.
+    # So for rpgan D's biases are compared through what the loss sees, D's logit gaps, not one by one.
+    rpgan = cfg.loss.kind == "rpgan"
     for net in ("G", "D"):
         for (name, pa), (_, pb) in zip(getattr(a, net).named_parameters(), getattr(b, net).named_parameters()):
+            if rpgan and net == "D" and name.endswith("bias"):
+                continue
             diff = (pa - pb).abs().max().item()
             assert diff <= 1e-4, f"{net}.{name} differs by {diff}"
+    if rpgan:
+        x = torch.randn(64, 2, generator=torch.Generator().manual_seed(0))
+        c = torch.arange(64) % 8
+        with torch.no_grad():
+            gap_a, gap_b = (apply(s.D, x, c) - apply(s.D, x.flip(0), c) for s in (a, b))
+        assert (gap_a - gap_b).abs().max().item() <= 1e-3
     # and training really happened: 20 steps of images, and parameters moved away from the initialisation
     assert a.images_seen == 20 * cfg.train.global_batch_size
     init = build_training_state(one.config)  # the same seed: the state training started from

@@ -217,3 +217,16 @@ def test_without_cuda_only_smoke_runs(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.startswith("error: no CUDA device") and "--smoke" in proc.stderr
     assert proc.stderr.count("\n") == 1 and not out.exists()
+
+
+def test_smoke_runs_r3gan_with_its_loss_and_both_penalties(tmp_path):
+    """R3GAN beside DCGAN: the r3gan32 preset (RpGAN + R1 + R2, normalisation-free ResNets) in smoke mode."""
+    out = tmp_path / "r3gan.json"
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.gpu.bench_gpu", "--smoke", "--preset", "r3gan32",
+                           "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["preset"] == "r3gan32"
+    for name, variant in result["variants"].items():
+        assert all(_positive(variant[k]) for k in ("train_images_per_s", "achieved_tflops", "sample_images_per_s")), name
+    assert bench_gpu.needs_double_backward(get_preset("r3gan32").with_overrides({"loss.r1_gamma": 0.0, "loss.r1_gamma_final": 0.0}))  # R2 alone
