@@ -598,14 +598,16 @@ def preset_r3gan_digits() -> GANConfig:
     optimiser settings (lr 2e-4, beta2 0.99, gamma 0.1) 24.2; lr 1e-3 10.3; lr 2e-3 with gamma 1 8.5; and
     beta2 0.9 6.8; lr 3e-3 with gamma 2 5.6 (this preset); lr 5e-3 with gamma 4 8.6; 64 channels 11.9; two
     blocks per stage 9.2. DCGAN's digits preset with the same RpGAN loss: 4.7. The fix-up network starts as
-    a linear map of z and learns slowly at small learning rates; a step costs about 2.7x a DCGAN step."""
+    a linear map of z and learns slowly at small learning rates; a step costs about 2.7x a DCGAN step.
+    With this preset's settings, seed 0: 5.61, 2.06, 1.25, 1.08 after 1,000, 2,000, 3,000 and 4,000 steps
+    (4,000 steps, 256 kimg)."""
     return GANConfig(
         data=DataConfig(name="digits", shape=(1, 8, 8), num_classes=10),
         network=NetworkConfig(arch="r3gan", z_dim=32, g_width=32, d_width=32, blocks_per_stage=1, group_width=16),
         loss=LossConfig(kind="rpgan", r1_gamma=2.0, r2_gamma=2.0, r1_interval=16),
         g_optim=OptimizerConfig(lr=3e-3, beta1=0.0, beta2=0.9),
         d_optim=OptimizerConfig(lr=3e-3, beta1=0.0, beta2=0.9),
-        train=TrainConfig(global_batch_size=64, total_steps=2000, tick_every_steps=200,
+        train=TrainConfig(global_batch_size=64, total_steps=4000, tick_every_steps=200,
                           checkpoint_every_steps=1000, ema_kimg=5.0),
     )
 

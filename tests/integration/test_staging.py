@@ -82,6 +82,19 @@ def test_grid25_roundtrip_and_layout(storage_root):
     assert open_dataset(f"{storage_root}/datasets/grid25").version == other.version
 
 
+def test_stacked_digits_roundtrip_exact(tmp_path):
+    """The 1000-mode dataset stages exactly: uint8 digits per channel, the mode as the label."""
+    from gan_core.data import stacked_digits
+
+    ds = datasets.stage("stacked-digits", str(tmp_path / "store"), num_samples=600, seed=2, rows_per_shard=200)
+    m = ds.manifest
+    assert (m["shape"], m["dtype"], m["num_rows"], m["num_shards"]) == ([3, 8, 8], "uint8", 600, 3)
+    x, labels = datasets.load_numpy(ds.uri, verify=True)
+    x_ref, labels_ref = stacked_digits(600, 2)
+    assert np.array_equal(x, x_ref) and np.array_equal(labels, labels_ref)
+    assert len(m["label_counts"]) == labels_ref.max() + 1 and sum(m["label_counts"]) == 600
+
+
 def test_png_folder_roundtrip_noop_and_new_version(storage_root, png_folder, tmp_path):
     folder, x_ref, labels_ref = png_folder
     ds = datasets.stage(str(folder), storage_root, rows_per_shard=500)
