@@ -23,6 +23,9 @@ def _generator(preset: str, overrides: dict):
             if isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
                 m.running_mean.uniform_(-0.5, 0.5)
                 m.running_var.uniform_(0.5, 2.0)
+        for p in G.parameters():  # R3GAN's fix-up zeros (residual branches' last layers), grown as in training
+            if not p.any():
+                p.normal_(0.0, 0.05)
     return G.eval(), cfg
 
 
@@ -32,6 +35,9 @@ def _generator(preset: str, overrides: dict):
     ("digits", {"network.g_width": 8, "network.d_width": 8}, 1 / 8, -1.0),  # DCGAN, 1x8x8 images
     # class-conditional DCGAN: a second input, the label
     ("digits-cond", {"network.g_width": 8, "network.d_width": 8}, 1 / 8, -1.0),
+    # R3GAN's ResNet (grouped convs, low-pass resampling, the generative basis), unconditional and conditional
+    ("r3gan-digits", {}, 1 / 8, -1.0),
+    ("r3gan-digits", {"network.conditional": True}, 1 / 8, -1.0),
 ])
 def test_pt2_and_onnx_match_eager(tmp_path, preset, overrides, scale, offset):
     G, cfg = _generator(preset, overrides)
