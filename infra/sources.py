@@ -29,6 +29,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from gan_core.data import Normalisation
+from gan_core.files import check_regular_file
 
 from . import storage
 from .shardset import SCHEMA_METADATA_KEY, column_to_numpy, content_address
@@ -394,6 +395,15 @@ class ParquetSource(Source):
 # --- entry point --------------------------------------------------------------------------------
 
 
+def _refuse_special_file(loc: storage.Location, info: pafs.FileInfo, what: str) -> None:
+    """SourceError for a local FIFO, device or socket (reading one can block forever or never end)."""
+    if isinstance(loc.fs, pafs.LocalFileSystem) and info.type not in (pafs.FileType.File, pafs.FileType.Directory):
+        try:
+            check_regular_file(loc.path, what)
+        except ValueError as e:
+            raise SourceError(f"{e} or a folder") from None
+
+
 def open_source(source: str, *, num_samples: int = 50_000, seed: int = 0, image_size: int | None = None,
                 grayscale: bool = False, skip_bad: bool = False, labels: str | None = None,
                 image_column: str | None = None, label_column: str | None = None) -> Source:
@@ -411,11 +421,12 @@ def open_source(source: str, *, num_samples: int = 50_000, seed: int = 0, image_
         info = storage.require_exists(loc)
     except StorageError as e:
         raise SourceError(f"source: {e}") from None
+    _refuse_special_file(loc, info, "source")
     labels_loc = None
     if labels is not None:
         labels_loc = storage.resolve(labels)
         try:
-            storage.require_exists(labels_loc)
+            _refuse_special_file(labels_loc, storage.require_exists(labels_loc), "--labels")
         except StorageError as e:
             raise SourceError(f"labels: {e}") from None
     if info.type == pafs.FileType.File:

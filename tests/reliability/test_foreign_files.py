@@ -299,6 +299,24 @@ def test_config_that_is_not_a_small_regular_file_is_one_line(tmp_path, kind):
     assert r.returncode == 2 and len(lines) == 1 and f"--config {path}: {expected}" in lines[0], r.stderr[-2000:]
 
 
+@pytest.mark.parametrize("kind", ["source-device", "source-fifo", "labels-device"])
+def test_a_source_or_labels_that_is_a_device_or_fifo_is_one_line(fresh_home, capsys, kind):
+    """`stage /dev/zero` said 'storage failed ... run the same command again' (exit 1); a FIFO could block."""
+    fifo = fresh_home / "x.npy"
+    os.mkfifo(fifo)
+    arrays = fresh_home / "a.npy"
+    import numpy as np
+
+    np.save(arrays, np.zeros((4, 2), np.float32))
+    argv, expected = {"source-device": (["stage", "/dev/zero"], "source /dev/zero: a character device"),
+                      "source-fifo": (["stage", str(fifo)], f"source {fifo}: a FIFO"),
+                      "labels-device": (["stage", str(arrays), "--labels", "/dev/zero"],
+                                        "--labels /dev/zero: a character device")}[kind]
+    line = run_cli(capsys, argv + ["--root", str(fresh_home / "store"), "--engine", "direct"])
+    assert expected in line and "allowed: a regular file or a folder" in line, line
+    assert not (fresh_home / "store").exists()
+
+
 # -- the champion moves last; a checkpoint without its digest file is refused ----------------------------------
 
 def test_a_run_that_fails_after_registering_leaves_the_alias_where_it_was(
