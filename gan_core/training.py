@@ -280,8 +280,18 @@ def discriminator_step(state: TrainingState, D_train: nn.Module, real: torch.Ten
     stats["grad_norm/D"] = _grad_norm(state.D).detach()
     state.scaler_D.step(state.opt_D)
     state.scaler_D.update()
+    stats.update(_d_output_statistics(state, real_logits, fake_logits, world_size))
+    state.images_seen += cfg.train.global_batch_size
+    return stats
+
+
+def _d_output_statistics(state: TrainingState, real_logits: torch.Tensor, fake_logits: torch.Tensor,
+                         world_size: int) -> dict[str, torch.Tensor]:
+    """D's outputs as the tick line reports them (detached, on the device), and augment's p and r_t."""
+    cfg = state.config
+    stats: dict[str, torch.Tensor] = {}
     with torch.no_grad():
-        if lcfg.kind == "rpgan":
+        if cfg.loss.kind == "rpgan":
             # NOTE: under RpGAN only differences of D's outputs mean something: no D(x), D(G(z)) or V (hence
             # no JS estimate); the fraction of pairs D orders right (R3GAN logs Loss/signs/real) instead
             stats["D/real>fake"] = (real_logits > fake_logits).float().mean()
@@ -295,7 +305,6 @@ def discriminator_step(state: TrainingState, D_train: nn.Module, real: torch.Ten
             stats["aug/p"] = p.clone()
             stats["aug/rt"] = (state.adaptive_p.observe(real_logits, cfg.train.global_batch_size, world_size)
                                if state.adaptive_p is not None else torch.sign(real_logits).mean())
-    state.images_seen += cfg.train.global_batch_size
     return stats
 
 
