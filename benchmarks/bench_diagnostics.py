@@ -94,4 +94,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from gan_core.errors import run_command
+
+    raise SystemExit(run_command(main, prog="python -m benchmarks.bench_diagnostics"))

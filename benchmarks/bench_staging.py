@@ -131,4 +131,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from gan_core.errors import run_command
+
+    raise SystemExit(run_command(main, prog="python -m benchmarks.bench_staging"))

@@ -18,8 +18,9 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import CheckpointError, verify_checkpoint
+from .checkpoint import CheckpointError, load_generator, verify_checkpoint
 from .config import PRESETS, ConfigError, get_preset, parse_overrides
+from .errors import run_command
 from .files import claim_output_folder
 from .data import MIXTURES, InMemoryBatches, label_counts, load_builtin, mixture, mode_coverage, training_subset
 from .networks import parameter_counts
@@ -77,6 +78,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """`python -m gan_core`, ending at the shared error boundary (gan_core.errors)."""
+    return run_command(lambda: _train_command(argv), prog="python -m gan_core")
+
+
+def _train_command(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     try:
         overrides = parse_overrides(args.set)
@@ -102,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         check_device(args.device)
         if args.resume:
             verify_checkpoint(args.resume)  # missing, incomplete or damaged: refused before anything is written
+            load_generator(args.resume)  # its config.json must build networks its weights fit
         out = claim_output_folder(args.out, "--out", "python -m gan_core")  # last: it writes the folder's mark
     except (ConfigError, CheckpointError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)

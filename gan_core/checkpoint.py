@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from .config import GANConfig, OptimizerConfig
+from .errors import UserError
 from .files import sha256_file
 from .rng import capture_rng_state, restore_rng_state
 from .training import TrainingState, build_training_state, lr_schedule
@@ -42,7 +43,7 @@ FORMAT = "ganpipe-checkpoint/3"
 _HASHED_FILES = (STATE_FILE, CONFIG_FILE, SUMMARY_FILE)
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint directory is missing, incomplete or does not match the configuration."""
 
 
@@ -217,12 +218,8 @@ def restore_training_state(state: TrainingState, directory: str | os.PathLike, *
         state.opt_D.load_state_dict(payload["opt_D"])
         state.scaler_G.load_state_dict(payload["scaler_G"])
         state.scaler_D.load_state_dict(payload["scaler_D"])
-    except (RuntimeError, KeyError, ValueError) as e:  # torch's message lists every key: keep the first
-        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-        first = next((ln for ln in lines[1:] if "size mismatch" in ln or "key" in ln.lower()),
-                     lines[0] if lines else "")
-        raise CheckpointError(f"{directory}: does not match the configured networks ({first.rstrip('.')}; "
-                              "allowed: the config the checkpoint was written with, e.g. its config.json)") from e
+    except (RuntimeError, KeyError, ValueError) as e:
+        raise _mismatch(directory, e, "the configured networks") from e
     state.step = int(payload["step"])
     state.images_seen = int(payload["images_seen"])
     if state.adaptive_p is not None and "augment" in payload:  # else p starts afresh
@@ -238,6 +235,15 @@ def restore_training_state(state: TrainingState, directory: str | os.PathLike, *
     if restore_rng:
         restore_rng_state(payload["rng"])
     return state
+
+
+def _mismatch(directory: str | os.PathLike, e: Exception, what: str) -> CheckpointError:
+    """The one line for weights that do not fit the networks a config builds (torch's message lists every
+    key: the first size mismatch or missing key is kept)."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    first = next((ln for ln in lines[1:] if "size mismatch" in ln or "key" in ln.lower()), lines[0] if lines else "")
+    return CheckpointError(f"{directory}: its weights do not match {what} ({first.rstrip('.')}; allowed: the "
+                           "config the checkpoint was written with)")
 
 
 def _resume_schedule(directory: str | os.PathLike, saved: dict[str, Any] | None, opt: torch.optim.Optimizer,
@@ -290,5 +296,8 @@ def load_generator(directory: str | os.PathLike, device: str | torch.device = "c
     config = read_checkpoint_config(directory)
     payload = load_state_dict_file(directory, device)
     G = build_generator(config)
-    G.load_state_dict(payload["G_ema" if ema else "G"])
+    try:
+        G.load_state_dict(payload["G_ema" if ema else "G"])
+    except (RuntimeError, KeyError, ValueError) as e:  # e.g. config.json's z_dim edited, sha256.json remade
+        raise _mismatch(directory, e, f"the generator its {CONFIG_FILE} builds") from e
     return G.to(device).eval().requires_grad_(False), config

@@ -14,8 +14,10 @@ from dataclasses import dataclass, field, fields, is_dataclass, replace
 from types import UnionType
 from typing import Any, Union, get_args, get_origin, get_type_hints
 
+from .errors import UserError
 
-class ConfigError(ValueError):
+
+class ConfigError(UserError, ValueError):
     """A configuration value is invalid. The message names the field, the value and what is allowed."""
 
 
@@ -51,6 +53,13 @@ AMP_MODES = ("off", "bf16", "fp16")
 MAX_GLOBAL_BATCH_SIZE = 65536
 # ImageNet-21k's 21,841 classes, rounded up: a typo (10**9) would otherwise allocate a huge class embedding
 MAX_NUM_CLASSES = 32768
+# Every other numeric field has a documented upper bound too (issue 31: train.total_steps = 10**20 was
+# taken), far beyond any published setting, so that no value runs unbounded in time or memory:
+MAX_STEPS = 100_000_000  # train.total_steps and the step intervals: ~100x StyleGAN2-ADA's longest runs
+MAX_GENERATED_EXAMPLES = 10_000_000  # data.num_examples of a generated dataset (held in memory; 10^7 ring8 = 80 MB)
+MAX_SEED = 2**63  # seeds are int64 (exclusive bound)
+MAX_PENALTY_WEIGHT = 1e6  # loss.r1_gamma, r2_gamma, gp_lambda (R3GAN's largest gamma: 0.05 to 15)
+MAX_KIMG = 1e6  # train.ema_kimg, augment.speed_kimg: thousands of images (StyleGAN2-ADA: 10 and 500)
 
 
 @dataclass(frozen=True)
@@ -86,14 +95,14 @@ class DataConfig:
             "data.shape", self.shape, "(D,) for vectors or (C, H, W) for images, positive integers",
         )
         object.__setattr__(self, "shape", shape)
-        check(_is_int(self.num_examples) and self.num_examples > 0, "data.num_examples", self.num_examples,
-              "a positive integer")
-        check(_is_int(self.data_seed) and self.data_seed >= 0, "data.data_seed", self.data_seed,
-              "a non-negative integer")
+        check(_is_int(self.num_examples) and 0 < self.num_examples <= MAX_GENERATED_EXAMPLES, "data.num_examples",
+              self.num_examples, f"an integer from 1 to {MAX_GENERATED_EXAMPLES}")
+        check(_is_int(self.data_seed) and 0 <= self.data_seed < MAX_SEED, "data.data_seed", self.data_seed,
+              "an integer in [0, 2**63)")
         check(_is_int(self.num_classes) and (self.num_classes == 0 or 2 <= self.num_classes <= MAX_NUM_CLASSES),
               "data.num_classes", self.num_classes, f"0 (unlabelled) or an integer from 2 to {MAX_NUM_CLASSES}")
-        check(_is_int(self.subset) and self.subset >= 0, "data.subset", self.subset,
-              "a non-negative integer (0 = every example)")
+        check(_is_int(self.subset) and 0 <= self.subset < 2**31, "data.subset", self.subset,
+              "an integer in [0, 2**31) (0 = every example)")
         freq = tuple(self.class_frequencies) if isinstance(self.class_frequencies, (list, tuple)) else None
         check(freq is not None and (not freq or (
             len(freq) == self.num_classes and all(_is_number(f) and math.isfinite(f) and f >= 0 for f in freq)
@@ -182,16 +191,14 @@ class LossConfig:
 
     def __post_init__(self) -> None:
         check(self.kind in LOSS_KINDS, "loss.kind", self.kind, " | ".join(LOSS_KINDS))
-        check(_is_number(self.r2_gamma) and 0 <= self.r2_gamma <= 1e6, "loss.r2_gamma", self.r2_gamma,
-              "a number from 0 to 1e6")
-        check(_is_number(self.gp_lambda) and self.gp_lambda >= 0, "loss.gp_lambda", self.gp_lambda,
-              "a number >= 0")
-        check(_is_number(self.r1_gamma) and self.r1_gamma >= 0, "loss.r1_gamma", self.r1_gamma, "a number >= 0")
-        check(_is_number(self.r1_gamma_final) and self.r1_gamma_final >= 0 and
+        for name in ("r2_gamma", "gp_lambda", "r1_gamma"):
+            v = getattr(self, name)
+            check(_is_number(v) and 0 <= v <= MAX_PENALTY_WEIGHT, f"loss.{name}", v, "a number from 0 to 1e6")
+        check(_is_number(self.r1_gamma_final) and 0 <= self.r1_gamma_final <= MAX_PENALTY_WEIGHT and
               (self.r1_gamma_final == 0 or self.r1_gamma > 0), "loss.r1_gamma_final", self.r1_gamma_final,
-              "a number >= 0 (> 0 only together with loss.r1_gamma > 0)")
-        check(_is_int(self.r1_interval) and self.r1_interval >= 1, "loss.r1_interval", self.r1_interval,
-              "an integer >= 1 (R1 on every r1_interval-th D update)")
+              "a number from 0 to 1e6 (> 0 only together with loss.r1_gamma > 0)")
+        check(_is_int(self.r1_interval) and 1 <= self.r1_interval <= MAX_STEPS, "loss.r1_interval", self.r1_interval,
+              f"an integer from 1 to {MAX_STEPS} (R1 on every r1_interval-th D update)")
 
 
 @dataclass(frozen=True)
@@ -226,16 +233,16 @@ class TrainConfig:
     num_checkpoints_to_keep: int = 2
 
     def __post_init__(self) -> None:
-        for name in ("global_batch_size", "d_steps", "total_steps", "tick_every_steps", "checkpoint_every_steps",
-                     "num_checkpoints_to_keep"):
+        for name, bound in (("global_batch_size", MAX_GLOBAL_BATCH_SIZE), ("d_steps", 100), ("total_steps", MAX_STEPS),
+                            ("tick_every_steps", MAX_STEPS), ("checkpoint_every_steps", MAX_STEPS),
+                            ("num_checkpoints_to_keep", 10_000)):
             v = getattr(self, name)
-            check(_is_int(v) and v > 0, f"train.{name}", v, "a positive integer")
-        check(self.global_batch_size <= MAX_GLOBAL_BATCH_SIZE, "train.global_batch_size", self.global_batch_size,
-              f"an integer from 1 to {MAX_GLOBAL_BATCH_SIZE}")
+            check(_is_int(v) and 0 < v <= bound, f"train.{name}", v, f"an integer from 1 to {bound}")
         check(_is_int(self.seed) and 0 <= self.seed < 2**63, "train.seed", self.seed, "an integer in [0, 2**63)")
-        check(_is_number(self.ema_kimg) and self.ema_kimg >= 0, "train.ema_kimg", self.ema_kimg, "a number >= 0")
-        check(_is_number(self.ema_rampup) and self.ema_rampup >= 0, "train.ema_rampup", self.ema_rampup,
-              "a number >= 0")
+        check(_is_number(self.ema_kimg) and 0 <= self.ema_kimg <= MAX_KIMG, "train.ema_kimg", self.ema_kimg,
+              "a number from 0 to 1e6 (kimg)")
+        check(_is_number(self.ema_rampup) and 0 <= self.ema_rampup <= 1e3, "train.ema_rampup", self.ema_rampup,
+              "a number from 0 to 1000")
         check(_is_number(self.lr_rampdown) and 0 <= self.lr_rampdown < 1, "train.lr_rampdown", self.lr_rampdown,
               "a number in [0, 1)")
         check(self.amp in AMP_MODES, "train.amp", self.amp, " | ".join(AMP_MODES))
@@ -288,8 +295,8 @@ class AugmentConfig:
               "true only together with a non-empty augment.policy")
         check(_is_number(self.target) and 0 < self.target < 1, "augment.target", self.target,
               "a number in (0, 1)")
-        check(_is_number(self.speed_kimg) and self.speed_kimg > 0, "augment.speed_kimg", self.speed_kimg,
-              "a number > 0")
+        check(_is_number(self.speed_kimg) and 0 < self.speed_kimg <= MAX_KIMG, "augment.speed_kimg", self.speed_kimg,
+              "a number in (0, 1e6] (kimg)")
         check(_is_number(self.fill) and -1 <= self.fill <= 1, "augment.fill", self.fill, "a number in [-1, 1]")
 
     @property

@@ -37,11 +37,12 @@ from torch import nn
 from .checkpoint import CheckpointError, load_generator
 from .config import GANConfig
 from .data import BUILTIN_DATASETS, MIXTURES, STACKED_DIGITS, load_builtin, mode_coverage
+from .errors import run_command
 from .metrics import (STACKED_PROTOCOL_SAMPLES, DigitsClassifierFeatures, FIDInceptionFeatures, IdentityFeatures,
                       RandomConvFeatures, StackedDigitsFeatures, TorchScriptFeatures, class_coverage,
                       extract_features, frechet_distance, frechet_inception_distances, kernel_inception_distance,
                       load_or_train_digits_classifier, mode_statistics, precision_recall, stacked_modes)
-from .metrics.features import FeatureExtractor
+from .metrics.features import FeatureExtractor, FeatureNetworkError
 from .rng import derive_seed
 from .sampling import generate, labels_for_range, num_classes_of
 from .training import check_device
@@ -173,6 +174,9 @@ def evaluate_generator(G: nn.Module, config: GANConfig, real_x: np.ndarray | tor
         out.update({FID_METRIC: fid["fake"], f"floor/{FID_METRIC}": fid["held"]})
     else:
         f_ref = extract_features(feature_extractor, torch.from_numpy(ref_x))
+        if len(f_ref) > 1 and not (f_ref.std(0) > 0).any():  # a distance between constant features is always 0
+            raise FeatureNetworkError(f"{getattr(feature_extractor, 'path', feature_extractor.name)}: returns the same "
+                                      f"features for all {len(f_ref)} real samples; a distance in them means nothing")
         f_held = extract_features(feature_extractor, torch.from_numpy(held_x))
         f_fake = extract_features(feature_extractor, fake_x)
         out.update({"fd": frechet_distance(f_fake, f_ref), "floor/fd": frechet_distance(f_held, f_ref)})
@@ -311,6 +315,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """`python -m gan_core.evaluate`, ending at the shared error boundary (gan_core.errors)."""
+    return run_command(lambda: _evaluate_command(argv), prog="python -m gan_core.evaluate")
+
+
+def _evaluate_command(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     try:
         check_device(args.device)

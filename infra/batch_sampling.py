@@ -50,7 +50,7 @@ from .storage import StorageError, first_line
 
 log = logging.getLogger(__name__)
 
-FORMAT = "ganpipe.samples/1"
+FORMAT = "ganpipe.samples/2"  # /2: the manifest carries its field digests (/1 is read as it is)
 MODEL_FORMAT = "ganpipe-generator/1"  # infra.generator_model.FORMAT
 FORMATS = ("parquet", "png")
 LAYOUT_VERSION = 1  # bump when shard encoding changes: part of every request fingerprint
@@ -88,8 +88,8 @@ class SampledModel(BaseModel):
     model_config = ConfigDict(extra="allow", strict=True)
     requested_uri: str
     uri: str
-    name: str
-    version: str
+    name: str | None  # None: a runs:/ or models:/<model_id> URI, not a registry entry
+    version: str | None
 
 
 class SampleManifest(Manifest):

@@ -37,7 +37,7 @@ from .shardset import MANIFEST_NAME, Layout, Manifest, ShardPlan, ShardSet, Shar
 from .sources import ArraySpec, Source, SourceError, open_source
 from .storage import StorageError
 
-FORMAT = "ganpipe.dataset/1"
+FORMAT = "ganpipe.dataset/2"  # /2: the manifest carries its field digests (/1 is read as it is)
 # Bump when the shard layout or encoding changes: it is part of every version hash.
 LAYOUT_VERSION = 1
 DATASETS_DIR = "datasets"

@@ -66,7 +66,12 @@ def frechet_distance(x: np.ndarray, y: np.ndarray) -> float:
     """FD = ||mu_x - mu_y||^2 + Tr(S_x + S_y - 2 (S_x S_y)^(1/2))  (Heusel et al. 2017, eq. 6)."""
     from scipy import linalg
 
+    from gan_core.metrics.features import MAX_FEATURE_DIM
+
     x, y = np.asarray(x, np.float64).reshape(len(x), -1), np.asarray(y, np.float64).reshape(len(y), -1)
+    if x.shape[1] > MAX_FEATURE_DIM:  # a d x d covariance and its sqrtm: 64x64 RGB pixels ran for minutes in 8 GB
+        raise ValueError(f"a Frechet distance on {x.shape[1]}-d samples; allowed: at most {MAX_FEATURE_DIM} "
+                         "dimensions: evaluate images in a feature space (infra.evaluation.gan_core_evaluator)")
     mu_x, mu_y = x.mean(0), y.mean(0)
     # NOTE: eps on the diagonals keeps sqrtm defined for singular covariances (e.g. digits' border
     # pixels are always 0), as pytorch-fid does when the product is singular.
@@ -92,8 +97,9 @@ def default_evaluator(reference: np.ndarray | None = None, *, num_samples: int =
             try:
                 ref, _ = load_builtin(name, config.data.num_examples, config.data.data_seed)
             except ValueError:
-                raise ValueError(f"no reference data for dataset {name!r}: pass default_evaluator(reference=...) "
-                                 f"or an evaluator of your own") from None
+                raise ValueError(f"no reference data for dataset {name!r}: it is not built in; evaluate against the "
+                                 "staged dataset it was trained on (default_evaluator(reference=...), "
+                                 "`ganpipe register --dataset`)") from None
         fd = frechet_distance(samples.numpy(), np.asarray(ref)[: max(num_samples, 2)])
         return Evaluation({"fd_raw": fd}, "fd_raw", False, {"evaluator": f"frechet_distance_raw(n={num_samples})"})
 

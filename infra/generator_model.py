@@ -25,7 +25,8 @@ Contract (see infra/registry.py for the signature):
 - ``predict(z)``: z float32 (n, z_dim) -> samples float32 (n, C, H, W) or (n, D) in the data's
   original value range, x_data = (G_ema(z) - offset) / scale. A float64 array is accepted only if
   its values are exactly float32 values (as JSON from a float32 array arrives at the scoring
-  server); other dtypes and shapes raise ValueError naming the dtype and shape.
+  server); other dtypes and shapes, and NaN or Inf latents, raise ValueError naming the dtype and shape
+  (or the first non-finite value).
 - ``predict(None, params={"num_samples": n, "seed": s, "start": i})``: samples [i, i + n) of seed s,
   addressed exactly as gan_core.sampling.generate (sample i depends only on (model, s, i));
   1 <= n <= gan_core.sampling.MAX_NUM_SAMPLES and i >= 0, else ValueError. ``None`` and an empty
@@ -310,6 +311,10 @@ def _as_latents(model_input, z_dim: int, num_classes: int = 0):
         z = z32
     if z.dtype != np.float32 or z.ndim != 2 or z.shape[1] != z_dim:
         raise ValueError(f"predict: latents z are {z.dtype} of shape {z.shape}; {accepted}")
+    if not np.isfinite(z).all():  # G maps them to NaN images without a word
+        bad = np.argwhere(~np.isfinite(z))[0]
+        raise ValueError(f"predict: latents z hold a non-finite value ({z[tuple(bad)]} at row {bad[0]}, column "
+                         f"{bad[1]}); accepted: finite float32 latents")
     if num_classes == 0:
         if labels is not None:
             raise ValueError("predict: labels given to an unconditional generator; " + accepted)

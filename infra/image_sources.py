@@ -36,6 +36,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
 
+from gan_core.config import MAX_NUM_CLASSES
+
 from . import storage
 from .shardset import content_address
 from .sources import (IMAGE_NORMALISATION, IMAGE_SUFFIXES, RESIZE_METHOD, ArraySpec, Chunk, ParquetFiles, Source,
@@ -307,11 +309,11 @@ class ParquetImageSource(EncodedImageSource):
             index = {name: i for i, name in enumerate(self.class_names)}
             return np.array([index[v] for v in col.to_pylist()], np.int64)
         labels = col.to_numpy().astype(np.int64, copy=False)
-        limit = len(self.label_names) if self.label_names else None
-        bad = (labels < 0) | (labels >= limit if limit else False)
+        limit = len(self.label_names) if self.label_names else MAX_NUM_CLASSES
+        bad = (labels < 0) | (labels >= limit)
         if bad.any():
             k = int(np.argmax(bad))
-            allowed = f"0..{limit - 1} (the ClassLabel names)" if limit else "integers >= 0"
+            allowed = f"0..{limit - 1} (the ClassLabel names)" if self.label_names else f"0..{limit - 1}"
             raise SourceError(f"{self.parquet.uri(fi)} row {first + k}: label {labels[k]} in column "
                               f"{self.label_column!r} (allowed: {allowed})")
         return labels
@@ -451,9 +453,9 @@ class ZipImageSource(EncodedImageSource):
         for k, entry in enumerate(entries):
             ok = isinstance(entry, list) and len(entry) == 2 and isinstance(entry[0], str)
             label = entry[1] if ok else None
-            if not ok or isinstance(label, bool) or not isinstance(label, int) or label < 0:
-                raise SourceError(f"{where}: labels[{k}] must be [member name, integer label >= 0], got "
-                                  f"{json.dumps(entry)[:80]}")
+            if not ok or isinstance(label, bool) or not isinstance(label, int) or not 0 <= label < MAX_NUM_CLASSES:
+                raise SourceError(f"{where}: labels[{k}] must be [member name, integer label in 0..{MAX_NUM_CLASSES - 1}]"
+                                  f", got {json.dumps(entry)[:80]}")
             by_name[entry[0].replace("\\", "/")] = label  # dataset_tool may write Windows separators
         members = set(self.members)
         unknown = [n for n in by_name if n not in members]

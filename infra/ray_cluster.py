@@ -14,7 +14,10 @@ import os
 import signal
 import threading
 
+from gan_core.errors import one_line
+
 from .ray_hooks import SETUP_HOOK
+from .settings import ServiceUnreachable, check_ray_address
 
 # Environment every worker process of our jobs gets: telemetry has nowhere to go.
 WORKER_ENV = {"RAY_USAGE_STATS_ENABLED": "0"}
@@ -53,9 +56,15 @@ def ensure_ray(address: str | None = None) -> None:
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS") or "local"
+    if address != "local":
+        check_ray_address(address)  # seconds, not ray.init's minutes of waiting on a closed port
     main_thread = threading.current_thread() is threading.main_thread()
     on_sigterm = signal.getsignal(signal.SIGTERM) if main_thread else None
-    ray.init(address=address, include_dashboard=False, log_to_driver=True, runtime_env=driver_runtime_env())
+    try:
+        ray.init(address=address, include_dashboard=False, log_to_driver=True, runtime_env=driver_runtime_env())
+    except ConnectionError as e:  # "auto" with no cluster on this host, a head that went away
+        raise ServiceUnreachable(f"RAY_ADDRESS: no Ray cluster at {address!r} ({one_line(e)[:200]}); start one "
+                                 "(`ray start --head`), or unset RAY_ADDRESS to use a local Ray instance") from None
     if callable(on_sigterm):
         # NOTE: the driver's core worker installs absl's failure-signal handler for SIGTERM too, over the
         # Python one: measured, a SIGTERM'd `ganpipe run` then dumped stacks and hung in training until

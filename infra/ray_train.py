@@ -83,22 +83,24 @@ class ClusterConfig:
 
         check(isinstance(self.address, str), "cluster.address", self.address,
               "a string such as 'ray://head:10001' or 'auto'")
-        check(is_int(self.num_workers) and self.num_workers >= 1, "cluster.num_workers", self.num_workers,
-              "an integer >= 1")
+        # documented bounds, far beyond any cluster: a typo is refused instead of waiting forever for resources
+        check(is_int(self.num_workers) and 1 <= self.num_workers <= 4096, "cluster.num_workers", self.num_workers,
+              "an integer from 1 to 4096")
         check(isinstance(self.cpus_per_worker, (int, float)) and not isinstance(self.cpus_per_worker, bool)
-              and self.cpus_per_worker > 0, "cluster.cpus_per_worker", self.cpus_per_worker, "a number > 0")
-        check(is_int(self.threads_per_worker) and self.threads_per_worker >= 0, "cluster.threads_per_worker",
-              self.threads_per_worker, "an integer >= 0 (0 = auto)")
-        check(is_int(self.max_failures) and self.max_failures >= -1, "cluster.max_failures", self.max_failures,
-              "an integer >= -1 (-1 = unlimited)")
+              and 0 < self.cpus_per_worker <= 1024, "cluster.cpus_per_worker", self.cpus_per_worker,
+              "a number in (0, 1024]")
+        check(is_int(self.threads_per_worker) and 0 <= self.threads_per_worker <= 1024, "cluster.threads_per_worker",
+              self.threads_per_worker, "an integer from 0 to 1024 (0 = auto)")
+        check(is_int(self.max_failures) and -1 <= self.max_failures <= 1000, "cluster.max_failures",
+              self.max_failures, "an integer from -1 to 1000 (-1 = unlimited)")
         check(self.placement_strategy in PLACEMENT_STRATEGIES, "cluster.placement_strategy",
               self.placement_strategy, " | ".join(PLACEMENT_STRATEGIES))
         check(self.data_loading in DATA_LOADING, "cluster.data_loading", self.data_loading, " | ".join(DATA_LOADING))
-        check(is_int(self.data_memory_mib) and self.data_memory_mib >= 16, "cluster.data_memory_mib",
-              self.data_memory_mib, "an integer >= 16 (MiB per worker)")
+        check(is_int(self.data_memory_mib) and 16 <= self.data_memory_mib <= 1 << 20, "cluster.data_memory_mib",
+              self.data_memory_mib, "an integer from 16 to 1048576 (MiB per worker)")
         check(self.run_name is None or (isinstance(self.run_name, str) and bool(self.run_name.strip())
-                                        and "/" not in self.run_name),
-              "cluster.run_name", self.run_name, "a non-empty name without '/'")
+                                        and "/" not in self.run_name and len(self.run_name) <= 200),
+              "cluster.run_name", self.run_name, "a non-empty name of at most 200 characters without '/'")
 
 
 @dataclass(frozen=True)

@@ -41,6 +41,7 @@ import gan_core
 from gan_core.checkpoint import load_generator, read_summary
 from gan_core.config import GANConfig
 from gan_core.data import Normalisation
+from gan_core.errors import UserError
 from gan_core.sampling import labels_for_range, latents_for_range
 
 from . import storage, tracking
@@ -60,7 +61,7 @@ PROMOTION_LOCK_WAIT_S = 120.0  # a promotion holds the lock for three registry c
 PROMOTION_LOCK_STALE_S = 60.0  # a lock this old was left by a holder that died; it is broken
 
 
-class RegistryError(RuntimeError):
+class RegistryError(UserError, RuntimeError):
     """The registry cannot do what was asked (unknown run, no checkpoint, ...); one-line message."""
 
 

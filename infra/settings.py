@@ -19,6 +19,8 @@ import time
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
+from gan_core.errors import UserError
+
 DEFAULT_EXPERIMENT = "ganpipe"
 TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
 REGISTRY_URI_ENV = "MLFLOW_REGISTRY_URI"
@@ -65,16 +67,99 @@ def display_uri(uri: str) -> str:
     return uri
 
 
-class MlflowUnreachable(RuntimeError):
-    """An http(s) MLflow server did not answer the preflight probe; the message is one line naming the
-    URI, the cause and what to do. The CLI reports it as a user error (exit 2)."""
+class ServiceUnreachable(UserError, RuntimeError):
+    """A service at an address the user gave (RAY_ADDRESS, PREFECT_API_URL, AWS_ENDPOINT_URL,
+    MLFLOW_TRACKING_URI) is malformed or did not answer the preflight probe; the message is one line naming
+    the variable, the address, the cause and what to do (exit 2)."""
+
+
+class MlflowUnreachable(ServiceUnreachable):
+    """An http(s) MLflow server did not answer the preflight probe (or an SQLite store is damaged)."""
+
+
+RAY_ADDRESS_ENV = "RAY_ADDRESS"
+PREFECT_API_URL_ENV = "PREFECT_API_URL"
+S3_ENDPOINT_ENV = "AWS_ENDPOINT_URL"
+
+
+def check_service_addresses(*, ray_address: str | None = None, prefect: bool = False, s3: bool = False) -> None:
+    """The services a command will use, checked before it starts anything, each in at most
+    PROBE_ATTEMPTS x PROBE_TIMEOUT_S seconds: ``ray_address`` (a Ray cluster given by address: "" or
+    "local" = none), PREFECT_API_URL when ``prefect`` and set, AWS_ENDPOINT_URL when ``s3`` and set.
+    Raises ServiceUnreachable naming the variable, the value and what is accepted."""
+    if ray_address and ray_address != "local":
+        check_ray_address(ray_address)
+    api_url = os.environ.get(PREFECT_API_URL_ENV)
+    if prefect and api_url:
+        _check_http_service(api_url, PREFECT_API_URL_ENV, "the Prefect API", "e.g. http://127.0.0.1:4200/api")
+    endpoint = os.environ.get(S3_ENDPOINT_ENV)
+    if s3 and endpoint:
+        _check_http_service(endpoint, S3_ENDPOINT_ENV, "the S3 endpoint", "e.g. http://127.0.0.1:9000", health=False)
+
+
+def check_ray_address(address: str, name: str = RAY_ADDRESS_ENV) -> None:
+    """A Ray cluster address: "auto" (a cluster started on this host with `ray start`), "host:port" (its
+    GCS) or "ray://host:port" (Ray Client), whose port must accept a TCP connection (ray.init would wait
+    minutes on a closed one). Raises ServiceUnreachable."""
+    allowed = "auto, HOST:PORT (the head's GCS, e.g. 10.0.0.5:6379) or ray://HOST:PORT"
+    if address == "auto":
+        return  # resolved by Ray from this host's session files; ensure_ray reports a missing cluster
+    parts = urlsplit(address if "://" in address else f"gcs://{address}")
+    try:
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        host = port = None
+    if parts.scheme not in ("gcs", "ray") or not host or not port or parts.path not in ("", "/"):
+        raise ServiceUnreachable(f"{name}: got {address!r}; allowed: {allowed}")
+    cause = _tcp_probe_failure(host, port)
+    if cause:
+        raise ServiceUnreachable(f"{name}: the Ray cluster at {address} cannot be reached: {cause}; start it "
+                                 f"(`ray start --head`), or unset {name} to use a local Ray instance")
+
+
+def _check_http_service(url: str, name: str, what: str, example: str, health: bool = True) -> None:
+    parts = urlsplit(url)
+    try:
+        port_ok = parts.port is None or parts.port > 0
+    except ValueError:  # a port that is not a number, or out of range
+        port_ok = False
+    if parts.scheme not in ("http", "https") or not parts.hostname or not port_ok:
+        raise ServiceUnreachable(f"{name}: got {display_uri(url)!r}; allowed: an http(s) URL of {what}, {example}")
+    if health:
+        cause = _health_check_failure(url)
+    else:
+        cause = _tcp_probe_failure(parts.hostname, parts.port or (443 if parts.scheme == "https" else 80))
+    if cause:
+        raise ServiceUnreachable(f"{name}: {what} at {display_uri(url)} cannot be reached: {cause}; start it, or "
+                                 f"set {name} to one that runs")
+
+
+def _tcp_probe_failure(host: str, port: int) -> str | None:
+    """None once a TCP connection to host:port opens (within PROBE_ATTEMPTS tries of PROBE_TIMEOUT_S),
+    else why not."""
+    cause = ""
+    for attempt in range(PROBE_ATTEMPTS):
+        if attempt:
+            time.sleep(PROBE_PAUSE_S)
+        try:
+            socket.create_connection((host, port), timeout=PROBE_TIMEOUT_S).close()
+            return None
+        except OSError as e:
+            cause = e.strerror or type(e).__name__
+            if isinstance(e, socket.gaierror):
+                return f"unknown host {host!r} ({cause})"
+    return cause
 
 
 def check_mlflow_reachable(*uris: str) -> None:
     """Fail fast (MlflowUnreachable) when an http(s) MLflow server among `uris` (default: the tracking and
     the registry URI) does not answer ``GET <uri>/health`` within PROBE_ATTEMPTS tries of PROBE_TIMEOUT_S.
-    Other stores (sqlite:, file paths, databricks) are not probed. Writes nothing, creates nothing."""
+    An SQLite store's file, when it exists, must be an SQLite database (MlflowUnreachable naming it: a
+    truncated or overwritten mlflow.db is not a server error). Other stores (file paths, databricks) are
+    not probed. Writes nothing, creates nothing."""
     for uri in dict.fromkeys(uris or (mlflow_tracking_uri(), mlflow_registry_uri())):
+        if uri.startswith("sqlite:///"):
+            _check_sqlite_store(uri)
         if not uri.startswith(("http://", "https://")):
             continue
         cause = _health_check_failure(uri)
@@ -83,6 +168,23 @@ def check_mlflow_reachable(*uris: str) -> None:
             names = names or TRACKING_URI_ENV
             raise MlflowUnreachable(f"the MLflow server {display_uri(uri)} ({names}) cannot be reached: {cause}; "
                                     f"start it, or set {names} to a server that runs")
+
+
+SQLITE_HEADER = b"SQLite format 3\x00"  # the first 16 bytes of every SQLite 3 database file
+
+
+def _check_sqlite_store(uri: str) -> None:
+    path = Path(uri[len("sqlite:///"):].split("?", 1)[0])
+    try:
+        with open(path, "rb") as f:
+            header = f.read(len(SQLITE_HEADER))
+    except FileNotFoundError:
+        return  # MLflow creates it
+    except OSError as e:
+        raise MlflowUnreachable(f"the MLflow store {path} ({TRACKING_URI_ENV}) cannot be read: {e.strerror}") from None
+    if header and header != SQLITE_HEADER:
+        raise MlflowUnreachable(f"the MLflow store {path} ({TRACKING_URI_ENV}) is not an SQLite database (damaged or "
+                                "overwritten); move it aside to start a new store, or restore it from a backup")
 
 
 def _health_check_failure(uri: str) -> str | None:

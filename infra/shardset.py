@@ -51,6 +51,7 @@ import pyarrow.parquet as pq
 from pydantic import (BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt, StringConstraints, ValidationError,
                       model_validator)
 
+from gan_core.errors import UserError
 from gan_core.files import OWNER_FILE, is_protected_folder
 
 from . import storage
@@ -73,7 +74,7 @@ MAX_WRITER_THREADS = 8
 PROGRESS_LOG_FRACTION = 0.1  # without a bar, a progress line each 10% of the items
 
 
-class ShardSetError(ValueError):
+class ShardSetError(UserError, ValueError):
     """A shard set that cannot be used (nothing committed, another format, a bad manifest entry, a
     shard missing at commit); the message is one line."""
 
@@ -338,7 +339,7 @@ def check_destination(loc: Location, fmt: str | None, error: type[ValueError], w
         return
     if OWNER_FILE in names:
         owner_format = _owner_format(loc.join(OWNER_FILE))
-        if fmt is None or owner_format in (fmt, None):
+        if fmt is None or owner_format in (*accepted_formats(fmt), None):
             return
         raise error(f"{what} {loc.uri}: holds a set of another kind ({OWNER_FILE} says {owner_format!r}, not "
                     f"{fmt!r}); allowed: a new or empty folder, or one of {fmt}")
@@ -598,6 +599,7 @@ def commit(plan: ShardPlan, shards: list[dict]) -> dict:
         "shards": [{k: s[k] for k in plan.SHARD_KEYS} for s in shards],
         "layout": asdict(plan.layout),
     }
+    manifest[FIELD_DIGESTS] = field_digests(manifest)
     loc = plan.location()
     storage.commit_json(loc.join(MANIFEST_NAME), manifest)
     try:  # best effort: leftovers are harmless, readers go by the manifest
@@ -653,6 +655,36 @@ class _LogLines:
 # --- reading ------------------------------------------------------------------------------------
 
 
+FIELD_DIGESTS = "fields_sha256"  # {field: sha256 of its canonical JSON} for every other manifest field
+
+
+def field_digests(manifest: dict) -> dict[str, str]:
+    """The content address of each manifest field (its canonical JSON's sha256), FIELD_DIGESTS excepted."""
+    return {k: content_address(v, 64) for k, v in manifest.items() if k != FIELD_DIGESTS}
+
+
+def accepted_formats(fmt: str) -> tuple[str, ...]:
+    """``fmt`` ("ganpipe.dataset/2") and the format before it ("ganpipe.dataset/1"), written before
+    manifests carried FIELD_DIGESTS; read as they are."""
+    name, _, version = fmt.rpartition("/")
+    return (fmt, f"{name}/{int(version) - 1}") if version.isdigit() and int(version) > 1 else (fmt,)
+
+
+def _check_field_digests(manifest: dict, marker: str, error: type[ShardSetError]) -> None:
+    """Every field against the digest recorded at commit: a hand-edited manifest (its shape, normalisation,
+    labels, version, ...) is refused naming the first field that differs, or that was added or removed."""
+    recorded = manifest.get(FIELD_DIGESTS)
+    if not isinstance(recorded, dict):
+        raise error(f"{marker}: field {FIELD_DIGESTS!r} is missing or not an object; the manifest was edited after "
+                    "it was committed (stage or sample the set again)")
+    actual = field_digests(manifest)
+    for field in sorted(set(recorded) | set(actual)):
+        if recorded.get(field) != actual.get(field):
+            change = "removed" if field not in actual else "added" if field not in recorded else "changed"
+            raise error(f"{marker}: field {field!r} was {change} after the set was committed (its digest in "
+                        f"{FIELD_DIGESTS} differs); the manifest was edited: stage or sample the set again")
+
+
 def check_manifest(manifest: Any, fmt: str, where: str, error: type[ShardSetError] = ShardSetError,
                    schema: type[Manifest] = Manifest) -> dict:
     """`manifest` (the parsed `_manifest.json` of the set at `where`) when it has format `fmt`, matches
@@ -661,7 +693,7 @@ def check_manifest(manifest: Any, fmt: str, where: str, error: type[ShardSetErro
     marker = storage.join_uri(where, MANIFEST_NAME)
     if not isinstance(manifest, dict):
         raise error(f"{marker}: not a JSON object (got {type(manifest).__name__}); not a shard-set manifest")
-    if manifest.get("format") != fmt:
+    if manifest.get("format") not in accepted_formats(fmt):
         raise error(f"{marker}: unknown manifest format {manifest.get('format')!r} (expected {fmt})")
     try:
         schema.model_validate(manifest)
@@ -674,6 +706,8 @@ def check_manifest(manifest: Any, fmt: str, where: str, error: type[ShardSetErro
     layout = Layout(**manifest["layout"])
     for s in manifest["shards"]:
         _check_shard_name(layout, s["path"], where, error)
+    if manifest["format"] == fmt:  # the current format carries its field digests; the one before did not
+        _check_field_digests(manifest, marker, error)  # last: the checks above name the bad value itself
     return manifest
 
 

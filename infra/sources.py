@@ -28,7 +28,9 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from gan_core.config import MAX_NUM_CLASSES
 from gan_core.data import Normalisation
+from gan_core.errors import UserError
 from gan_core.files import check_regular_file
 
 from . import storage
@@ -49,7 +51,7 @@ RESIZE_METHOD = "ImageOps.fit/bicubic"
 BUILTIN_SOURCES = ("digits", "stacked-digits", "ring8", "grid25")  # the one list (pipelines.settings uses it)
 
 
-class SourceError(ValueError):
+class SourceError(UserError, ValueError):
     """Bad input: printed as one line naming the file or value."""
 
 
@@ -106,6 +108,9 @@ def _check_labels(labels: Any, n: int, where: str) -> np.ndarray:
         raise SourceError(f"{where}: labels must be integers, got dtype {labels.dtype}")
     if len(labels) and labels.min() < 0:
         raise SourceError(f"{where}: labels must be class indices 0, 1, ..., got {int(labels.min())}")
+    if len(labels) and labels.max() >= MAX_NUM_CLASSES:
+        raise SourceError(f"{where}: labels must be class indices below {MAX_NUM_CLASSES} (network.num_classes' "
+                          f"bound), got {int(labels.max())}")
     return labels.astype(np.int64, copy=False)
 
 
@@ -217,11 +222,14 @@ def array_file_source(loc: Location, labels_loc: Location | None) -> ArraySource
         if x_key is None:
             raise SourceError(f"{where}: no array named x, images, data or arr_0 (found: {', '.join(keys)})")
         x = loaded[x_key]
+    else:
+        x = loaded
+    if np.ndim(x) < 2:  # before anything takes len(x): a 0-d array has none
+        raise SourceError(f"{where}: expected an array of examples (N, ...), got shape {np.shape(x)}")
+    if isinstance(loaded, np.lib.npyio.NpzFile):
         y_key = next((k for k in ("label", "labels", "y") if k in keys), None)
         if y_key is not None:
             labels = _check_labels(loaded[y_key], len(x), f"{where}[{y_key}]")
-    else:
-        x = loaded
     if labels_loc is not None:
         if labels is not None:
             raise SourceError(f"{where} already holds labels; drop --labels {labels_loc.uri}")

@@ -23,6 +23,7 @@ from typing import Iterator
 import pyarrow as pa
 import pyarrow.fs as pafs
 
+from gan_core.errors import UserError
 from gan_core.files import is_protected_folder
 
 S3_SCHEME = "s3://"
@@ -30,7 +31,7 @@ S3_SCHEME = "s3://"
 HASH_CHUNK_BYTES = 8 << 20
 
 
-class StorageError(ValueError):
+class StorageError(UserError, ValueError):
     """A storage location that cannot be used (missing path or bucket, not committed, ...)."""
 
 
@@ -215,9 +216,27 @@ def require_exists(loc: Location) -> pafs.FileInfo:
 
 
 def list_files(loc: Location) -> list[pafs.FileInfo]:
-    """All files below a folder, recursively, sorted by path (a stable order on every backend)."""
+    """All files below a folder, recursively, sorted by path (a stable order on every backend).
+
+    The symbolic-link policy of a local folder (S3 has no links): a link to a *folder* is refused with
+    StorageError naming it, since a walk through folder links can loop (`cls0/up -> ..` never ended, and
+    `cls0/again -> .` turned 2 images into 82 rows); a link to a *file* is read as the file it names,
+    wherever that lies (the user put it there; ganpipe only reads it). Links are never written through."""
+    if isinstance(loc.fs, pafs.LocalFileSystem):
+        _refuse_folder_links(loc)
     infos = loc.fs.get_file_info(pafs.FileSelector(loc.path, recursive=True, allow_not_found=True))
     return sorted((i for i in infos if i.type == pafs.FileType.File), key=lambda i: i.path)
+
+
+def _refuse_folder_links(loc: Location) -> None:
+    """StorageError naming the first symbolic link to a folder below ``loc`` (a local folder); os.walk does
+    not follow links, so this walk itself cannot loop."""
+    for folder, subfolders, _ in os.walk(loc.path, followlinks=False):
+        for name in sorted(subfolders):
+            path = os.path.join(folder, name)
+            if os.path.islink(path):
+                raise StorageError(f"{path}: a symbolic link to a folder ({os.readlink(path)}); folder links are not "
+                                   "followed (they can loop): copy or move the folder in, or stage its target itself")
 
 
 def relative(loc: Location, path: str) -> str:

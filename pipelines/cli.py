@@ -3,8 +3,9 @@
     def add_parser(subparsers) -> argparse.ArgumentParser   # sets `func=run` via set_defaults
     def run(args) -> int
 
-User errors raise `UserError` (or a subclass of ValueError raised by validation): the CLI prints one
-line to stderr and exits 2, without a traceback.
+Errors end at the one boundary every entry point shares (gan_core.errors): `UserError` and every error
+family derived from it is one line on stderr and exit 2; `CommandFailed` one line and exit 1; anything
+else one line naming the log that holds its traceback, exit 1. No traceback reaches the terminal.
 """
 
 from __future__ import annotations
@@ -17,7 +18,10 @@ import signal
 import socket
 import sys
 import threading
+import time
+from pathlib import Path
 
+from gan_core.errors import report
 
 # Ray's switch between a loopback-only local instance ("0") and one bound to all interfaces ("1"); see
 # set_embedded_defaults
@@ -27,7 +31,7 @@ RAY_LOCAL_ONLY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 def set_embedded_defaults() -> str | None:
     """The embedded default, resolved once at the edge: the process environment that every tool reads.
 
-    - telemetry off (there is nowhere to send it);
+    - telemetry off (there is nowhere to send it), and MLflow's per-file download bars;
     - a local Ray instance started here binds 127.0.0.1 only (unless RAY_ADDRESS names a cluster, or
       RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=1 asks for all interfaces);
     - MLflow: `MLFLOW_TRACKING_URI` = SQLite under GANPIPE_HOME when nobody set one, so that MLflow's own
@@ -44,6 +48,9 @@ def set_embedded_defaults() -> str | None:
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # one "Downloading artifacts" bar per file MLflow fetches (37 for one `ganpipe sample`): ganpipe prints
+    # its own progress; set it to true to see MLflow's
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     if not os.environ.get("RAY_ADDRESS"):
         # NOTE: a local Ray instance we start serves this host only. This is Ray's own switch for that:
         # off, the node IP of an instance it starts is the loopback address and every Ray process (GCS,
@@ -79,15 +86,6 @@ COMMANDS = [
 ]
 
 
-class UserError(Exception):
-    """A mistake in the user's input: printed as one line, exit code 2."""
-
-
-class PipelineFailed(Exception):
-    """A run that failed for another reason than the user's input: one line (naming where the details
-    are), exit code 1."""
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ganpipe",
@@ -112,6 +110,27 @@ def build_parser() -> argparse.ArgumentParser:
 def _not_yet(name: str) -> int:
     print(f"ganpipe {name}: not yet available in this version", file=sys.stderr)
     return 2
+
+
+# the services each command uses, probed before it starts anything (infra.settings.check_service_addresses):
+# a Ray cluster at RAY_ADDRESS, the Prefect API at PREFECT_API_URL, an S3 endpoint at AWS_ENDPOINT_URL
+# (`submit`'s address is a Ray dashboard: it probes it itself; MLflow's store is probed by each command)
+SERVICES = {
+    "run": dict(ray=True, prefect=True, s3=True), "stage": dict(prefect=True, s3=True),
+    "train": dict(ray=True, s3=True), "evaluate": dict(s3=True), "register": dict(s3=True),
+    "sample": dict(ray=True, prefect=True, s3=True), "deploy": dict(prefect=True),
+}
+
+
+def check_services(command: str, argv: list[str]) -> None:
+    """Probe the services `command` uses at the addresses the environment gives (SERVICES); the S3
+    endpoint only when the command line names an s3:// location (a local request does not need it)."""
+    from infra.settings import RAY_ADDRESS_ENV, check_service_addresses
+
+    needs = SERVICES.get(command, {})
+    check_service_addresses(ray_address=os.environ.get(RAY_ADDRESS_ENV) if needs.get("ray") else None,
+                            prefect=needs.get("prefect", False),
+                            s3=needs.get("s3", False) and any("s3://" in a for a in argv))
 
 
 TERMINATING = (signal.SIGTERM, signal.SIGHUP)
@@ -169,8 +188,18 @@ def unwind_on_termination():
         read_end.close()
 
 
+def error_log_path(command: str) -> Path:
+    """Where `ganpipe COMMAND`'s unexpected failure leaves its traceback: <local home>/logs."""
+    from infra.settings import local_home
+
+    return local_home() / "logs" / f"{command}-error-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}.log"
+
+
 def main(argv: list[str] | None = None) -> int:
-    embedded_prefect_home = set_embedded_defaults()
+    try:
+        embedded_prefect_home = set_embedded_defaults()  # reads GANPIPE_HOME: may be a path that cannot be used
+    except Exception as e:  # noqa: BLE001 - the boundary, before any command is known
+        return report(e, prog="ganpipe")
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
@@ -179,22 +208,16 @@ def main(argv: list[str] | None = None) -> int:
     args.embedded_prefect_home = embedded_prefect_home
     with unwind_on_termination() as terminated:
         try:
+            check_services(args.command, sys.argv[1:] if argv is None else argv)
             return int(args.func(args) or 0)
-        except UserError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-        except BaseException as e:  # noqa: BLE001 - sorted out below; anything else is re-raised
+        except BaseException as e:  # noqa: BLE001 - the one boundary: every failure is one line and an exit code
             if terminated:  # whatever the interrupt became on its way up (Prefect's TerminationSignal, a
                 # pipeline error, Ray Train's SIGINT handler's sys.exit): the exit handlers run after this
                 print(f"interrupted ({signal.Signals(terminated[0]).name})", file=sys.stderr)
                 return 128 + terminated[0]
-            if isinstance(e, PipelineFailed):
-                print(f"error: {e}", file=sys.stderr)
-                return 1
-            if isinstance(e, KeyboardInterrupt):
-                print("interrupted", file=sys.stderr)
-                return 130
-            raise
+            if isinstance(e, SystemExit):
+                raise
+            return report(e, prog=f"ganpipe {args.command}", log_path=lambda: error_log_path(args.command))
 
 
 if __name__ == "__main__":

@@ -51,6 +51,11 @@ FLOW_NAME = "gan-pipeline"
 MAX_INLINE_PNG_BYTES = 512 * 1024  # larger pictures are linked, not embedded in the markdown report
 REPORT_METRICS = ("fid", "fd", "kid", "precision", "recall", "classes_covered", "class_kl", "modes_covered",
                   "high_quality_fraction", "mode_reverse_kl")
+# how a metric is shown where it is printed: (scale, label suffix); KID as x 10^3, as StyleGAN2-ADA reports it
+METRIC_DISPLAY = {"kid": (1e3, " (x 10^3)")}
+# A ratio to the real-vs-real floor is printed only when the floor is at least this fraction of the value:
+# a floor near zero (0.039 against an FD of 27) is sampling noise, and FD / floor = 696 meant nothing.
+MIN_FLOOR_FRACTION = 0.01
 
 io_task = dict(retries=STORAGE_RETRIES, retry_delay_seconds=STORAGE_RETRY_DELAYS_S,
                retry_condition_fn=retry_on_storage_io, cache_policy=NO_CACHE, persist_result=False)
@@ -375,6 +380,10 @@ def metrics_rows(metrics: dict[str, float]) -> list[tuple[str, str, str]]:
         if name in metrics:
             floor = metrics.get(f"floor/{name}")
             value = metrics[name]
+            scale, suffix = METRIC_DISPLAY.get(name, (1.0, ""))
+            if scale != 1.0:
+                value, floor = value * scale, None if floor is None else floor * scale
+            name = name + suffix
             if name in ("classes_covered", "modes_covered"):
                 total = metrics.get("num_classes" if name == "classes_covered" else "num_modes")
                 value = f"{_fmt(value)}/{_fmt(total)}" if total is not None else _fmt(value)
@@ -455,6 +464,14 @@ def _read_run_artifact(uri: str, max_bytes: int) -> bytes | None:
         return None
 
 
+def floor_ratio(value: float, floor: float) -> str:
+    """value / floor for the summary, or why it is not shown: the floor is below MIN_FLOOR_FRACTION of the
+    value (sampling noise, the ratio would mean nothing) or not positive."""
+    if not floor > 0 or floor < MIN_FLOOR_FRACTION * value:
+        return f"{'-':>10}  (the floor {_fmt(floor)} is near zero: compare the distance itself)"
+    return f"{value / floor:>10.2f}"
+
+
 def summary_lines(summary: dict[str, Any], temporary_api_url: str | None = None) -> list[str]:
     """The short summary `ganpipe run` prints at the end (`temporary_api_url`: see `ui_commands`)."""
     m = summary["metrics"]
@@ -465,8 +482,8 @@ def summary_lines(summary: dict[str, Any], temporary_api_url: str | None = None)
     from gan_core.evaluate import primary_metric
 
     fd = primary_metric(m)
-    if fd in m and m.get(f"floor/{fd}"):
-        out.append(f"  {fd.upper() + ' / floor':<23}{m[fd] / m[f'floor/{fd}']:>10.2f}")
+    if fd in m and f"floor/{fd}" in m:
+        out.append(f"  {fd.upper() + ' / floor':<23}{floor_ratio(m[fd], m[f'floor/{fd}'])}")
     if summary.get("features"):
         out.append(f"features     {summary['features']}")
     if summary.get("mlflow_run_url"):

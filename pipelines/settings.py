@@ -53,6 +53,7 @@ MAX_PARAMETERS = 10**9
 # Staging bounds: points drawn for a built-in 2-D mixture (10^8 points are 800 MB of float32 held at once),
 # and the side of a resized image (DCGAN builds up to 128 px; Pillow would try any size).
 MAX_SOURCE_SAMPLES = 10**8
+MAX_EVALUATION_SAMPLES = 100_000  # evaluation.num_samples
 MAX_IMAGE_SIZE = 4096
 MAX_CONFIG_BYTES = 1 << 20  # a config file is a few KiB of TOML; more is a mistake (or /dev/zero)
 SAMPLE_FORMATS = ("png", "npy")
@@ -119,7 +120,7 @@ def check_staging_sizes(num_samples: int, seed: int, image_size: int, prefix: st
     dash = (lambda n: n.replace("_", "-")) if prefix == "--" else (lambda n: n)
     check(0 <= num_samples <= MAX_SOURCE_SAMPLES, prefix + dash("num_samples"), num_samples,
           f"an integer from 0 to {MAX_SOURCE_SAMPLES:,}")
-    check(seed >= 0, prefix + "seed", seed, "an integer >= 0")
+    check(0 <= seed < 2**63, prefix + "seed", seed, "an integer in [0, 2**63)")
     check(0 <= image_size <= MAX_IMAGE_SIZE, prefix + dash("image_size"), image_size,
           f"an integer from 0 to {MAX_IMAGE_SIZE} (0 = keep the size)")
 
@@ -164,8 +165,9 @@ class EvaluationSettings:
     inception: str = ""
 
     def __post_init__(self) -> None:
-        check(self.num_samples >= 0, "evaluation.num_samples", self.num_samples, "an integer >= 0")
-        check(self.seed >= 0, "evaluation.seed", self.seed, "an integer >= 0")
+        check(0 <= self.num_samples <= MAX_EVALUATION_SAMPLES, "evaluation.num_samples", self.num_samples,
+              f"an integer from 0 to {MAX_EVALUATION_SAMPLES:,} (twice FID's 50,000)")
+        check(0 <= self.seed < 2**63, "evaluation.seed", self.seed, "an integer in [0, 2**63)")
         object.__setattr__(self, "inception", inception_weights(self.inception, "evaluation.inception"))
 
 
@@ -180,7 +182,7 @@ class SamplingSettings:
 
     def __post_init__(self) -> None:
         check(1 <= self.num_samples <= 4096, "sampling.num_samples", self.num_samples, "an integer in [1, 4096]")
-        check(self.seed >= 0, "sampling.seed", self.seed, "an integer >= 0")
+        check(0 <= self.seed < 2**63, "sampling.seed", self.seed, "an integer in [0, 2**63)")
         check(self.format in SAMPLE_FORMATS, "sampling.format", self.format, " | ".join(SAMPLE_FORMATS))
 
 
@@ -309,9 +311,12 @@ def check_top_level(data: dict[str, Any]) -> None:
 
 def resolve_settings(*, preset: str | None = None, config_file: str | None = None, overrides: list[str] = (),
                      cluster_overrides: dict[str, Any] | None = None,
-                     config_data: dict[str, Any] | None = None) -> Settings:
+                     config_data: dict[str, Any] | None = None, needs_source: bool = True) -> Settings:
     """preset <- config file (or `config_data`, the same tree as a dict) <- --set overrides <- explicit
-    CLI flags (None values are ignored). Raises ConfigError naming the field, the value and what is allowed."""
+    CLI flags (None values are ignored). Raises ConfigError naming the field, the value and what is allowed.
+    ``needs_source=False`` for requests that train on a dataset staged already (`train`, `submit`): the
+    [source] section is then not used, so a preset whose dataset is not built in (dcgan64's 'images')
+    needs no source.uri."""
     if config_file and config_data is not None:
         raise ConfigError("config: got both a file and inline data; allowed: one of them")
     if config_file:
@@ -354,7 +359,8 @@ def resolve_settings(*, preset: str | None = None, config_file: str | None = Non
     validate_launch(settings.gan, settings.cluster)
     check_model_name(settings.model_name, "registry.model_name")  # the derived name too (ganpipe-<dataset>)
     check_network_size(settings.gan)
-    _check_source(settings)
+    if needs_source:
+        _check_source(settings)
     return settings
 
 

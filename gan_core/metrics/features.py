@@ -22,7 +22,61 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from ..files import sha256_file
+from ..errors import UserError
+from ..files import check_regular_file, sha256_file
+
+# The widest feature vector a distance is computed on: twice Inception's pool3 (2048). Its covariance is
+# d x d float64 (128 MiB) and the distance takes a matrix square root of it (O(d^3): seconds here, where
+# 64x64 RGB pixels, 12,288-d, ran for minutes in 8 GB). A network returning 200,000-d features grew past
+# 5 GB before this bound.
+MAX_FEATURE_DIM = 4096
+
+
+class FeatureNetworkError(UserError, ValueError):
+    """A user-supplied feature network (--feature-network, --inception) that cannot be used: not a
+    TorchScript file, another calling convention, or features that are not (N, d) finite, varying numbers
+    with d <= MAX_FEATURE_DIM. One line naming the file and what is expected."""
+
+
+def load_torchscript(path: str | Path, what: str, device: str | torch.device = "cpu") -> torch.jit.ScriptModule:
+    """The TorchScript module in ``path`` (a regular file), in eval mode on ``device``; FeatureNetworkError
+    naming the file otherwise (a text file, a ``torch.save``d dict, a FIFO, ...)."""
+    path = Path(path)
+    if not path.exists():
+        raise FeatureNetworkError(f"{path}: no such {what} file (supply a TorchScript file; nothing is downloaded)")
+    try:
+        check_regular_file(path, what)
+    except ValueError as e:
+        raise FeatureNetworkError(str(e)) from None
+    try:
+        return torch.jit.load(str(path), map_location=device).eval()
+    except Exception as e:  # noqa: BLE001 - torch raises RuntimeError, ValueError or pickle errors here
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise FeatureNetworkError(f"{path}: not a TorchScript file ({first}); expected a module saved with "
+                                  "torch.jit.save") from None
+
+
+def checked_features(module, x: torch.Tensor, path: str | Path, **kwargs: Any) -> torch.Tensor:
+    """``module(x, **kwargs)`` as (N, d) float32 features, checked: a call that raises, an output that is not
+    a tensor with N rows, d > MAX_FEATURE_DIM, or non-finite values are a FeatureNetworkError naming the file."""
+    try:
+        out = module(x, **kwargs)
+    except Exception as e:  # noqa: BLE001 - the user's network: whatever it raises is its calling convention
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise FeatureNetworkError(f"{path}: raised {type(e).__name__} for a batch of shape {tuple(x.shape)} "
+                                  f"({first}); expected forward(x{', ' + ', '.join(f'{k}=...' for k in kwargs) if kwargs else ''}) "
+                                  "-> (N, d) features") from None
+    if not isinstance(out, torch.Tensor) or out.dim() < 1 or out.shape[0] != x.shape[0]:
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise FeatureNetworkError(f"{path}: returned {shape} for a batch of {x.shape[0]}; expected (N, d) features")
+    out = out.flatten(1).float()
+    if out.shape[1] > MAX_FEATURE_DIM:
+        raise FeatureNetworkError(f"{path}: returned {out.shape[1]}-d features; allowed: at most {MAX_FEATURE_DIM} "
+                                  "(a distance needs their d x d covariance)")
+    if not torch.isfinite(out).all():
+        raise FeatureNetworkError(f"{path}: returned non-finite features (NaN or Inf) for a batch of shape "
+                                  f"{tuple(x.shape)}")
+    return out
 
 
 class FeatureExtractor(Protocol):
@@ -54,10 +108,8 @@ class TorchScriptFeatures:
                  call_kwargs: dict[str, Any] | None = None, resize: int | None = None,
                  device: str | torch.device = "cpu", name: str | None = None):
         path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: no such feature-network file (supply a TorchScript file; nothing "
-                                    "is downloaded)")
-        self.module = torch.jit.load(str(path), map_location=device).eval()
+        self.path = path
+        self.module = load_torchscript(path, "feature-network", device)
         self.input_range = input_range
         self.call_kwargs = {"return_features": True} if call_kwargs is None else dict(call_kwargs)
         self.resize = resize
@@ -75,7 +127,7 @@ class TorchScriptFeatures:
                                               align_corners=False)
         lo, hi = self.input_range
         x = (x.clamp(-1, 1) + 1.0) * 0.5 * (hi - lo) + lo
-        return self.module(x, **self.call_kwargs).flatten(1).float().cpu()
+        return checked_features(self.module, x, self.path, **self.call_kwargs).cpu()
 
 
 class FIDInceptionFeatures(nn.Module):
@@ -98,20 +150,14 @@ class FIDInceptionFeatures(nn.Module):
     def __init__(self, path: str | Path, *, device: str | torch.device = "cpu"):
         super().__init__()
         path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: no such FID Inception weights file (expected a local copy of "
-                                    "NVIDIA's TorchScript inception-2015-12-05.pt; nothing is downloaded)")
-        try:
-            self.network = torch.jit.load(str(path), map_location=device).eval()
-        except RuntimeError as e:
-            raise ValueError(f"{path}: not a TorchScript file ({str(e).splitlines()[0]}); expected NVIDIA's "
-                             "inception-2015-12-05.pt") from None
+        self.path = path
+        self.network = load_torchscript(path, "FID Inception weights (NVIDIA's inception-2015-12-05.pt)", device)
         self.sha256 = sha256_file(path)
         self.name = f"inception:{path.name}@sha256:{self.sha256[:12]}"
         self.device = torch.device(device)
         probe = self(torch.zeros(2, 3, 32, 32))
         if probe.shape != (2, self.num_features):
-            raise ValueError(f"{path}: returned features of shape {tuple(probe.shape)} for 2 images; expected "
+            raise FeatureNetworkError(f"{path}: returned features of shape {tuple(probe.shape)} for 2 images; expected "
                              f"(2, {self.num_features}) (Inception-v3 pool3, forward(x, return_features=True))")
 
     @torch.no_grad()
@@ -120,7 +166,7 @@ class FIDInceptionFeatures(nn.Module):
         if x.shape[1] == 1:
             x = x.repeat(1, 3, 1, 1)
         x = (x * 127.5 + 128).clamp(0, 255).to(torch.uint8).float()
-        return self.network(x, return_features=True).flatten(1).float().cpu()
+        return checked_features(self.network, x, self.path, return_features=True).cpu()
 
 
 class RandomConvFeatures(nn.Module):

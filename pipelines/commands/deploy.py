@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pipelines.cli import UserError
+from gan_core.errors import UserError
 from pipelines.commands.run import add_config_arguments, resolve_request
 
 EPILOG = """\
@@ -73,9 +73,22 @@ def make_deployment(name: str, cron: str, parameters: dict, *, timezone: str = "
         description="ganpipe: stage, train on Ray, evaluate, register (champion rule), sample a preview")
 
 
+def check_deployment_name(name: str) -> None:
+    """A deployment name Prefect accepts (its own NonEmptyishName type: not empty, none of / % & > <);
+    else a UserError naming --name (Prefect's InvalidNameError surfaced as a traceback after start-up)."""
+    from prefect.types.names import BANNED_CHARACTERS, NonEmptyishName
+    from pydantic import TypeAdapter, ValidationError
+
+    try:
+        TypeAdapter(NonEmptyishName).validate_python(name)
+    except ValidationError:
+        raise UserError(f"--name: got {name!r}; allowed: a non-empty name without {' '.join(BANNED_CHARACTERS)}") from None
+
+
 def run(args: argparse.Namespace) -> int:
     import os
 
+    check_deployment_name(args.name)
     tree, settings = resolve_request(args)  # the whole config is validated before anything is created
     # the deployment carries the request (the file's tree travels as data), resolved by each run
     parameters = {k: v for k, v in {"preset": args.preset, "config": tree, "overrides": list(args.set)}.items()
@@ -83,9 +96,10 @@ def run(args: argparse.Namespace) -> int:
     sched = schedule(args.cron, args.timezone)
     if args.image and not args.work_pool:
         raise UserError("--image: only meaningful with --work-pool (served runs use this host's environment)")
-    if not os.environ.get("PREFECT_API_URL"):
-        print("warning: PREFECT_API_URL is not set: the deployment lives in a temporary Prefect server that "
-              "stops with this command", file=sys.stderr)
+    if not os.environ.get("PREFECT_API_URL"):  # Prefect's temporary server would stop with this command
+        raise UserError("PREFECT_API_URL is not set: a deployment lives in a Prefect server that outlives this "
+                        "command; start one (PREFECT_SERVER_API_PORT=4200 prefect server start --port 4200) and "
+                        "set PREFECT_API_URL=http://127.0.0.1:4200/api")
     print(f"deploying gan-pipeline/{args.name}: cron {args.cron!r} ({args.timezone}), preset {settings.preset}, "
           f"model {settings.model_name}", file=sys.stderr)
     if args.work_pool:

@@ -8,7 +8,7 @@ import os
 import sys
 import tempfile
 
-from pipelines.cli import UserError
+from gan_core.errors import UserError
 
 EPILOG = """\
 CHECKPOINT is a checkpoint directory, a checkpoint URI (s3://...), or the MLflow run id of a training

@@ -11,7 +11,7 @@ import json
 from typing import Any
 
 from infra.settings import display_uri
-from pipelines.cli import UserError
+from gan_core.errors import UserError
 from pipelines.commands.runs import aliases_by_version, format_table, listing, names_hint, utc_iso
 
 EPILOG = """\

@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from pipelines.cli import UserError
+from gan_core.errors import UserError
 
 EPILOG = """\
 With nothing configured everything runs on this host under GANPIPE_HOME (default ~/.ganpipe): Ray
@@ -58,7 +58,7 @@ def add_config_arguments(p: argparse.ArgumentParser) -> None:
                         "(repeatable; values parse as JSON when they can)")
 
 
-def resolve_request(args, **cluster_overrides):
+def resolve_request(args, needs_source: bool = True, **cluster_overrides):
     """(the config file's tree or None, Settings) from --preset/--config/--set (and explicit cluster
     flags): the file is read and every value parsed and validated once, here; a one-line UserError
     otherwise. The tree is what a deployment carries (workers need no file)."""
@@ -68,7 +68,7 @@ def resolve_request(args, **cluster_overrides):
     try:
         tree = read_config_file(args.config) if args.config else None
         return tree, resolve_settings(preset=args.preset, config_data=tree, overrides=args.set,
-                                      cluster_overrides=cluster_overrides)
+                                      cluster_overrides=cluster_overrides, needs_source=needs_source)
     except ConfigError as e:
         raise UserError(str(e)) from None
 
@@ -130,7 +130,7 @@ def run_pipeline(settings, args, log_file: Path) -> tuple[dict, str | None]:
     from infra.datasets import DatasetError
     from infra.sources import SourceError
     from infra.storage import StorageError
-    from pipelines.cli import PipelineFailed
+    from gan_core.errors import CommandFailed
     from pipelines.services import ServiceError, start_embedded_services
 
     try:
@@ -145,4 +145,4 @@ def run_pipeline(settings, args, log_file: Path) -> tuple[dict, str | None]:
             raise
         traceback.print_exc()  # into the log
         first = (str(e).strip().splitlines() or [""])[0]
-        raise PipelineFailed(f"the pipeline failed: {type(e).__name__}: {first} (details: {log_file})") from None
+        raise CommandFailed(f"the pipeline failed: {type(e).__name__}: {first} (details: {log_file})") from None

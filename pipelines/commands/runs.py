@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 from typing import Any, Callable
 
 from infra.settings import MlflowUnreachable, check_mlflow_reachable, display_uri
-from pipelines.cli import UserError
+from gan_core.errors import UserError
 
 EPILOG = """\
 A training run is a run that carries the ganpipe.run_name tag (the short runs that record a registration
@@ -62,6 +62,8 @@ def listing(uri: str, named: str | None, read: Callable[[], list[dict[str, Any]]
     create the database) — a UserError then if the user `named` something in it. One line for an
     unreachable server (infra.settings.check_mlflow_reachable: seconds, not MLflow's minutes of retries) or
     a store failing mid-listing."""
+    import sqlite3
+
     from mlflow.exceptions import MlflowException
 
     if sqlite_file_missing(uri):
@@ -76,6 +78,10 @@ def listing(uri: str, named: str | None, read: Callable[[], list[dict[str, Any]]
         return read()
     except (MlflowException, OSError) as e:
         raise store_error(uri, e) from None
+    except Exception as e:  # a damaged SQLite store: the database layer's error wraps sqlite3's (``orig``)
+        if isinstance(getattr(e, "orig", None), sqlite3.Error):
+            raise store_error(uri, e) from None
+        raise
 
 
 def store_error(uri: str, e: BaseException) -> UserError:

@@ -22,8 +22,8 @@ S3 from AWS_ENDPOINT_URL and the AWS credential chain.
 
 examples:
   ganpipe sample --model models:/ganpipe-digits@champion --num-samples 100000 --seed 0 --out ./samples/d0
-  ganpipe sample --model models:/ganpipe-digits/3 --num-samples 1000000 --seed 7 \\
-      --out s3://bucket/samples/digits-v3-s7 --actors 8 --batch-size 8192
+  ganpipe sample --model models:/ganpipe-digits/2 --num-samples 1000000 --seed 7 \\
+      --out s3://bucket/samples/digits-v2-s7 --actors 8 --batch-size 8192
   ganpipe sample --model models:/faces64@champion --num-samples 50000 --seed 1 --out ./faces-png \\
       --format png --gpus 1
   ganpipe sample --model runs:/<run_id>/generator --num-samples 64 --seed 0 --out ./preview
@@ -78,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
     from infra.settings import MlflowUnreachable, check_mlflow_reachable
     from infra.shardset import ShardSetError
     from infra.storage import StorageError
-    from pipelines.cli import UserError
+    from gan_core.errors import UserError
 
     from infra.batch_sampling import check_request
 

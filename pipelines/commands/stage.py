@@ -29,7 +29,7 @@ examples:
   ganpipe stage ./cifar10/train-00000-of-00001.parquet --image-size 32 --root ./data
   ganpipe stage s3://bucket/raw/ffhq64.zip --root s3://bucket/ganpipe
   ganpipe stage ./x.npy --labels ./y.npy --root ./data --rows-per-shard 10000
-  ganpipe stage ./data/datasets/faces64 --verify     (check the latest version's checksums)
+  ganpipe stage s3://bucket/ganpipe/datasets/faces64 --verify   # check the latest version's checksums
 """
 
 
@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
     from infra.shardset import ShardSetError
     from infra.sources import SourceError
     from infra.storage import StorageError, first_line
-    from pipelines.cli import PipelineFailed, UserError
+    from gan_core.errors import CommandFailed, UserError
 
     try:
         if args.verify:
@@ -94,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
     except (SourceError, ShardSetError, StorageError) as e:
         raise UserError(str(e)) from None
     except OSError as e:  # storage that failed midway, after each S3 request's retries (infra.storage)
-        raise PipelineFailed(f"storage failed while staging ({first_line(e)}); nothing was committed: run the same "
+        raise CommandFailed(f"storage failed while staging ({first_line(e)}); nothing was committed: run the same "
                              "command again") from None
     m = ds.manifest
     skipped = f", {m['num_skipped']} bad files skipped" if m["num_skipped"] else ""
@@ -109,7 +109,7 @@ def check_stage_args(args: argparse.Namespace) -> None:
     a folder that can be written (not a file; its S3 bucket reachable). Nothing is read or written."""
     from gan_core.config import ConfigError
     from infra import storage
-    from pipelines.cli import UserError
+    from gan_core.errors import UserError
     from pipelines.settings import check_model_name, check_staging_sizes
 
     if not args.root:
@@ -146,6 +146,9 @@ def _stage(args: argparse.Namespace) -> str:
     from infra import datasets, shardset
 
     plan = datasets.plan_staging(args.source, args.root, args.name, **options)
+    if shardset.committed(plan) is not None:  # content-addressed: the same input and options, the same version
+        print(f"{plan.uri}: already committed, nothing to write", file=sys.stderr)
+        return plan.uri
     with shardset.progress_bar(plan.num_items, f"staging {plan.name}", bar=not args.no_progress) as bar:
         shardset.execute(plan, bar.update)
     return plan.uri

@@ -16,7 +16,7 @@ import os
 import shlex
 import sys
 
-from pipelines.cli import UserError
+from gan_core.errors import UserError
 
 EPILOG = """Everything after `--` is passed to `ganpipe train` on the cluster; it is parsed and its configuration
 validated here first, so a typo fails in a second instead of after the job starts. The job runs with

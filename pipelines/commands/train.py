@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from pipelines.cli import UserError
+from gan_core.errors import UserError
 from pipelines.commands.run import add_config_arguments, resolve_request
 
 EXAMPLES = """examples:
@@ -36,7 +36,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
 def resolve_train_settings(args: argparse.Namespace):
     """Settings for `ganpipe train` (and `ganpipe submit`, which validates the same arguments before it
     submits): --preset/--config/--set, then the explicit cluster flags."""
-    _, settings = resolve_request(args, num_workers=args.workers, use_gpu=args.gpus or None,
+    _, settings = resolve_request(args, needs_source=False, num_workers=args.workers, use_gpu=args.gpus or None,
                                   storage_path=args.storage, run_name=args.run_name,
                                   max_failures=args.max_failures, verify_sync=args.verify_sync or None)
     return settings
@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     from infra.datasets import DatasetError
     from infra.ray_train import TrainingStopped, launch_training, outcome_to_json
     from infra.storage import StorageError
-    from pipelines.cli import PipelineFailed
+    from gan_core.errors import CommandFailed
 
     from pipelines.settings import check_output_locations
 
@@ -58,6 +58,6 @@ def run(args: argparse.Namespace) -> int:
     except (ConfigError, DatasetError, StorageError) as e:
         raise UserError(str(e)) from None
     except TrainingStopped as e:
-        raise PipelineFailed(str(e)) from None
+        raise CommandFailed(str(e)) from None
     print(outcome_to_json(outcome))
     return 0

@@ -196,6 +196,9 @@ def test_evaluators_score_on_fixed_latents():
     x = rng.normal(size=(4000, 3))
     assert frechet_distance(x, x) == pytest.approx(0.0, abs=1e-6)
     assert frechet_distance(x, x + [1.0, 0.0, 0.0]) == pytest.approx(1.0, abs=1e-3)  # ||mu shift||^2
+    # 64x64 RGB pixels (12,288-d) ran a sqrtm for minutes in 8 GB: refused at once (issue 31)
+    with pytest.raises(ValueError, match="12288-d samples; allowed: at most 4096"):
+        frechet_distance(np.zeros((4, 3, 64, 64)), np.zeros((4, 3, 64, 64)))
     real, labels = load_builtin("ring8", 1000, 0)
     ev = gan_core_evaluator(real, labels, num_samples=200)(G, cfg)
     assert ev.primary == "fd" and not ev.higher_is_better and np.isfinite(ev.value)

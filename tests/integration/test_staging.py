@@ -224,6 +224,13 @@ def test_cli_stages_and_prints_version_uri(tmp_path, capsys):
     assert "3000 rows" in out.err
     assert open_dataset(uri).num_rows == 3000
     assert main(["stage", uri, "--verify"]) == 0
+    assert "already committed" not in out.err
+    # staging the same input again says so, as the README does, and writes nothing (issue 31)
+    capsys.readouterr()
+    assert main(["stage", "grid25", "--num-samples", "3000", "--root", str(tmp_path), "--no-progress",
+                 "--engine", "direct"]) == 0
+    again = capsys.readouterr()
+    assert f"{uri}: already committed, nothing to write" in again.err and again.out.strip() == uri
 
 
 def test_prefect_flow_stages_caches_and_reports(prefect_harness, tmp_path):

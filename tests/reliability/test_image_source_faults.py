@@ -118,7 +118,7 @@ def test_image_column_that_holds_no_encoded_images(tmp_path, capsys):
 
 @pytest.mark.parametrize("labels, label_type, expected", [
     ([0, 1, None, 1], pa.int64(), "row 2: no label (null in column 'label')"),
-    ([0, -1, 1, 1], pa.int64(), "row 1: label -1 in column 'label' (allowed: integers >= 0)"),
+    ([0, -1, 1, 1], pa.int64(), "row 1: label -1 in column 'label' (allowed: 0..32767)"),
     (["cat", None, "dog", "cat"], pa.string(), "row 1: no label (null in column 'label')"),
     ([0.5, 1.0, 0.0, 1.0], pa.float64(), "label column 'label' must hold integers or strings, got double"),
 ])
@@ -204,7 +204,7 @@ def test_duplicate_member_names_are_refused(tmp_path, capsys):
     ('{"labels": [["a.png", 0], ', "not valid JSON"),
     (json.dumps([["a.png", 0], ["b.png", 1]]), 'expected {"labels": [[name, label], ...]} or {"labels": null}'),
     (json.dumps({"labels": [["a.png", [0.5, 0.5]], ["b.png", 1]]}),
-     'labels[0] must be [member name, integer label >= 0], got ["a.png", [0.5, 0.5]]'),
+     'labels[0] must be [member name, integer label in 0..32767], got ["a.png", [0.5, 0.5]]'),
     (json.dumps({"labels": {"a.png": 0}}), '"labels" must be a list of [name, label] pairs or null, got dict'),
 ])
 def test_bad_dataset_json(tmp_path, capsys, labels_json, expected):
@@ -259,3 +259,40 @@ def test_labels_file_over_the_size_limit_is_never_expanded(tmp_path, capsys, mon
         archive.writestr("dataset.json", b'{"labels": null}' + b" " * (8 << 20))
     line = _stage_error(capsys, tmp_path / "bomb.zip", tmp_path / "store")
     assert "bomb.zip member dataset.json: 8388624 bytes uncompressed, over the 1048576 allowed" in line
+
+
+# --- folders: symbolic links ------------------------------------------------------------------------
+
+
+def _two_images(folder: Path) -> Path:
+    (folder / "cls0").mkdir(parents=True)
+    for i in range(2):
+        (folder / "cls0" / f"{i}.png").write_bytes(_png((8, 8), 40 * i))
+    return folder
+
+
+@pytest.mark.parametrize("links, named", [
+    ({"cls0/up": "..", "self": "."}, "self"),  # two loops: never finished (6.7 GB at 300 s)
+    ({"cls0/again": "."}, "cls0/again"),  # one loop: 2 images silently became 82 rows, exit 0
+    ({"cls1": "/tmp"}, "cls1"),  # a folder link out of the dataset
+], ids=["two-loops", "one-loop", "link-out"])
+def test_folder_links_are_refused_before_any_walk_through_them(tmp_path, capsys, links, named):
+    folder = _two_images(tmp_path / "imgs")
+    for link, target in links.items():
+        (folder / link).symlink_to(target)
+    line = _stage_error(capsys, folder, tmp_path / "store", "--image-size", "8")
+    assert f"{folder / named}: a symbolic link to a folder" in line and "not followed" in line, line
+
+
+def test_a_file_link_is_read_as_the_file_it_names(tmp_path, capsys):
+    """The documented policy (infra.storage.list_files): a link to a file, even one outside the folder, is
+    staged as that file."""
+    from pipelines.cli import main
+
+    folder = _two_images(tmp_path / "imgs")
+    (tmp_path / "outside.png").write_bytes(_png((8, 8), 200))
+    (folder / "cls0" / "2.png").symlink_to(tmp_path / "outside.png")
+    assert main(["stage", str(folder), "--root", str(tmp_path / "store"), "--image-size", "8"]) == 0
+    capsys.readouterr()
+    [manifest] = (tmp_path / "store").rglob("_manifest.json")
+    assert json.loads(manifest.read_text())["num_rows"] == 3

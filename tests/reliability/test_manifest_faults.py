@@ -196,3 +196,33 @@ def test_sample_set_manifest_not_json_is_one_line(tmp_path):
     (Path(uri) / shardset.MANIFEST_NAME).write_text('{"format": "ganpipe.samples/1",')
     with pytest.raises(batch_sampling.SamplingError, match="not valid JSON"):
         batch_sampling.open_samples(uri)
+
+
+@pytest.mark.parametrize("field, value", [
+    ("shape", [1, 2]),  # wrong shape, the same number of values
+    ("normalisation.scale", 0.5),
+    ("label_counts", [10 ** 7]),
+    ("version", "0123456789abcdef"),
+    ("fields_sha256", KeyError),  # the digests themselves removed: not a format /1 manifest
+], ids=["shape", "normalisation", "labels", "version", "digests-removed"])
+def test_a_hand_edited_manifest_is_refused_by_verify_and_by_train(dataset, capsys, field, value):
+    """Issue 31: `stage --verify` answered ok for a hand-edited manifest (only shard checksums were
+    checked) and `train` trained on it. Every field carries its digest (`fields_sha256`, format /2): the
+    edit is refused by every reader, naming the field."""
+    _edit(dataset, _set(field, value))
+    top = field.split(".")[0]
+    line = _one_line(capsys, ["stage", str(dataset), "--verify"])
+    assert f"field {top!r}" in line and "_manifest.json" in line, line
+    line = _one_line(capsys, ["train", "--dataset", str(dataset), "--preset", "ring8"])
+    assert f"field {top!r}" in line, line
+
+
+def test_an_older_manifest_without_digests_is_read_as_it_is(dataset, capsys):
+    """Sets committed before the digests (format /1) still open; only the current format must carry them."""
+    def downgrade(m):
+        m["format"] = "ganpipe.dataset/1"
+        del m["fields_sha256"]
+
+    _edit(dataset, downgrade)
+    assert main(["stage", str(dataset), "--verify"]) == 0
+    assert "match their checksums" in capsys.readouterr().err

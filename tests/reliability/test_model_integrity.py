@@ -324,6 +324,12 @@ def test_documented_predict_calls_work(tiny_model, tiny):
     assert tiny_model.predict(np.zeros((0, cfg.network.z_dim), np.float32)).shape == (0, 2)
 
 
+def _with_value(v: float) -> np.ndarray:
+    z = np.zeros((20, 8), np.float32)
+    z[3, 5] = v
+    return z
+
+
 @pytest.mark.parametrize("model_input, params, message", [
     ("float64", None, r"latents z are float64 of shape \(20, 8\) and not exactly float32 values; accepted: "
                       r"latents z float32 of shape \(n, 8\)"),
@@ -335,11 +341,14 @@ def test_documented_predict_calls_work(tiny_model, tiny):
     (None, {"num_samples": MAX_NUM_SAMPLES + 1}, r"num_samples=1000000001 is out of range; accepted: 1 to 1000000000"),
     (None, {"num_samples": 10**12}, r"num_samples=1000000000000 is out of range"),
     (None, {"num_samples": 2, "start": -1}, r"start=-1 must be >= 0"),
+    ("nan", None, r"latents z hold a non-finite value \(nan at row 3, column 5\); accepted: finite float32"),  # issue 31
+    ("inf", None, r"latents z hold a non-finite value \(inf at row 3, column 5\)"),
 ])
 def test_bad_predict_calls_are_short_errors_before_any_work(tiny_model, model_input, params, message):
     rng = np.random.default_rng(0)
     z = {"float64": rng.normal(size=(20, 8)), "wide": rng.normal(size=(20, 3)).astype(np.float32),
-         "float32": rng.normal(size=(20, 8)).astype(np.float32), None: None}[model_input]
+         "float32": rng.normal(size=(20, 8)).astype(np.float32), None: None,
+         "nan": _with_value(float("nan")), "inf": _with_value(float("inf"))}[model_input]
     started = time.monotonic()
     with pytest.raises(ValueError, match=message) as e:
         tiny_model.predict(z, params=params)

@@ -10,6 +10,7 @@ from gan_core.metrics import (DigitsClassifierFeatures, IdentityFeatures, TorchS
                               extract_features, frechet_distance, frechet_distance_from_statistics,
                               kernel_inception_distance, load_or_train_digits_classifier, precision_recall)
 from gan_core.metrics.digits import CACHE_FILE, accuracy, digits_split
+from gan_core.metrics.features import FeatureNetworkError
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -125,5 +126,5 @@ def test_torchscript_feature_network_from_a_user_file(tmp_path):
     out = extract_features(fx, images)
     assert out.shape == (2, 3) and torch.all(out == 0)
     assert IdentityFeatures()(images).shape == (2, 64)
-    with pytest.raises(FileNotFoundError, match="nothing is downloaded"):
+    with pytest.raises(FeatureNetworkError, match="nothing is downloaded"):
         TorchScriptFeatures(tmp_path / "missing.pt")
