@@ -379,18 +379,40 @@ class GANConfig:
         return GANConfig.from_dict(d)
 
 
+MAX_CONFIG_DEPTH = 4  # tables and lists inside a config value: no field needs more than a list of numbers
+
+
+def check_depth(value: Any, where: str, max_depth: int = MAX_CONFIG_DEPTH) -> None:
+    """ConfigError naming ``where`` when ``value`` (parsed TOML or JSON) nests tables or lists deeper than
+    ``max_depth``. Iterative: a hostile depth cannot exhaust the stack here."""
+    stack = [(value, 0)]
+    while stack:
+        v, depth = stack.pop()
+        if isinstance(v, (dict, list, tuple)):
+            if depth >= max_depth:
+                raise ConfigError(f"{where}: nested deeper than {max_depth} levels of tables and lists; allowed: "
+                                  f"at most {max_depth} (no field needs more)")
+            stack.extend((c, depth + 1) for c in (v.values() if isinstance(v, dict) else v))
+
+
 def parse_overrides(items: list[str]) -> dict[str, Any]:
     """`FIELD=VALUE` strings (from --set); values are parsed as JSON when they can be (numbers,
-    booleans, lists), else kept as strings."""
+    booleans, lists), else kept as strings. Raises ConfigError for a malformed item or a value nested
+    deeper than MAX_CONFIG_DEPTH (JSON's parser recurses: thousands of '[' exhausted the stack)."""
     out: dict[str, Any] = {}
     for item in items:
         if "=" not in item:
             raise ConfigError(f"--set {item!r}: expected FIELD=VALUE, e.g. train.global_batch_size=256")
         key, raw = item.split("=", 1)
         try:
-            out[key.strip()] = json.loads(raw)
+            value = json.loads(raw)
         except json.JSONDecodeError:
-            out[key.strip()] = raw
+            value = raw
+        except RecursionError:
+            raise ConfigError(f"--set {key.strip()}: nested deeper than Python's parser goes; allowed: at most "
+                              f"{MAX_CONFIG_DEPTH} levels") from None
+        check_depth(value, f"--set {key.strip()}", MAX_CONFIG_DEPTH - 1)  # the value sits inside its section
+        out[key.strip()] = value
     return out
 
 

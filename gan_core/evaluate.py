@@ -139,11 +139,12 @@ def evaluate_generator(G: nn.Module, config: GANConfig, real_x: np.ndarray | tor
     receives one line per phase (e.g. ``print``). Returns a flat dict of floats, e.g. ``fd`` (``fid``
     instead when the extractor is `FIDInceptionFeatures`), ``floor/fd``, ``kid``, ``precision``,
     ``recall``, ``classes_covered``, ``modes_covered``, plus ``num_samples`` and ``feature_dim``.
-    Raises ValueError for fewer than 8 real samples.
+    Raises ValueError for fewer than 8 real samples, or real samples of another shape than the generator's.
     """
     say = progress or (lambda line: None)
     real_x = real_x.detach().cpu().numpy() if isinstance(real_x, torch.Tensor) else np.asarray(real_x)
     real_x = real_x.astype(np.float32)
+    _check_real_shape(real_x, config)
     if feature_extractor is None:
         feature_extractor, default_classifier = feature_space(config, inception=inception,
                                                               feature_network=feature_network,
@@ -173,10 +174,7 @@ def evaluate_generator(G: nn.Module, config: GANConfig, real_x: np.ndarray | tor
         f_fake, f_held = f["fake"], f["held"]
         out.update({FID_METRIC: fid["fake"], f"floor/{FID_METRIC}": fid["held"]})
     else:
-        f_ref = extract_features(feature_extractor, torch.from_numpy(ref_x))
-        if len(f_ref) > 1 and not (f_ref.std(0) > 0).any():  # a distance between constant features is always 0
-            raise FeatureNetworkError(f"{getattr(feature_extractor, 'path', feature_extractor.name)}: returns the same "
-                                      f"features for all {len(f_ref)} real samples; a distance in them means nothing")
+        f_ref = _varying(extract_features(feature_extractor, torch.from_numpy(ref_x)), feature_extractor)
         f_held = extract_features(feature_extractor, torch.from_numpy(held_x))
         f_fake = extract_features(feature_extractor, fake_x)
         out.update({"fd": frechet_distance(f_fake, f_ref), "floor/fd": frechet_distance(f_held, f_ref)})
@@ -242,6 +240,22 @@ def conditional_accuracy(predicted: np.ndarray, n: int, num_classes: int) -> dic
     per_class = {k: float(hit[asked == k].mean()) for k in range(num_classes) if (asked == k).any()}
     return {"class_accuracy": float(hit.mean()), "class_accuracy_min": min(per_class.values()),
             **{f"class_accuracy/{k}": v for k, v in per_class.items()}}
+
+
+def _check_real_shape(real_x: np.ndarray, config: GANConfig) -> None:
+    """ValueError unless real_x is (N, *config.data.shape): e.g. ring8 points for a digits generator."""
+    if real_x.ndim < 2 or tuple(real_x.shape[1:]) != tuple(config.data.shape):
+        raise ValueError(f"real data of shape {tuple(real_x.shape)} for a generator of samples {tuple(config.data.shape)}; "
+                         f"allowed: (N, {', '.join(map(str, config.data.shape))}): the dataset it was trained on")
+
+
+def _varying(features: torch.Tensor, extractor: FeatureExtractor) -> torch.Tensor:
+    """``features`` of the real samples, unless every dimension is constant (FeatureNetworkError: a distance
+    between constant features is always 0 and means nothing)."""
+    if len(features) > 1 and not (features.std(0) > 0).any():
+        raise FeatureNetworkError(f"{getattr(extractor, 'path', extractor.name)}: returns the same features for all "
+                                  f"{len(features)} real samples; a distance in them means nothing")
+    return features
 
 
 def format_report(result: dict[str, float], feature_name: str = "") -> str:

@@ -339,6 +339,13 @@ class SamplingPlan(ShardPlan):
     options: dict = field(default_factory=dict)
     truncation: float | None = None  # the truncation threshold psi (None: off), part of the fingerprint
     class_label: int | None = None  # the one class drawn (None: class-balanced or unconditional); fingerprinted if set
+    # an s3:// output: the driver's S3 filesystem with its resolved credentials and endpoint, so that actors
+    # started before AWS_* were set in the driver write with them (anonymous writes were stored with
+    # aws-chunked framing by moto, and the commit found every shard the wrong size)
+    s3: Any = None
+
+    def location(self) -> storage.Location:
+        return storage.resolve(self.out, s3=self.s3)
 
     @property
     def uri(self) -> str:
@@ -505,7 +512,8 @@ def plan_sampling(model: str | ResolvedModel, num_samples: int, seed: int, out: 
                                                      else {})}),
                         int(batch_size), int(actors),
                         float(gpus_per_actor), {"rows_per_shard": rows_per_shard, "target_shard_mib": target_shard_mib,
-                                                "compression": compression}, truncation, class_label)
+                                                "compression": compression}, truncation, class_label,
+                        storage.portable_s3_filesystem() if storage.is_s3(loc.uri) else None)
 
 
 def encode_pngs(normalisation: Normalisation, x: np.ndarray) -> list[bytes]:

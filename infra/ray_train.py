@@ -185,33 +185,10 @@ def _storage_for_ray(storage_path: str):
     if storage.is_s3(storage_path):
         loc = storage.resolve(storage_path)
         storage.check_bucket(loc)
-        return loc.path, _portable_s3_filesystem()
+        return loc.path, storage.portable_s3_filesystem()
     path = os.path.abspath(os.path.expanduser(storage_path))
     os.makedirs(path, exist_ok=True)
     return path, None
-
-
-def _portable_s3_filesystem():
-    """An S3FileSystem that carries the driver's resolved credentials and endpoint when pickled to
-    workers: Ray workers may have been started before AWS_* variables were set in this process."""
-    import boto3
-
-    from infra import storage
-
-    fs = storage.s3_filesystem()
-    creds = boto3.Session().get_credentials()
-    if creds is None:
-        return fs  # instance roles / IRSA on the cluster: each worker resolves its own chain
-    frozen = creds.get_frozen_credentials()
-    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-    kwargs: dict[str, Any] = {"access_key": frozen.access_key, "secret_key": frozen.secret_key,
-                              "session_token": frozen.token}
-    if endpoint:
-        kwargs.update(endpoint_override=endpoint, scheme="http" if endpoint.startswith("http://") else "https")
-    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
-    if region:
-        kwargs["region"] = region
-    return storage.s3_filesystem(**kwargs)  # with its retry budget, which survives the pickling
 
 
 def worker_threads(cluster: ClusterConfig, loading: str) -> int:

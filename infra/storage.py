@@ -91,6 +91,27 @@ def s3_filesystem(**overrides) -> pafs.S3FileSystem:
     return RetryingS3FileSystem(max_attempts=s3_max_attempts(), **options)
 
 
+def portable_s3_filesystem() -> pafs.S3FileSystem:
+    """An S3FileSystem that carries the driver's resolved credentials and endpoint when pickled to
+    workers: Ray workers may have been started before AWS_* variables were set in this process."""
+    import boto3
+
+    fs = s3_filesystem()
+    creds = boto3.Session().get_credentials()
+    if creds is None:
+        return fs  # instance roles / IRSA on the cluster: each worker resolves its own chain
+    frozen = creds.get_frozen_credentials()
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    kwargs: dict[str, object] = {"access_key": frozen.access_key, "secret_key": frozen.secret_key,
+                              "session_token": frozen.token}
+    if endpoint:
+        kwargs.update(endpoint_override=endpoint, scheme="http" if endpoint.startswith("http://") else "https")
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    if region:
+        kwargs["region"] = region
+    return s3_filesystem(**kwargs)  # with its retry budget, which survives the pickling
+
+
 def boto3_s3_client():
     """A boto3 S3 client configured the standard AWS way (endpoint, region and credentials from the
     environment), retrying each request S3_BOTO_MAX_ATTEMPTS times unless AWS_MAX_ATTEMPTS /
@@ -139,9 +160,11 @@ def join_uri(uri: str, *parts: str) -> str:
     return uri.rstrip("/") + "/" + "/".join(parts)
 
 
-def resolve(uri: str) -> Location:
-    """A URI (local path, ``file://`` path or ``s3://bucket/prefix``) as a Location. StorageError for an
-    empty or blank URI: it would otherwise mean the current folder, which nobody asks for by typing ''."""
+def resolve(uri: str, s3: pafs.S3FileSystem | None = None) -> Location:
+    """A URI (local path, ``file://`` path or ``s3://bucket/prefix``) as a Location; ``s3``: the
+    S3FileSystem to use (e.g. `portable_s3_filesystem()`, resolved in a driver), else `s3_filesystem()`.
+    StorageError for an empty or blank URI: it would otherwise mean the current folder, which nobody asks
+    for by typing ''."""
     uri = str(uri)
     if not uri.strip() or uri.strip() == "file://":
         raise StorageError(f"storage URI {uri!r} is empty; allowed: a local path or s3://bucket/prefix (write ./ "
@@ -150,7 +173,7 @@ def resolve(uri: str) -> Location:
         rest = uri[len(S3_SCHEME):].strip("/")
         if not rest:
             raise StorageError(f"storage URI {uri!r} names no bucket")
-        return Location(s3_filesystem(), rest, S3_SCHEME + rest)
+        return Location(s3 or s3_filesystem(), rest, S3_SCHEME + rest)
     if uri.startswith("file://"):
         uri = uri[len("file://"):]
     if "://" in uri:

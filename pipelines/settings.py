@@ -34,7 +34,8 @@ from pathlib import Path
 from typing import Any
 
 from gan_core.files import read_bytes_bounded
-from gan_core.config import PRESETS, ConfigError, GANConfig, check, from_dict, get_preset, parse_overrides, to_plain
+from gan_core.config import (MAX_CONFIG_DEPTH, PRESETS, ConfigError, GANConfig, check, check_depth, from_dict, get_preset,
+                             parse_overrides, to_plain)
 from infra.ray_train import ClusterConfig, validate_launch
 from infra.sources import BUILTIN_SOURCES
 from infra.storage import join_uri
@@ -293,6 +294,10 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML ({e})") from None
+    except RecursionError:  # tomllib recurses into nested arrays and inline tables
+        raise ConfigError(f"{path}: nested deeper than the TOML parser goes; allowed: at most {MAX_CONFIG_DEPTH} "
+                          "levels of tables and lists") from None
+    check_depth(data, str(path))
     try:
         check_top_level(data)
     except ConfigError as e:

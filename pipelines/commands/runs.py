@@ -26,7 +26,7 @@ without a UI). --json prints every field, full values.
 
 examples:
   ganpipe runs
-  ganpipe runs --experiment nightly --limit 5
+  ganpipe runs --experiment ganpipe --limit 5        # the default experiment, the last 5 runs
   MLFLOW_TRACKING_URI=http://mlflow.internal:5000 ganpipe runs --json
 """
 

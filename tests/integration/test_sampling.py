@@ -303,3 +303,13 @@ def test_a_version_registered_before_to_data_range_samples_through_its_predict()
 
     assert generate_range(OlderShippedModel(), seed=3, start=5, count=7, batch_size=2) == \
         ("predict", None, {"num_samples": 7, "seed": 3, "start": 5})
+
+
+def test_samples_written_to_s3_match_the_local_set(run_a, registered, s3_bucket):
+    """Sampling into s3:// (the `ganpipe sample --out s3://...` example of --help) commits the same shards
+    as a local set."""
+    uri = f"s3://{s3_bucket}/samples/a"
+    s = sample(f"models:/{NAME}@champion", N, SEED, uri, batch_size=1024, actors=1)
+    assert [(e["path"], e["sha256"]) for e in s.manifest["shards"]] == \
+        [(e["path"], e["sha256"]) for e in run_a.manifest["shards"]]
+    assert open_samples(uri, verify=True).num_rows == N

@@ -320,3 +320,51 @@ def test_a_feature_network_that_cannot_be_used_is_one_line(case, entry, pristine
     lines = [ln for ln in captured.err.strip().splitlines() if ln.startswith("error")]
     assert len(lines) == 1 and str(path) in lines[0] and expected in lines[0], captured.err[-2000:]
     assert "Traceback" not in captured.err + captured.out
+
+
+def test_real_data_of_another_shape_is_one_line(tmp_path, monkeypatch, capsys):
+    """`ganpipe evaluate <digits ckpt> --dataset <a ring8 dataset>` and `gan_core.evaluate --real <(N, 2)
+    array>` ended in conv2d's shape error."""
+    import numpy as np
+
+    from gan_core.__main__ import main as train_main
+    from gan_core.evaluate import main as evaluate_main
+    from infra.datasets import stage
+    from pipelines.cli import main
+
+    monkeypatch.setenv("GANPIPE_HOME", str(tmp_path / "home"))
+    assert train_main(["--preset", "digits", "--steps", "2", "--threads", "1", "--out", str(tmp_path / "run")]) == 0
+    [ckpt] = (tmp_path / "run" / "checkpoints").iterdir()
+    np.save(tmp_path / "points.npy", np.zeros((100, 2), np.float32))
+    ring8 = stage("ring8", str(tmp_path / "root"), num_samples=200).uri
+    expected = "real data of shape (100, 2) for a generator of samples (1, 8, 8); allowed: (N, 1, 8, 8)"
+    for call, shape in ((lambda: evaluate_main(["--checkpoint", str(ckpt), "--real", str(tmp_path / "points.npy")]),
+                         "(100, 2)"),
+                        (lambda: main(["evaluate", str(ckpt), "--dataset", ring8]), "(200, 2)")):
+        capsys.readouterr()
+        assert call() == 2
+        err = capsys.readouterr().err
+        lines = [ln for ln in err.splitlines() if ln.startswith("error")]
+        assert len(lines) == 1 and expected.replace("(100, 2)", shape) in lines[0] and "Traceback" not in err, err
+
+
+@pytest.mark.parametrize("where", ["config-array", "config-inline-table", "config-five-levels", "set-json"])
+def test_a_config_nested_without_end_is_one_line(where, tmp_path, capsys):
+    """Config nesting depth (issue 31, item 3): thousands of nested arrays or inline tables made tomllib's
+    (and json's) recursion end in RecursionError; any nesting deeper than MAX_CONFIG_DEPTH is refused."""
+    from pipelines.cli import main
+
+    path = tmp_path / "deep.toml"
+    argv = ["run", "--config", str(path), "--dry-run"]
+    if where == "config-array":
+        path.write_text("[train]\nx = " + "[" * 5000 + "]" * 5000 + "\n")
+    elif where == "config-inline-table":
+        path.write_text("[train]\ntotal_steps = " + "{a = " * 3000 + "1" + "}" * 3000 + "\n")
+    elif where == "config-five-levels":
+        path.write_text('preset = "digits"\n[cluster]\nx = [[[[[1]]]]]\n')
+    else:
+        argv = ["run", "--set", "train.total_steps=" + "[" * 100_000 + "]" * 100_000, "--dry-run"]
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "nested deeper than" in err and "Traceback" not in err, err[:500]
