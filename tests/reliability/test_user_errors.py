@@ -157,10 +157,11 @@ def test_user_error_is_one_line_before_anything_starts(fresh_home, capsys, argv,
     ["sample", "--model", "models:/m/1", "--num-samples", "10", "--out", "s3://bucket/samples"],
 ], ids=["stage-root", "stage-source", "sample-out"])
 def test_unreachable_s3_endpoint_is_one_line(fresh_home, capsys, monkeypatch, argv):
-    """AWS_ENDPOINT_URL on a closed port: one line naming the endpoint (after pyarrow's own retries)."""
+    """AWS_ENDPOINT_URL on a closed port: one line naming the endpoint, from the probe of the services at the
+    user's addresses (pipelines.cli.check_services) before anything starts."""
     monkeypatch.setenv("AWS_ENDPOINT_URL", CLOSED_PORT_ENDPOINT)
     line = run_cli(capsys, [a.replace("{tmp}", str(fresh_home)) for a in argv])
-    assert f"cannot reach S3 at {CLOSED_PORT_ENDPOINT}" in line and "s3://bucket/" in line, line
+    assert f"AWS_ENDPOINT_URL: the S3 endpoint at {CLOSED_PORT_ENDPOINT} cannot be reached" in line, line
     assert_nothing_left(fresh_home)
 
 
@@ -250,7 +251,7 @@ def test_edited_manifest_shape_names_the_manifest(fresh_home, capsys):
     both sizes instead of numpy's bare "cannot reshape array"."""
     import json
 
-    from infra import datasets
+    from infra import datasets, shardset
     from infra.shardset import ShardSetError
 
     np.save(fresh_home / "x.npy", np.arange(40 * 6, dtype=np.float32).reshape(40, 6))
@@ -260,6 +261,12 @@ def test_edited_manifest_shape_names_the_manifest(fresh_home, capsys):
     manifest_path = Path(uri) / datasets.MANIFEST_NAME
     manifest = json.loads(manifest_path.read_text())
     manifest["shape"] = [4]
+    manifest_path.write_text(json.dumps(manifest))
+    # the field digests (format /2) refuse the edit at once, naming the field
+    with pytest.raises(ShardSetError, match="field 'shape' was changed after the set was committed"):
+        datasets.open_dataset(uri)
+    # with the digests remade too, the reader still checks the shape against the shards
+    manifest[shardset.FIELD_DIGESTS] = shardset.field_digests(manifest)
     manifest_path.write_text(json.dumps(manifest))
     with pytest.raises(ShardSetError) as e:
         datasets.open_dataset(uri).load_arrays()
