@@ -14,7 +14,6 @@ import json
 import signal
 import sys
 import time
-from pathlib import Path
 
 import torch
 

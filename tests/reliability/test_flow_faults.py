@@ -144,7 +144,7 @@ def test_a_flow_retry_after_a_late_failure_does_not_redo_finished_steps(
 
 
 def test_an_rgb_npy_run_registers_even_when_the_export_check_fails(
-        ray_cluster, prefect_harness, mlflow_tracking, tmp_path, monkeypatch, capsys):
+        ray_cluster, prefect_harness, mlflow_tracking, tmp_path, monkeypatch):
     """Issue 31: `run --preset digits --set source.uri=<(N, 3, 8, 8) uint8 .npy>` trained, then lost the
     training at registration on an absolute export tolerance (1.07e-4 in pixel units [0, 255]). The
     tolerance is now relative to the output's scale, and an export that still differs is skipped with a
