@@ -154,8 +154,9 @@ def unwind_on_termination():
     trained on until killed); a KeyboardInterrupt is what `ray.get` passes on. Yields a
     list that holds the signal number once one arrived. Main thread only (elsewhere: nothing changes);
     the caller's handlers and wakeup fd are restored afterwards. SIGKILL cannot be caught: after
-    `kill -9` the local services stay until stopped by hand (by PID). SIGINT is noted too, so that the
-    command exits 130 whatever the KeyboardInterrupt became on its way up.
+    `kill -9` the local services go because they are tied to this process's life (Ray ties the processes
+    of a local instance to its driver; pipelines.services ties the temporary Prefect server the same way).
+    SIGINT is noted too, so that the command exits 130 whatever the KeyboardInterrupt became on its way up.
     """
     received: list[int] = []
     if threading.current_thread() is not threading.main_thread():
@@ -163,17 +164,28 @@ def unwind_on_termination():
         return
     read_end, write_end = socket.socketpair()
     write_end.setblocking(False)
+    # A background job of a non-interactive shell starts with SIGINT ignored (so that the terminal's Ctrl-C
+    # leaves it alone), and the SIGINT this sends itself would be ignored too: SIGTERM did nothing and the
+    # command committed its work. Then SIGINT raises only once a terminating signal arrived.
+    sigint_ignored = signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+    noted = TERMINATING if sigint_ignored else (*TERMINATING, signal.SIGINT)
+
+    def interrupt_if_terminating(signum: int, frame) -> None:
+        if received:
+            raise KeyboardInterrupt
 
     def watch() -> None:
         while data := read_end.recv(64):
             for signum in data:
-                if received or signum not in (*TERMINATING, signal.SIGINT):
+                if received or signum not in noted:
                     continue
                 received.append(signum)
                 if signum != signal.SIGINT:  # SIGINT's own handler raises KeyboardInterrupt already
                     os.kill(os.getpid(), signal.SIGINT)  # the main thread runs SIGINT's handler: Ctrl-C
 
     previous = {s: signal.signal(s, _note_signal) for s in TERMINATING}
+    if sigint_ignored:
+        previous[signal.SIGINT] = signal.signal(signal.SIGINT, interrupt_if_terminating)
     previous_fd = signal.set_wakeup_fd(write_end.fileno(), warn_on_full_buffer=False)
     watcher = threading.Thread(target=watch, name="ganpipe-signal-watcher", daemon=True)
     watcher.start()

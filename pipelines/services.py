@@ -36,6 +36,30 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def tied_to_this_process(cmd: list[str]) -> list[str]:
+    """`cmd`, run so that it receives SIGTERM when this process dies, even by SIGKILL (Linux's
+    PR_SET_PDEATHSIG, set by a small launcher that then execs `cmd`; the setting survives exec). Elsewhere
+    `cmd` as it is. Without it a `kill -9`'d `ganpipe run` left its temporary Prefect server running."""
+    if not sys.platform.startswith("linux"):
+        return cmd
+    return [sys.executable, "-m", "pipelines.services", "--die-with", str(os.getpid()), "--", *cmd]
+
+
+def exec_tied_to(parent_pid: int, cmd: list[str]) -> None:
+    """The launcher of `tied_to_this_process` (runs in the child): ask for SIGTERM when the parent dies,
+    check that it has not died already (then the request would never fire), and exec `cmd`."""
+    import ctypes
+    import signal
+
+    PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+    if os.getppid() != parent_pid:
+        sys.exit(f"the process that started this one ({parent_pid}) has already ended")
+    os.execv(cmd[0], cmd)
+
+
 class TemporaryPrefectServer:
     """`prefect server start` on 127.0.0.1 (UI included, no scheduler: nothing is deployed to it) for the
     length of one command. Its database lives in `home` (PREFECT_HOME), so `prefect server start` there
@@ -63,8 +87,12 @@ class TemporaryPrefectServer:
         env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
         env["PREFECT_HOME"] = str(self.home)
         with open(self.log_path, "wb") as log:
-            self.process = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                            stdin=subprocess.DEVNULL)
+            # its own session: the terminal's Ctrl-C reaches this command only, which then stops the server
+            # after Prefect's last calls (in the terminal's process group the server died first, and the
+            # Prefect client retried it for about 149 s before the command returned)
+            self.process = subprocess.Popen(tied_to_this_process(cmd), env=env, stdout=log,
+                                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                            start_new_session=True)
 
     def wait_ready(self, timeout_s: float = DEFAULT_STARTUP_TIMEOUT_S) -> None:
         """Block until the API answers its health check; ServiceError, with the server's last output, when
@@ -146,3 +174,9 @@ def start_embedded_services(settings, prefect_home: str | None = None) -> str | 
         say(f"Prefect: temporary server with its UI on {server.url} until this command ends")
         return server.api_url
     return None
+
+
+if __name__ == "__main__":  # python -m pipelines.services --die-with PID -- CMD...: see tied_to_this_process
+    if len(sys.argv) < 5 or sys.argv[1] != "--die-with" or sys.argv[3] != "--":
+        sys.exit("usage: python -m pipelines.services --die-with PID -- COMMAND [ARG...]")
+    exec_tied_to(int(sys.argv[2]), sys.argv[4:])
