@@ -20,15 +20,18 @@ checkpoint in `storage_path` instead of starting over.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import math
 import os
 import posixpath
-import tempfile
 import sys
+import tempfile
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from functools import partial
 from typing import Any
@@ -42,6 +45,8 @@ from .ray_cluster import ensure_ray
 DATA_LOADING = ("auto", "memory", "stream")
 PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
 STOP_FILE = "stopped.json"  # in the run's folder: why its workers stopped for a fault a restart cannot fix
+PROGRESS_FILE = "progress.json"  # in the run's folder: rank 0's latest tick line, for the driver to follow
+PROGRESS_POLL_S = 2.0
 MAX_STREAM_PASSES = 1000  # beyond this many epochs per execution the stream restarts (and pays a stall)
 # The per-worker memory budget for training data (cluster.data_memory_mib): "auto" loads the dataset into
 # every worker's memory when its loading peak fits (see `memory_loading_bytes`), else streams it, and a
@@ -364,8 +369,11 @@ def _trainer(plan: WorkerPlan, ray_ds, cluster: ClusterConfig, storage_path: str
 
 
 def launch_training(config: GANConfig, dataset_ref: str, cluster: ClusterConfig = ClusterConfig(), *,
-                    tracking: TrackingSpec | None = None) -> TrainOutcome:
-    """Train `config` on the staged dataset `dataset_ref` with Ray Train; blocks until done.
+                    tracking: TrackingSpec | None = None,
+                    on_progress: Callable[[str], None] | None = None) -> TrainOutcome:
+    """Train `config` on the staged dataset `dataset_ref` with Ray Train; blocks until done. `on_progress`
+    receives rank 0's tick lines (gan_core.loop.format_tick) while training runs, from a thread of this
+    process (e.g. a Prefect task's run logger: the task's per-tick progress in Prefect's UI).
 
     Re-submitting the same (config, dataset, run_name) resumes from the run's latest intact checkpoint.
     Raises ConfigError / DatasetError / StorageError (one line) before any cluster work for a bad request,
@@ -386,7 +394,8 @@ def launch_training(config: GANConfig, dataset_ref: str, cluster: ClusterConfig 
     stop_file = _stop_file(plan)
     if stop_file.exists():  # an earlier submission's: this one may get further
         stop_file.fs.delete_file(stop_file.path)
-    result = trainer.fit()
+    with _following_progress(plan, on_progress):
+        result = trainer.fit()
     if stop_file.exists():
         raise TrainingStopped(f"training run {plan.run_name} stopped: {json.loads(read_bytes(stop_file))['reason']}")
     checkpoint_uri = None
@@ -599,6 +608,22 @@ class _ParameterSync:
         self.mismatches += int(len(set(digests)) != 1)
 
 
+RAY_TRAIN_REPORTING_MODULE = "ray.train.v2._internal.execution.context"  # logs a dict per report at INFO
+
+
+def _quiet_ray_train_reports() -> None:
+    """Ray Train's per-report INFO lines off in this worker: "Reporting training result N:
+    TrainingReport(metrics={...})" per tick drowned the tick lines (and filled `ganpipe deploy`'s console).
+    NOTE: that module names its logger after its file path (logging.getLogger(__file__)), not "ray.train",
+    so its level is set by that name; a Ray that moves the module leaves the lines on, nothing worse."""
+    import importlib.util
+
+    logging.getLogger("ray.train").setLevel(logging.WARNING)
+    spec = importlib.util.find_spec(RAY_TRAIN_REPORTING_MODULE)
+    if spec is not None and spec.origin:
+        logging.getLogger(spec.origin).setLevel(logging.WARNING)
+
+
 def _say(line: str) -> None:
     """One progress line on the worker's stdout (Ray forwards it to the driver), marked as the pipeline's
     own (infra.console)."""
@@ -667,15 +692,69 @@ def _announce(plan: WorkerPlan, rank: int, world_size: int) -> None:
              f"{torch.get_num_threads()} torch threads each, data {plan.data_loading}")
 
 
-def _stop_file(plan: WorkerPlan):
-    """The run's stop record (STOP_FILE), an infra.storage Location."""
+def _run_file(plan: WorkerPlan, name: str):
+    """A file in the run's folder (STOP_FILE, PROGRESS_FILE), an infra.storage Location."""
     import pyarrow.fs as pafs
 
     from infra.storage import Location, join_uri
 
     fs = plan.storage_fs or pafs.LocalFileSystem()
-    path = posixpath.join(plan.storage_fs_path, plan.run_name, STOP_FILE)
-    return Location(fs, path, join_uri(plan.storage_uri, plan.run_name, STOP_FILE))
+    path = posixpath.join(plan.storage_fs_path, plan.run_name, name)
+    return Location(fs, path, join_uri(plan.storage_uri, plan.run_name, name))
+
+
+def _stop_file(plan: WorkerPlan):
+    """The run's stop record (STOP_FILE)."""
+    return _run_file(plan, STOP_FILE)
+
+
+@contextlib.contextmanager
+def _following_progress(plan: WorkerPlan, on_progress: Callable[[str], None] | None):
+    """While the block runs (the driver blocked in trainer.fit), pass each new tick line that rank 0 left
+    in the run's PROGRESS_FILE to `on_progress` (checked every PROGRESS_POLL_S; ticks closer together
+    than that pass only the latest; the last one always, read once more at the end). Lines of an
+    earlier submission of the run are not repeated."""
+    if on_progress is None:
+        yield
+        return
+    from infra.storage import read_bytes
+
+    where = _run_file(plan, PROGRESS_FILE)
+
+    def latest() -> str | None:
+        try:
+            return json.loads(read_bytes(where))["line"]
+        except (OSError, ValueError, KeyError, TypeError):  # not written yet, or being replaced
+            return None
+
+    done = threading.Event()
+
+    def follow(seen: str | None) -> None:
+        while True:
+            finished = done.wait(PROGRESS_POLL_S)
+            line = latest()
+            if line is not None and line != seen:
+                seen = line
+                on_progress(line)
+            if finished:
+                return
+
+    follower = threading.Thread(target=follow, args=(latest(),), name="ganpipe-progress", daemon=True)
+    follower.start()
+    try:
+        yield
+    finally:
+        done.set()
+        follower.join(timeout=30)  # one last read (S3 included)
+
+
+def _write_progress(plan: WorkerPlan, step: int, line: str) -> None:
+    """Rank 0's latest tick line in the run's folder (see _following_progress); best effort: progress is
+    not worth failing a training step for."""
+    from infra.storage import write_bytes
+
+    with contextlib.suppress(OSError):
+        write_bytes(_run_file(plan, PROGRESS_FILE), json.dumps({"step": step, "line": line}).encode())
 
 
 def _stop(plan: WorkerPlan, rank: int, e: Exception) -> None:
@@ -705,7 +784,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
 
     plan: WorkerPlan = loop_config["plan"]
     config = plan.config
-    logging.getLogger("ray.train").setLevel(logging.WARNING)  # per-report INFO lines drown the ticks
+    _quiet_ray_train_reports()
     ray.data.DataContext.get_current().enable_progress_bars = False
     ctx = ray.train.get_context()
     rank, world_size = ctx.get_world_rank(), ctx.get_world_size()
@@ -744,7 +823,9 @@ def train_worker(loop_config: dict[str, Any]) -> None:
         if sync is not None:
             metrics.update({"sync/checks": sync.checks, "sync/mismatches": sync.mismatches})
         if rank == 0:
-            _say(format_tick(snapshot, config.train.total_steps))
+            line = format_tick(snapshot, config.train.total_steps)
+            _say(line)
+            _write_progress(plan, snapshot.step, line)
         if tracker is not None:
             tracker.on_snapshot(snapshot)
         # report copies the checkpoint to the run's storage, where Ray's CheckpointConfig owns retention;

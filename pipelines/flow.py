@@ -86,10 +86,13 @@ def train(settings: Settings, dataset_uri: str):
 
     tracking = ray_train.TrackingSpec(experiment=settings.tracking.experiment) if settings.tracking.enabled else None
     cluster = replace(settings.cluster, storage_path=settings.run_storage)
-    outcome = ray_train.launch_training(settings.gan, dataset_uri, cluster, tracking=tracking)
+    logger = get_run_logger()
+    # the run's tick lines in this task's log (Prefect's UI), while Ray Train runs
+    outcome = ray_train.launch_training(settings.gan, dataset_uri, cluster, tracking=tracking,
+                                        on_progress=logger.info)
     if outcome.checkpoint_uri is None:
         raise RuntimeError(f"training run {outcome.run_name} finished without a checkpoint")
-    get_run_logger().info(f"trained {outcome.run_name}: step {outcome.metrics.get('step')}, "
+    logger.info(f"trained {outcome.run_name}: step {outcome.metrics.get('step')}, "
                           f"checkpoint {outcome.checkpoint_uri}")
     return outcome
 

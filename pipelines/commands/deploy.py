@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from gan_core.errors import UserError
-from pipelines.commands.run import add_config_arguments, resolve_request
+from pipelines.commands.run import add_config_arguments, add_console_arguments, console, resolve_request
 
 EPILOG = """\
 Without --work-pool, this process serves the deployment (Prefect's flow.serve): it stays in the
@@ -41,6 +41,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--tag", action="append", default=[], help="deployment tag (repeatable)")
     p.add_argument("--paused", action="store_true", help="create the schedule paused")
     add_config_arguments(p)
+    add_console_arguments(p, "deploy")
     p.set_defaults(func=run)
     return p
 
@@ -118,7 +119,17 @@ def run(args: argparse.Namespace) -> int:
         return 0
     from prefect import serve
 
+    from infra.console import say
+
     deployment = make_deployment(args.name, args.cron, parameters, timezone=args.timezone, tags=args.tag,
                                  paused=args.paused)
-    serve(deployment)  # blocks; Ctrl-C pauses the schedule and returns
+    # the served runs (subprocesses of this one) print like `ganpipe run`: the pipeline's lines here,
+    # everything else (Prefect's runner, Ray, MLflow, warnings) in the log
+    capture, log_file = console(args, "deploy")
+    with capture:
+        say(f"serving gan-pipeline/{args.name} from this host: each scheduled run starts here; Ctrl-C stops "
+            f"serving (the schedule is paused); a run now: prefect deployment run 'gan-pipeline/{args.name}'")
+        if log_file is not None:
+            say(f"full log: {log_file}")
+        serve(deployment)  # blocks; Ctrl-C pauses the schedule and returns
     return 0

@@ -38,13 +38,18 @@ def add_parser(sub) -> argparse.ArgumentParser:
     add_config_arguments(p)
     p.add_argument("--dry-run", action="store_true", help="print the resolved configuration as TOML and stop")
     p.add_argument("--json", action="store_true", help="print the run's summary as JSON on stdout")
+    add_console_arguments(p, "run")
+    p.set_defaults(func=run)
+    return p
+
+
+def add_console_arguments(p: argparse.ArgumentParser, command: str) -> None:
+    """--verbose / --log-file, shared by run and deploy (whose served runs print alike)."""
     p.add_argument("--verbose", action="store_true",
                    help="show everything on the console (Ray, Prefect, MLflow, warnings); by default they go "
                         "to the log file and the console shows the pipeline's own lines")
     p.add_argument("--log-file", metavar="FILE",
-                   help="where the full output goes (default: GANPIPE_HOME/logs/run-<UTC time>.log)")
-    p.set_defaults(func=run)
-    return p
+                   help=f"where the full output goes (default: GANPIPE_HOME/logs/{command}-<UTC time>.log)")
 
 
 def add_config_arguments(p: argparse.ArgumentParser) -> None:
@@ -73,10 +78,22 @@ def resolve_request(args, needs_source: bool = True, **cluster_overrides):
         raise UserError(str(e)) from None
 
 
-def default_log_file() -> Path:
+def default_log_file(command: str = "run") -> Path:
     from infra.settings import local_home
 
-    return local_home() / "logs" / f"run-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}.log"
+    return local_home() / "logs" / f"{command}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}.log"
+
+
+def console(args: argparse.Namespace, command: str) -> tuple[contextlib.AbstractContextManager, Path | None]:
+    """The console of `command` as --verbose / --log-file ask: (a context in which everything printed goes
+    to the log file and only the pipeline's own lines reach the terminal, that file); with --verbose
+    (nothing captured, None)."""
+    from infra.console import ConsoleCapture
+
+    if args.verbose:
+        return contextlib.nullcontext(), None
+    log_file = Path(args.log_file) if args.log_file else default_log_file(command)
+    return ConsoleCapture(log_file), log_file
 
 
 def run(args: argparse.Namespace) -> int:
@@ -96,14 +113,13 @@ def run(args: argparse.Namespace) -> int:
         check_mlflow_reachable()
     except (StorageError, MlflowUnreachable) as e:
         raise UserError(str(e)) from None
-    from infra.console import ConsoleCapture, say
+    from infra.console import say
 
-    log_file = Path(args.log_file) if args.log_file else default_log_file()
-    capture = contextlib.nullcontext() if args.verbose else ConsoleCapture(log_file)
+    capture, log_file = console(args, "run")
     with capture:
         say(f"ganpipe run: preset {settings.preset}, dataset {settings.source_uri} -> {settings.storage_root}, "
             f"model {settings.model_name}")
-        if not args.verbose:
+        if log_file is not None:
             say(f"full log: {log_file}")
         summary, temporary_api_url = run_pipeline(settings, args, log_file)
     # 3. where to look

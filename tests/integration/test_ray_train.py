@@ -18,6 +18,7 @@ from gan_core.checkpoint import load_training_state
 from gan_core.config import ConfigError, get_preset
 from gan_core.networks import apply
 from gan_core.training import build_training_state
+from infra.console import TICK
 from infra.datasets import stage
 from infra.ray_train import ClusterConfig, TrackingSpec, launch_training, worker_threads
 from tests.ray_checkpoints import registered_steps
@@ -40,12 +41,25 @@ def tiny(**overrides):
     return get_preset("tiny").with_overrides(base)
 
 
-def test_every_update_leaves_workers_bitwise_identical(ray_cluster, ring8_dataset, tmp_path, mlflow_tracking):
+def test_every_update_leaves_workers_bitwise_identical(ray_cluster, ring8_dataset, tmp_path, mlflow_tracking,
+                                                       capfd):
     cfg = tiny(**{"train.total_steps": 10, "train.d_steps": 2, "network.g_norm": "batch",
                   "loss.r1_gamma": 1.0})
+    progress: list[str] = []
     out = launch_training(cfg, ring8_dataset, ClusterConfig(num_workers=2, storage_path=str(tmp_path),
                                                             verify_sync=True, max_failures=0),
-                          tracking=TrackingSpec(experiment="sync-test", tracking_uri=mlflow_tracking))
+                          tracking=TrackingSpec(experiment="sync-test", tracking_uri=mlflow_tracking),
+                          on_progress=progress.append)
+    # the driver followed rank 0's ticks (a Prefect task passes its run logger): the last one always
+    assert all(TICK.match(line) for line in progress), progress
+    assert TICK.match(progress[-1]).groups() == ("10", "10"), progress
+    # Ray forwards the workers' lines: the tick lines, without Ray Train's dict per report
+    deadline, seen = time.monotonic() + 20, ""
+    while progress[-1] not in seen and time.monotonic() < deadline:
+        time.sleep(0.5)
+        seen += "".join(capfd.readouterr())
+    assert progress[-1] in seen, seen[-3000:]
+    assert "Reporting training result" not in seen and "TrainingReport(" not in seen, seen[-3000:]
     # 2 D updates + 1 G update per step, each followed by a digest comparison across both workers
     assert out.metrics["sync/checks"] == 10 * 3
     assert out.metrics["sync/mismatches"] == 0
@@ -224,8 +238,11 @@ def test_checkpoints_on_s3_with_streamed_data(ray_cluster, ring8_dataset, s3_buc
     import boto3
 
     cfg = tiny(**{"train.total_steps": 80, "train.checkpoint_every_steps": 40, "train.tick_every_steps": 40})
+    progress: list[str] = []
     out = launch_training(cfg, ring8_dataset, ClusterConfig(num_workers=1, storage_path=f"s3://{s3_bucket}/ray",
-                                                            data_loading="stream", max_failures=0))
+                                                            data_loading="stream", max_failures=0),
+                          on_progress=progress.append)
+    assert progress and TICK.match(progress[-1]).groups() == ("80", "80"), progress  # followed on S3 too
     assert out.checkpoint_uri.startswith(f"s3://{s3_bucket}/ray/")
     keys = [o["Key"] for o in boto3.client("s3").list_objects_v2(Bucket=s3_bucket)["Contents"]]
     assert any(k.endswith("checkpoint-000000080/state.pt") for k in keys), keys
