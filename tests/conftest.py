@@ -48,6 +48,36 @@ def _environment_is_per_test():
         os.environ.update(saved)
 
 
+SERVICE_FIXTURES = ("ray_cluster", "prefect_harness", "s3_server", "s3_bucket")  # processes that would inherit a limit
+DEFAULT_HOSTILE_MEMORY_GIB = 3
+
+
+@pytest.fixture(autouse=True)
+def _bounded_memory(request):
+    """`@pytest.mark.bounded_memory(gib=N)`: a hostile-input test whose regression could grow without
+    bound (a device read to the end, a walk through a folder loop, a huge feature dimension) may add at
+    most N GiB (default 3) to this process's address space while it runs (RLIMIT_AS, soft), so it fails
+    with a MemoryError instead of making the kernel's or Ray's memory monitor kill other work. Restored
+    after the test. Not for tests that start services (they would inherit the limit)."""
+    marker = request.node.get_closest_marker("bounded_memory")
+    if marker is None:
+        yield
+        return
+    import resource
+
+    import psutil
+
+    starting = [f for f in SERVICE_FIXTURES if f in request.fixturenames]
+    assert not starting, f"bounded_memory: {starting} would start under the limit"
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    limit = psutil.Process().memory_info().vms + (marker.kwargs.get("gib", DEFAULT_HOSTILE_MEMORY_GIB) << 30)
+    resource.setrlimit(resource.RLIMIT_AS, (limit if hard == resource.RLIM_INFINITY else min(limit, hard), hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

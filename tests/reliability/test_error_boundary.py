@@ -166,6 +166,7 @@ def _damaged_store(command: str, header: bytes):
     return make
 
 
+@pytest.mark.bounded_memory
 @pytest.mark.parametrize("make, expected", [
     (_zero_d, "zero.npy: expected an array of examples (N, ...), got shape ()"),
     (_huge_label, "y.npy: labels must be class indices below 32768 (network.num_classes' bound), got 4611686018427387904"),
@@ -274,9 +275,9 @@ class _Raises(torch.nn.Module):
         return x
 
 
-class _Wide(torch.nn.Module):  # 20,000-d (200,000-d grew past 5 GB): over MAX_FEATURE_DIM = 4096
+class _Wide(torch.nn.Module):  # 200,000-d (the sweep's: grew past 5 GB) over MAX_FEATURE_DIM = 4096
     def forward(self, x, return_features: bool = True):
-        return x.flatten(1)[:, :1].repeat(1, 20000)
+        return x.flatten(1)[:, :1].repeat(1, 200_000)
 
 
 def _scripted(module):
@@ -293,11 +294,12 @@ FEATURE_NETWORKS = {
     "nan-features": (_scripted(_NaN), "returned non-finite features"),
     "constant-features": (_scripted(_Constant), "returns the same features for all"),
     "raises": (_scripted(_Raises), "raised"),
-    "too-wide": (_scripted(_Wide), "returned 20000-d features; allowed: at most 4096"),
+    "too-wide": (_scripted(_Wide), "returned 200000-d features; allowed: at most 4096"),
     "a-fifo": (lambda p: __import__("os").mkfifo(p), "a FIFO"),
 }
 
 
+@pytest.mark.bounded_memory
 @pytest.mark.parametrize("case", sorted(FEATURE_NETWORKS))
 @pytest.mark.parametrize("entry", ["python -m gan_core.evaluate", "ganpipe evaluate"])
 def test_a_feature_network_that_cannot_be_used_is_one_line(case, entry, pristine, tmp_path, mlflow_tracking,
@@ -348,6 +350,7 @@ def test_real_data_of_another_shape_is_one_line(tmp_path, monkeypatch, capsys):
         assert len(lines) == 1 and expected.replace("(100, 2)", shape) in lines[0] and "Traceback" not in err, err
 
 
+@pytest.mark.bounded_memory
 @pytest.mark.parametrize("where", ["config-array", "config-inline-table", "config-five-levels", "set-json"])
 def test_a_config_nested_without_end_is_one_line(where, tmp_path, capsys):
     """Config nesting depth (issue 31, item 3): thousands of nested arrays or inline tables made tomllib's

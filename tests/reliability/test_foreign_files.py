@@ -299,6 +299,7 @@ def test_config_that_is_not_a_small_regular_file_is_one_line(tmp_path, kind):
     assert r.returncode == 2 and len(lines) == 1 and f"--config {path}: {expected}" in lines[0], r.stderr[-2000:]
 
 
+@pytest.mark.bounded_memory
 @pytest.mark.parametrize("kind", ["source-device", "source-fifo", "labels-device"])
 def test_a_source_or_labels_that_is_a_device_or_fifo_is_one_line(fresh_home, capsys, kind):
     """`stage /dev/zero` said 'storage failed ... run the same command again' (exit 1); a FIFO could block."""

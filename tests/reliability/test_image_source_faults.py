@@ -234,6 +234,7 @@ def test_undecodable_member_and_bad_crc_name_the_member_and_skip_bad_drops_them(
     assert np.array_equal(ds.load_arrays()[0][:, 0, 0, 0], [0, 10, 30, 50])
 
 
+@pytest.mark.bounded_memory
 def test_member_over_the_size_limit_is_never_expanded(tmp_path, capsys, monkeypatch):
     """A zip bomb: a member small compressed and huge expanded is a bad item, read no further (the limit
     lowered here so that the test stays small; the real one is 256 MiB)."""
@@ -249,6 +250,7 @@ def test_member_over_the_size_limit_is_never_expanded(tmp_path, capsys, monkeypa
     assert datasets.stage(str(tmp_path / "bomb.zip"), str(tmp_path / "store"), skip_bad=True).manifest["num_rows"] == 1
 
 
+@pytest.mark.bounded_memory
 def test_labels_file_over_the_size_limit_is_never_expanded(tmp_path, capsys, monkeypatch):
     """A dataset.json bomb: refused from its size in the central directory, before it is read."""
     from infra import image_sources
@@ -271,6 +273,7 @@ def _two_images(folder: Path) -> Path:
     return folder
 
 
+@pytest.mark.bounded_memory
 @pytest.mark.parametrize("links, named", [
     ({"cls0/up": "..", "self": "."}, "self"),  # two loops: never finished (6.7 GB at 300 s)
     ({"cls0/again": "."}, "cls0/again"),  # one loop: 2 images silently became 82 rows, exit 0

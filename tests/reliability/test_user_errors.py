@@ -143,6 +143,7 @@ def assert_nothing_left(tmp: Path) -> None:
     assert RAY_STARTS == [], "Ray was started"
 
 
+@pytest.mark.bounded_memory
 @pytest.mark.parametrize("argv, expected", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
 def test_user_error_is_one_line_before_anything_starts(fresh_home, capsys, argv, expected):
     tmp = str(fresh_home)
@@ -275,6 +276,7 @@ def test_edited_manifest_shape_names_the_manifest(fresh_home, capsys):
     assert "\n" not in msg
 
 
+@pytest.mark.bounded_memory
 def test_sample_planning_is_lazy():
     """The shard ranges of the largest request are computed on access: planning memory does not grow
     with the shard count (10^12 samples used to plan 15 million tuples, > 3 GB)."""
