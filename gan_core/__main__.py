@@ -14,6 +14,7 @@ import json
 import signal
 import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -81,34 +82,68 @@ def main(argv: list[str] | None = None) -> int:
     return run_command(lambda: _train_command(argv), prog="python -m gan_core")
 
 
+def _prepare(args: argparse.Namespace):
+    """The request, validated before anything is written: (config, x, labels, batches, out folder).
+    Raises ConfigError, CheckpointError, ValueError (user errors) or OSError (the --out folder)."""
+    overrides = parse_overrides(args.set)
+    if args.steps is not None:
+        overrides["train.total_steps"] = args.steps
+    if args.seed is not None:
+        overrides["train.seed"] = args.seed
+    config = get_preset(args.preset).with_overrides(overrides)
+    x, labels = load_builtin(config.data.name, config.data.num_examples, config.data.data_seed)
+    if config.data.subset:  # data-limited training; evaluation still uses the whole dataset
+        if config.data.name in MIXTURES:
+            raise ValueError(f"data.subset: got {config.data.subset}; allowed: 0 for the 2-D mixtures "
+                             "(set data.num_examples instead)")
+        if config.data.subset < config.train.global_batch_size:
+            raise ValueError(f"data.subset: got {config.data.subset}; allowed: 0 (every example) or at least "
+                             f"one global batch (train.global_batch_size = {config.train.global_batch_size})")
+        x, labels = training_subset(x, labels, config.data.subset, config.data.data_seed)
+    if config.network.conditional and not config.data.class_frequencies:  # fakes follow the data's p(c)
+        counts = label_counts(labels, config.data.num_classes)
+        config = config.with_overrides({"data.class_frequencies": list(counts)})
+    batches = InMemoryBatches(x, config.train.global_batch_size, config.train.seed,
+                              labels=labels if config.network.conditional else None)
+    check_device(args.device)
+    if args.resume:
+        verify_checkpoint(args.resume)  # missing, incomplete or damaged: refused before anything is written
+        load_generator(args.resume)  # its config.json must build networks its weights fit
+    out = claim_output_folder(args.out, "--out", "python -m gan_core")  # last: it writes the folder's mark
+    return config, x, labels, batches, out
+
+
+def _save_pictures(config, G_ema, x, result, strip: SampleStripRecorder, out: Path,
+                   device: str) -> tuple[dict, list[Path]]:
+    """samples.png (a scatter with mode coverage for the 2-D mixtures, a grid per class or a plain grid for
+    images), the training curves and the sample strip; returns (summary entries, picture paths)."""
+    extra: dict[str, object] = {}
+    if config.data.name in MIXTURES:
+        samples = generate(G_ema, 2500, seed=0, device=device)
+        cov = mode_coverage(samples, config.data.name)
+        extra["mode_coverage"] = cov
+        save_scatter(samples, out / "samples.png", centres=mixture(config.data.name).centres, real=x[:2500],
+                     title=f"{config.data.name}: {cov['modes_covered']:.0f}/{cov['num_modes']:.0f} modes, "
+                           f"{100 * cov['high_quality_fraction']:.1f}% high quality")
+    elif config.data.is_image and config.network.conditional:  # one row per class, the same z in a column
+        K = config.data.num_classes
+        rows = [generate(G_ema, CLASS_GRID_COLUMNS, seed=0, device=device, class_label=k) for k in range(K)]
+        save_image_grid(torch.cat(rows), out / "samples.png", ncols=CLASS_GRID_COLUMNS)
+    elif config.data.is_image:
+        save_image_grid(generate(G_ema, 64, seed=0, device=device), out / "samples.png")
+    pictures = [out / "samples.png"]
+    if result.history:
+        pictures.append(save_training_curves(result.history, out / "training_curves.png"))
+    if strip.rows:
+        real = None if config.data.is_image else x[:2500]
+        pictures.append(strip.save(out / "sample_strip.png", real=real))
+    return extra, pictures
+
+
 def _train_command(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        overrides = parse_overrides(args.set)
-        if args.steps is not None:
-            overrides["train.total_steps"] = args.steps
-        if args.seed is not None:
-            overrides["train.seed"] = args.seed
-        config = get_preset(args.preset).with_overrides(overrides)
-        x, labels = load_builtin(config.data.name, config.data.num_examples, config.data.data_seed)
-        if config.data.subset:  # data-limited training; evaluation still uses the whole dataset
-            if config.data.name in MIXTURES:
-                raise ValueError(f"data.subset: got {config.data.subset}; allowed: 0 for the 2-D mixtures "
-                                 "(set data.num_examples instead)")
-            if config.data.subset < config.train.global_batch_size:
-                raise ValueError(f"data.subset: got {config.data.subset}; allowed: 0 (every example) or at least "
-                                 f"one global batch (train.global_batch_size = {config.train.global_batch_size})")
-            x, labels = training_subset(x, labels, config.data.subset, config.data.data_seed)
-        if config.network.conditional and not config.data.class_frequencies:  # fakes follow the data's p(c)
-            counts = label_counts(labels, config.data.num_classes)
-            config = config.with_overrides({"data.class_frequencies": list(counts)})
-        batches = InMemoryBatches(x, config.train.global_batch_size, config.train.seed,
-                                  labels=labels if config.network.conditional else None)
-        check_device(args.device)
-        if args.resume:
-            verify_checkpoint(args.resume)  # missing, incomplete or damaged: refused before anything is written
-            load_generator(args.resume)  # its config.json must build networks its weights fit
-        out = claim_output_folder(args.out, "--out", "python -m gan_core")  # last: it writes the folder's mark
+        config, x, labels, batches, out = _prepare(args)
     except (ConfigError, CheckpointError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -136,16 +171,9 @@ def _train_command(argv: list[str] | None) -> int:
 
     t0 = time.perf_counter()
     try:
-        result = train(
-            config,
-            batches=batches,
-            device=args.device,
-            on_snapshot=on_snapshot,
-            should_stop=lambda: stop_requested,
-            resume_from=args.resume,
-            checkpoint_root=out / "checkpoints",
-            state=state,
-        )
+        result = train(config, batches=batches, device=args.device, on_snapshot=on_snapshot,
+                       should_stop=lambda: stop_requested, resume_from=args.resume,
+                       checkpoint_root=out / "checkpoints", state=state)
     except NonFiniteLossError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -153,28 +181,10 @@ def _train_command(argv: list[str] | None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     seconds = time.perf_counter() - t0
-    G_ema = result.state.G_ema
     summary: dict[str, object] = {"preset": args.preset, "steps": result.state.step, "kimg": result.state.kimg,
                                   "seconds": round(seconds, 1), "checkpoint": result.checkpoint_dir}
-    if config.data.name in MIXTURES:
-        samples = generate(G_ema, 2500, seed=0, device=args.device)
-        cov = mode_coverage(samples, config.data.name)
-        summary["mode_coverage"] = cov
-        save_scatter(samples, out / "samples.png", centres=mixture(config.data.name).centres, real=x[:2500],
-                     title=f"{config.data.name}: {cov['modes_covered']:.0f}/{cov['num_modes']:.0f} modes, "
-                           f"{100 * cov['high_quality_fraction']:.1f}% high quality")
-    elif config.data.is_image and config.network.conditional:  # one row per class, the same z in a column
-        K = config.data.num_classes
-        rows = [generate(G_ema, CLASS_GRID_COLUMNS, seed=0, device=args.device, class_label=k) for k in range(K)]
-        save_image_grid(torch.cat(rows), out / "samples.png", ncols=CLASS_GRID_COLUMNS)
-    elif config.data.is_image:
-        save_image_grid(generate(G_ema, 64, seed=0, device=args.device), out / "samples.png")
-    pictures = [out / "samples.png"]
-    if result.history:
-        pictures.append(save_training_curves(result.history, out / "training_curves.png"))
-    if strip.rows:
-        real = None if config.data.is_image else x[:2500]
-        pictures.append(strip.save(out / "sample_strip.png", real=real))
+    extra, pictures = _save_pictures(config, result.state.G_ema, x, result, strip, out, args.device)
+    summary.update(extra)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     print(json.dumps(summary, indent=2))
     print("pictures: " + "  ".join(str(p) for p in pictures))

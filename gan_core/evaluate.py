@@ -190,6 +190,21 @@ def evaluate_generator(G: nn.Module, config: GANConfig, real_x: np.ndarray | tor
     out.update({f"floor/{k}": v for k, v in distribution_metrics(f_ref, f_held, **kid_kw).items()})
     say(f"evaluation: KID, precision/recall in {time.perf_counter() - t0:.1f} s")
     # 4. coverage: modes of a mixture, classes of labelled data
+    out.update(_coverage_metrics(G, config, classifier, real_x, fake_x, ref_x, ref_y, held_x, held_y, seed=seed,
+                                 device=device, say=say))
+    out["feature_dim"] = float(f_ref.shape[1])
+    return out
+
+
+def _coverage_metrics(G: nn.Module, config: GANConfig, classifier: DigitsClassifierFeatures | None,
+                      real_x: np.ndarray, fake_x: torch.Tensor, ref_x: np.ndarray, ref_y: np.ndarray | None,
+                      held_x: np.ndarray, held_y: np.ndarray | None, *, seed: int, device: str | torch.device,
+                      say: Callable[[str], None]) -> dict[str, float]:
+    """Mode collapse, measured (evaluate_generator's step 4), for the generated samples and, under
+    ``floor/``, the held-back real ones: ``modes_covered`` / ``high_quality_fraction`` / ``mode_reverse_kl``
+    of a 2-D mixture; the 1000 modes of stacked digits (`stacked_mode_metrics`); ``classes_covered`` /
+    ``class_kl`` by ``classifier`` for labelled data, plus the conditional accuracy of a conditional G."""
+    out: dict[str, float] = {}
     if config.data.name in MIXTURES:
         for prefix, x in (("", fake_x), ("floor/", held_x)):
             cov = mode_coverage(x, config.data.name)
@@ -208,8 +223,7 @@ def evaluate_generator(G: nn.Module, config: GANConfig, real_x: np.ndarray | tor
         if held_y is not None:
             predicted = classifier.predict(torch.from_numpy(held_x))
             out["classifier_accuracy_on_held_back"] = float((predicted == held_y).mean())
-        out.update(conditional_accuracy(classifier.predict(fake_x), n, num_classes_of(G)))
-    out["feature_dim"] = float(f_ref.shape[1])
+        out.update(conditional_accuracy(classifier.predict(fake_x), len(fake_x), num_classes_of(G)))
     return out
 
 

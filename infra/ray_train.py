@@ -519,11 +519,6 @@ def stream_batches(shard, plan: WorkerPlan, rank: int, world_size: int):
     import queue
     import threading
 
-    import torch
-
-    from gan_core.rng import generator
-
-    seed = plan.config.train.seed
     per_worker = plan.config.train.global_batch_size // world_size
     chunk_rows = _stream_chunk_rows(per_worker, plan)
 
@@ -542,29 +537,10 @@ def stream_batches(shard, plan: WorkerPlan, rank: int, world_size: int):
 
         def read_epochs() -> None:
             try:
-                epoch, whole = 0, None
-                while not stop.is_set():
-                    if whole is not None:  # the split is one chunk, kept: each epoch reshuffles it
-                        x, y = whole
-                        perm = torch.randperm(len(x), generator=generator(seed, "stream", rank, epoch, 0))
-                        put((x[perm], None if y is None else y[perm]))
-                        epoch += 1
-                        continue
-                    rows = 0
-                    for c, table in enumerate(shard.iter_batches(batch_size=chunk_rows, batch_format="pyarrow",
-                                                                 prefetch_batches=1)):
-                        x, y = _table_to_tensor(table, plan), _table_to_labels(table, plan)
-                        rows += len(x)
-                        perm = torch.randperm(len(x), generator=generator(seed, "stream", rank, epoch, c))
-                        put((x[perm], None if y is None else y[perm]))
-                        if stop.is_set():
-                            return
-                    if rows < per_worker:
-                        raise RuntimeError(f"worker {rank}: its data split holds {rows} rows, fewer than "
-                                           f"one per-worker batch ({per_worker})")
-                    if c == 0:  # the whole split came as one chunk: keep it, read no further pass
-                        whole = (x, y)
-                    epoch += 1
+                for chunk in _shuffled_chunks(shard, plan, rank, per_worker, chunk_rows):
+                    put(chunk)
+                    if stop.is_set():
+                        return
             except BaseException as e:  # handed to the training thread, which raises it
                 put(e)
 
@@ -582,6 +558,36 @@ def stream_batches(shard, plan: WorkerPlan, rank: int, world_size: int):
             stop.set()
 
     return stream
+
+
+def _shuffled_chunks(shard, plan: WorkerPlan, rank: int, per_worker: int, chunk_rows: int):
+    """stream_batches' reader: this worker's split as (x, labels or None) chunks of up to `chunk_rows`
+    rows, each in a seeded random order, epoch after epoch, without end. A split that arrives as one chunk
+    is kept and reshuffled for every further epoch instead of read again. RuntimeError for a split of
+    fewer rows than one per-worker batch."""
+    import torch
+
+    from gan_core.rng import generator
+
+    seed = plan.config.train.seed
+    epoch = 0
+    while True:
+        rows = 0
+        for c, table in enumerate(shard.iter_batches(batch_size=chunk_rows, batch_format="pyarrow",
+                                                     prefetch_batches=1)):
+            x, y = _table_to_tensor(table, plan), _table_to_labels(table, plan)
+            rows += len(x)
+            perm = torch.randperm(len(x), generator=generator(seed, "stream", rank, epoch, c))
+            yield x[perm], None if y is None else y[perm]
+        if rows < per_worker:
+            raise RuntimeError(f"worker {rank}: its data split holds {rows} rows, fewer than "
+                               f"one per-worker batch ({per_worker})")
+        epoch += 1
+        if c == 0:  # the whole split came as one chunk: keep it, read no further pass
+            while True:
+                perm = torch.randperm(len(x), generator=generator(seed, "stream", rank, epoch, 0))
+                yield x[perm], None if y is None else y[perm]
+                epoch += 1
 
 
 class _ParameterSync:
