@@ -6,7 +6,7 @@ ETags). S3 settings come from the standard places, read by pyarrow and boto3 the
 There are no custom variables.
 
 S3 has no atomic directory write, so a folder is *committed* by writing a small marker file (a
-manifest) last, in one request; readers trust only folders that have it (DESIGN.md section 3).
+manifest) last, in one request; readers trust only folders that have it (ARCHITECTURE.md section 3).
 """
 
 from __future__ import annotations

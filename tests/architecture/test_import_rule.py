@@ -1,4 +1,4 @@
-"""gan_core stays pure PyTorch: no orchestration, tracking or storage packages (DESIGN.md section 2)."""
+"""gan_core stays pure PyTorch: no orchestration, tracking or storage packages (ARCHITECTURE.md section 1)."""
 
 import ast
 import json
