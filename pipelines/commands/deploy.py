@@ -119,17 +119,12 @@ def run(args: argparse.Namespace) -> int:
         return 0
     from prefect import serve
 
-    from infra.console import say
-
     deployment = make_deployment(args.name, args.cron, parameters, timezone=args.timezone, tags=args.tag,
                                  paused=args.paused)
     # the served runs (subprocesses of this one) print like `ganpipe run`: the pipeline's lines here,
     # everything else (Prefect's runner, Ray, MLflow, warnings) in the log
-    capture, log_file = console(args, "deploy")
-    with capture:
-        say(f"serving gan-pipeline/{args.name} from this host: each scheduled run starts here; Ctrl-C stops "
-            f"serving (the schedule is paused); a run now: prefect deployment run 'gan-pipeline/{args.name}'")
-        if log_file is not None:
-            say(f"full log: {log_file}")
+    with console(args, "deploy", f"serving gan-pipeline/{args.name} from this host: each scheduled run starts "
+                                 f"here; Ctrl-C stops serving (the schedule is paused); a run now: prefect "
+                                 f"deployment run 'gan-pipeline/{args.name}'"):
         serve(deployment)  # blocks; Ctrl-C pauses the schedule and returns
     return 0

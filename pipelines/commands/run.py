@@ -8,6 +8,7 @@ import contextlib
 import json
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from gan_core.errors import UserError
@@ -84,16 +85,19 @@ def default_log_file(command: str = "run") -> Path:
     return local_home() / "logs" / f"{command}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}.log"
 
 
-def console(args: argparse.Namespace, command: str) -> tuple[contextlib.AbstractContextManager, Path | None]:
-    """The console of `command` as --verbose / --log-file ask: (a context in which everything printed goes
-    to the log file and only the pipeline's own lines reach the terminal, that file); with --verbose
-    (nothing captured, None)."""
-    from infra.console import ConsoleCapture
+@contextlib.contextmanager
+def console(args: argparse.Namespace, command: str, headline: str) -> Iterator[Path | None]:
+    """The console of `command` as --verbose / --log-file ask: inside, everything printed goes to the log
+    file and only the pipeline's own lines reach the terminal, starting with `headline` and the log's
+    path. Yields that file; with --verbose nothing is captured and it yields None."""
+    from infra.console import ConsoleCapture, say
 
-    if args.verbose:
-        return contextlib.nullcontext(), None
-    log_file = Path(args.log_file) if args.log_file else default_log_file(command)
-    return ConsoleCapture(log_file), log_file
+    log_file = None if args.verbose else Path(args.log_file) if args.log_file else default_log_file(command)
+    with contextlib.nullcontext() if log_file is None else ConsoleCapture(log_file):
+        say(headline)
+        if log_file is not None:
+            say(f"full log: {log_file}")
+        yield log_file
 
 
 def run(args: argparse.Namespace) -> int:
@@ -113,14 +117,8 @@ def run(args: argparse.Namespace) -> int:
         check_mlflow_reachable()
     except (StorageError, MlflowUnreachable) as e:
         raise UserError(str(e)) from None
-    from infra.console import say
-
-    capture, log_file = console(args, "run")
-    with capture:
-        say(f"ganpipe run: preset {settings.preset}, dataset {settings.source_uri} -> {settings.storage_root}, "
-            f"model {settings.model_name}")
-        if log_file is not None:
-            say(f"full log: {log_file}")
+    with console(args, "run", f"ganpipe run: preset {settings.preset}, dataset {settings.source_uri} -> "
+                              f"{settings.storage_root}, model {settings.model_name}") as log_file:
         summary, temporary_api_url = run_pipeline(settings, args, log_file)
     # 3. where to look
     summary["seconds"] = {"service start-up": round(summary["started_at"] - t_start, 1), **summary["seconds"],
