@@ -133,6 +133,15 @@ def s3_server():
             os.environ[k] = v
 
 
+@pytest.fixture(scope="session")
+def fresh_tiny_run(s3_server, tmp_path_factory):
+    """One `ganpipe run --preset tiny` in a fresh process, examined by several tests (tests/fresh_run.py)."""
+    from tests.fresh_run import fresh_run
+
+    with fresh_run(tmp_path_factory.mktemp("fresh-run"), s3_server) as run:
+        yield run
+
+
 @pytest.fixture
 def s3_bucket(s3_server, request):
     """A fresh bucket on the moto server; yields its name."""

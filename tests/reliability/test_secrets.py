@@ -9,21 +9,14 @@ job log). The MLflow params/tags and Prefect logs/artifacts are also read throug
 from __future__ import annotations
 
 import gzip
-import os
 import sqlite3
-import subprocess
-import sys
-import tempfile
-import uuid
 from pathlib import Path
 
 import pytest
 
-from tests.embedded import embedded_env
 
 pytestmark = pytest.mark.integration
 
-REPO = Path(__file__).resolve().parents[2]
 
 
 def files_holding(root: Path, needles: list[bytes]) -> dict[str, list[str]]:
@@ -54,65 +47,44 @@ def test_files_holding_finds_a_planted_string(tmp_path):
         str(tmp_path / "a" / "b" / "log.txt"), str(tmp_path / "z.gz")]
 
 
-@pytest.mark.parametrize("storage", ["local", "s3"])
-def test_a_planted_secret_appears_in_no_store_log_or_run_folder(tmp_path, storage, request, s3_server):
-    """On S3 storage the secret is the credential the run really uses (moto takes any): the checkpoint
-    uploads from Ray's workers and the datasets, run folders and samples in the bucket are scanned too."""
-    secret = f"FAKESECRET-{uuid.uuid4().hex}"
-    token = f"FAKETOKEN-{uuid.uuid4().hex}"
-    home = tmp_path / "home"
-    # a short root for Ray's session folders, <root>/ray/session_* (socket paths must stay under 108 bytes)
-    ray_tmp = Path(tempfile.mkdtemp(prefix="rsec-", dir="/tmp"))
-    env = embedded_env(home)
-    env.update(AWS_SECRET_ACCESS_KEY=secret, AWS_ACCESS_KEY_ID="FAKEKEYID", GANPIPE_TEST_TOKEN=token,
-               RAY_TMPDIR=str(ray_tmp))
-    where = []
-    if storage == "s3":
-        bucket = request.getfixturevalue("s3_bucket")
-        env["AWS_ENDPOINT_URL"] = os.environ["AWS_ENDPOINT_URL"]  # the moto server
-        where = ["--set", f"storage.root=s3://{bucket}/root"]
-    try:
-        r = subprocess.run([sys.executable, "-m", "pipelines.cli", "run", "--preset", "tiny", "--verbose",
-                            "--set", "train.total_steps=10", "--set", "registry.export=false",
-                            "--set", "sampling.num_samples=16", *where],
-                           cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-        console = r.stdout + r.stderr
-        assert r.returncode == 0, console[-4000:]
-        assert secret not in console and token not in console
+def test_a_planted_secret_appears_in_no_store_log_or_run_folder(fresh_tiny_run):
+    """The session's fresh `ganpipe run` (tests/fresh_run.py), on S3 storage so that the secret is the
+    credential the run really uses (moto takes any): its console, its log file, every store and run folder
+    under its home, its Ray session's logs and every object it wrote to the bucket. (A run on local storage
+    holds the same secret in the same environment and writes a subset of the same stores.)"""
+    run = fresh_tiny_run
+    home, ray_tmp, bucket, secret, token = run.home, run.ray_tmp, run.bucket, run.secret, run.token
+    assert run.result.returncode == 0, run.console[-4000:]
+    assert secret not in run.console and token not in run.console
+    # the stores were really written (a scan of empty folders would prove nothing)
+    sessions = [p for p in ray_tmp.glob("ray/session_*") if p.is_dir() and not p.is_symlink()]
+    assert len(sessions) == 1 and any((sessions[0] / "logs").glob("worker-*.out")), list(ray_tmp.iterdir())
+    mlflow_db = home / "mlflow.db"
+    prefect_db = next(home.rglob("prefect.db"))
+    with sqlite3.connect(mlflow_db) as db:
+        params = db.execute("SELECT key, value FROM params").fetchall()
+        tags = db.execute("SELECT key, value FROM tags").fetchall()
+    assert len(params) > 20 and tags
+    with sqlite3.connect(prefect_db) as db:
+        logs = db.execute("SELECT message FROM log").fetchall()
+        artifacts = db.execute("SELECT data, description FROM artifact").fetchall()
+        flow_runs = db.execute("SELECT parameters FROM flow_run").fetchall()
+    assert logs and artifacts and flow_runs
+    for row in [*params, *tags, *logs, *artifacts, *flow_runs]:
+        text = " ".join(str(v) for v in row)
+        assert secret not in text and token not in text, text[:300]
 
-        # the stores were really written (a scan of empty folders would prove nothing)
-        sessions = [p for p in ray_tmp.glob("ray/session_*") if p.is_dir() and not p.is_symlink()]
-        assert len(sessions) == 1 and any((sessions[0] / "logs").glob("worker-*.out")), list(ray_tmp.iterdir())
-        mlflow_db = home / "mlflow.db"
-        prefect_db = next(home.rglob("prefect.db"))
-        with sqlite3.connect(mlflow_db) as db:
-            params = db.execute("SELECT key, value FROM params").fetchall()
-            tags = db.execute("SELECT key, value FROM tags").fetchall()
-        assert len(params) > 20 and tags
-        with sqlite3.connect(prefect_db) as db:
-            logs = db.execute("SELECT message FROM log").fetchall()
-            artifacts = db.execute("SELECT data, description FROM artifact").fetchall()
-            flow_runs = db.execute("SELECT parameters FROM flow_run").fetchall()
-        assert logs and artifacts and flow_runs
-        for row in [*params, *tags, *logs, *artifacts, *flow_runs]:
-            text = " ".join(str(v) for v in row)
-            assert secret not in text and token not in text, text[:300]
+    # every byte the run left, in its home and in its Ray instance's session folder
+    hits = files_holding(home, [secret.encode(), token.encode()])
+    ray_hits = files_holding(sessions[0], [secret.encode(), token.encode()])
+    assert not any(hits.values()) and not any(ray_hits.values()), (hits, ray_hits)
+    # every object the run wrote to the bucket
+    import boto3
 
-        # every byte the run left, in its home and in its Ray instance's session folder
-        hits = files_holding(home, [secret.encode(), token.encode()])
-        ray_hits = files_holding(sessions[0], [secret.encode(), token.encode()])
-        assert not any(hits.values()) and not any(ray_hits.values()), (hits, ray_hits)
-        if storage == "s3":  # every object the run wrote to the bucket
-            import boto3
-
-            s3 = boto3.client("s3")
-            keys = [o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket)
-                    for o in page.get("Contents", [])]
-            assert any(k.startswith("root/runs/") for k in keys) and any("checkpoint-" in k for k in keys), keys[:20]
-            leaked = [k for k in keys if any(n in s3.get_object(Bucket=bucket, Key=k)["Body"].read()
-                                             for n in (secret.encode(), token.encode()))]
-            assert not leaked, leaked
-    finally:
-        import shutil
-
-        shutil.rmtree(ray_tmp, ignore_errors=True)
+    s3 = boto3.client("s3")
+    keys = [o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket)
+            for o in page.get("Contents", [])]
+    assert any(k.startswith("root/runs/") for k in keys) and any("checkpoint-" in k for k in keys), keys[:20]
+    leaked = [k for k in keys if any(n in s3.get_object(Bucket=bucket, Key=k)["Body"].read()
+                                     for n in (secret.encode(), token.encode()))]
+    assert not leaked, leaked
