@@ -100,9 +100,8 @@ def _prepare(args: argparse.Namespace):
             raise ValueError(f"data.subset: got {config.data.subset}; allowed: 0 (every example) or at least "
                              f"one global batch (train.global_batch_size = {config.train.global_batch_size})")
         x, labels = training_subset(x, labels, config.data.subset, config.data.data_seed)
-    if config.network.conditional and not config.data.class_frequencies:  # fakes follow the data's p(c)
-        counts = label_counts(labels, config.data.num_classes)
-        config = config.with_overrides({"data.class_frequencies": list(counts)})
+    if config.network.conditional:  # fakes follow the data's p(c)
+        config = config.with_label_counts(label_counts(labels, config.data.num_classes))
     batches = InMemoryBatches(x, config.train.global_batch_size, config.train.seed,
                               labels=labels if config.network.conditional else None)
     check_device(args.device)

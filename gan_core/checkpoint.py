@@ -20,10 +20,11 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Collection
 
 import torch
 
@@ -41,6 +42,19 @@ SUMMARY_FILE = "summary.json"
 FILES_MANIFEST = "sha256.json"
 FORMAT = "ganpipe-checkpoint/3"
 _HASHED_FILES = (STATE_FILE, CONFIG_FILE, SUMMARY_FILE)
+# A run's checkpoint folders: checkpoint-<step, 9 digits>[-<n>]; sorted by name = by step, then by n. The one
+# naming rule: python -m gan_core's loop and Ray Train's storage (infra.checkpoints) both use it.
+CHECKPOINT_NAME = re.compile(r"^checkpoint-\d{9}(-\d+)?$")
+
+
+def checkpoint_name(step: int, taken: Collection[str] = ()) -> str:
+    """``checkpoint-<step, 9 digits>``, or with ``-1``, ``-2``... the first name not in ``taken`` (a run
+    resumed past damaged checkpoints, whose names its storage still lists)."""
+    name = f"checkpoint-{step:09d}"
+    n = 0
+    while (candidate := name if n == 0 else f"{name}-{n}") in taken:
+        n += 1
+    return candidate
 
 
 class CheckpointError(UserError, RuntimeError):

@@ -12,7 +12,7 @@ import json
 import math
 from dataclasses import dataclass, field, fields, is_dataclass, replace
 from types import UnionType
-from typing import Any, Union, get_args, get_origin, get_type_hints
+from typing import Any, Sequence, Union, get_args, get_origin, get_type_hints
 
 from .errors import UserError
 
@@ -377,6 +377,17 @@ class GANConfig:
                 raise ConfigError(f"{path}: unknown field; allowed: {', '.join(sorted(node))}")
             node[parts[-1]] = value
         return GANConfig.from_dict(d)
+
+    def with_label_counts(self, counts: Sequence[int]) -> "GANConfig":
+        """A class-conditional config whose fakes follow the data's label distribution p(c): ``counts[k]``
+        (examples of class k, as gan_core.data.label_counts or a staged manifest's ``label_counts``) become
+        ``data.class_frequencies``, classes beyond ``counts`` at 0. Unchanged when unconditional, when
+        data.class_frequencies is set already, or without counts (a dataset staged without them: uniform).
+        The one place the rule lives: ``python -m gan_core`` and the pipeline's launch both call it."""
+        if not self.network.conditional or self.data.class_frequencies or not len(counts):
+            return self
+        padded = [float(n) for n in counts] + [0.0] * (self.data.num_classes - len(counts))
+        return self.with_overrides({"data.class_frequencies": padded})
 
 
 MAX_CONFIG_DEPTH = 4  # tables and lists inside a config value: no field needs more than a list of numbers

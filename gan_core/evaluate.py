@@ -53,11 +53,13 @@ RANDOM_FEATURES_SEED = 0  # RandomConvFeatures' weights: one fixed network, so v
 CACHE_ENV = "GANPIPE_CACHE_DIR"
 
 
-def default_cache_dir() -> Path:
-    """Where the digits classifier's weights are cached when the engine runs alone (``python -m gan_core``,
-    a caller passing no folder): $GANPIPE_CACHE_DIR, else ~/.cache/ganpipe. The pipeline always passes
-    its own folder (infra.settings.cache_dir, under the local home)."""
-    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "ganpipe")
+def default_cache_dir(home: str | Path | None = None) -> Path:
+    """Where what can be rebuilt (the digits classifier's weights) is cached: $GANPIPE_CACHE_DIR, else
+    ``<home>/cache`` for a caller with a home folder (the pipeline's local home, infra.settings), else
+    ~/.cache/ganpipe (the engine run alone: ``python -m gan_core``). The one rule for the cache folder."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV])
+    return Path(home) / "cache" if home is not None else Path.home() / ".cache" / "ganpipe"
 
 
 def split_real(real_x: np.ndarray, real_labels: np.ndarray | None, seed: int = 0):

@@ -23,7 +23,6 @@ written, so the latest checkpoint stays good.
 
 from __future__ import annotations
 
-import re
 import shutil
 import tempfile
 import time
@@ -35,7 +34,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .checkpoint import restore_training_state, save_checkpoint
+from .checkpoint import CHECKPOINT_NAME, checkpoint_name, restore_training_state, save_checkpoint
 from .config import GANConfig, TrainConfig
 from .diagnostics import TrainingDiagnostics, resolve_diagnostics
 from .losses import js_estimate
@@ -175,10 +174,10 @@ class _Checkpoints:
         self.keep = keep
         # a resumed run's too: only folders named exactly as write() names them, never through a link
         self.written = sorted(p for p in self.root.glob("checkpoint-*")
-                              if re.fullmatch(r"checkpoint-\d{9}", p.name) and p.is_dir() and not p.is_symlink())
+                              if CHECKPOINT_NAME.match(p.name) and p.is_dir() and not p.is_symlink())
 
     def write(self, state: TrainingState, metrics: dict[str, float]) -> str:
-        path = save_checkpoint(state, self.root / f"checkpoint-{state.step:09d}", metrics)
+        path = save_checkpoint(state, self.root / checkpoint_name(state.step), metrics)
         self.written.append(path)
         while len(self.written) > self.keep:
             shutil.rmtree(self.written.pop(0), ignore_errors=True)

@@ -6,8 +6,8 @@ A run's storage folder holds ``checkpoint-<step, 9 digits>[-<n>]`` folders (gan_
 directories, written by Ray Train's ``report``). When the newest is damaged (a truncated upload, a disk
 fault, an edited file), resuming and registering fall back to the next older intact one, with one warning
 line naming both; with none intact they stop with one line (CheckpointError). A run resumed past damaged
-checkpoints writes its next ones under new names (`checkpoint_name`): Ray Train still lists the damaged
-ones, and its retention deletes a listed checkpoint's folder, whatever was written there since.
+checkpoints writes its next ones under new names (gan_core.checkpoint.checkpoint_name): Ray Train still
+lists the damaged ones, and its retention deletes a listed checkpoint's folder, whatever was written there since.
 """
 
 from __future__ import annotations
@@ -15,20 +15,18 @@ from __future__ import annotations
 import contextlib
 import logging
 import posixpath
-import re
 import tempfile
 from pathlib import Path
-from typing import Callable, Collection, Iterator, TypeVar
+from typing import Callable, Iterator, TypeVar
 
 import pyarrow.fs as pafs
 
-from gan_core.checkpoint import CheckpointError
+from gan_core.checkpoint import CHECKPOINT_NAME, CheckpointError
 
 from .storage import Location, first_line
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_NAME = re.compile(r"^checkpoint-\d{9}(-\d+)?$")  # sorted by name = by step, then by n
 T = TypeVar("T")
 
 
@@ -40,31 +38,29 @@ def run_checkpoints(run_dir: Location) -> list[Location]:
     return [run_dir.join(n) for n in names]
 
 
-def checkpoint_name(step: int, taken: Collection[str] = ()) -> str:
-    """``checkpoint-<step, 9 digits>``, or with ``-1``, ``-2``... the first name not in ``taken``."""
-    name = f"checkpoint-{step:09d}"
-    n = 0
-    while (candidate := name if n == 0 else f"{name}-{n}") in taken:
-        n += 1
-    return candidate
-
-
 def parent(loc: Location) -> Location:
     """The folder holding ``loc``."""
     path, uri = loc.path.rstrip("/"), loc.uri.rstrip("/")
     return Location(loc.fs, posixpath.dirname(path), uri[: len(uri) - len(posixpath.basename(path)) - 1])
 
 
+def fetch_checkpoint(loc: Location, dest: Path) -> Path:
+    """A local folder holding the checkpoint at ``loc``: the folder itself on local disk, else a copy of
+    it into ``dest`` (created; a failed copy from S3 raises OSError). The one place a remote checkpoint
+    is brought local: the flow's fetch-checkpoint task and `local_directory` call it."""
+    if isinstance(loc.fs, pafs.LocalFileSystem):
+        return Path(loc.path)
+    dest.mkdir(parents=True, exist_ok=True)  # pyarrow's local filesystem creates no parent folders for copies
+    pafs.copy_files(loc.path, str(dest), source_filesystem=loc.fs, destination_filesystem=pafs.LocalFileSystem())
+    return dest
+
+
 @contextlib.contextmanager
 def local_directory(loc: Location) -> Iterator[Path]:
     """A local directory holding the checkpoint at ``loc``: the folder itself on local disk, else a
     temporary copy (removed on exit)."""
-    if isinstance(loc.fs, pafs.LocalFileSystem):
-        yield Path(loc.path)
-        return
     with tempfile.TemporaryDirectory(prefix="ganpipe-checkpoint-") as tmp:
-        pafs.copy_files(loc.path, tmp, source_filesystem=loc.fs, destination_filesystem=pafs.LocalFileSystem())
-        yield Path(tmp)
+        yield fetch_checkpoint(loc, Path(tmp))
 
 
 def newest_intact(latest: Location, use: Callable[[Path], T], *,

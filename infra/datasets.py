@@ -22,6 +22,7 @@ Reader:
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, ClassVar
 
@@ -30,6 +31,7 @@ from pydantic import NonNegativeInt
 import numpy as np
 import pyarrow as pa
 
+from gan_core.config import check
 from gan_core.data import Normalisation
 
 from . import shardset, storage
@@ -50,10 +52,6 @@ class DatasetError(ShardSetError):
     """A dataset reference that cannot be used (nothing committed, bad checksum, ...)."""
 
 
-class ChecksumError(DatasetError):
-    """A shard whose bytes do not match the manifest."""
-
-
 class DatasetManifest(Manifest):
     """A staged dataset's own manifest fields that readers rely on (beside shardset.Manifest's)."""
 
@@ -61,6 +59,20 @@ class DatasetManifest(Manifest):
     version: str
     has_labels: bool
     num_skipped: NonNegativeInt
+
+
+# A dataset's name: a folder under <root>/datasets/, and part of its run names (gan-<name>-<hash>) and of its
+# default model name (ganpipe-<name>[-conditional], at most 128 characters as registry.model_name).
+DATASET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,107}")
+
+
+def check_dataset_name(name: Any, where: str) -> None:
+    """ConfigError naming ``where`` (``--name``, ``source.name``, or the source a default name came from)
+    unless ``name`` can name a dataset (DATASET_NAME, no '..'). The one rule: staging, the settings and
+    the CLI all call it."""
+    check(isinstance(name, str) and DATASET_NAME.fullmatch(name) is not None and ".." not in name, where, name,
+          "letters, digits, '.', '-' and '_' (no '..'), starting with a letter or digit, at most 108 "
+          "characters (pass --name for a source whose own name is not one)")
 
 
 def dataset_uri(root: str, name: str) -> str:
@@ -207,9 +219,8 @@ def plan_staging(source: Source | str, root: str, name: str | None = None, *, ro
     storage.check_bucket(root_loc)  # a missing destination bucket fails before any source work
     if isinstance(source, str):
         source = open_source(source, **source_options)
+    check_dataset_name(name or source.default_name, "--name" if name else f"{source.where}: its default name")
     name = name or source.default_name
-    if not name or "/" in name or name.startswith("."):
-        raise SourceError(f"--name: {name!r} is not a valid dataset name")
     layout = choose_layout(source.spec, rows_per_shard=rows_per_shard, target_shard_mib=target_shard_mib,
                            row_group_rows=row_group_rows, compression=compression)
     fingerprint = source.fingerprint()
@@ -236,8 +247,7 @@ def stage(source: Source | str, root: str, name: str | None = None, *,
 class StagedDataset(ShardSet):
     """One committed version: where its shards are, and what they hold."""
 
-    error: ClassVar[type[ShardSetError]] = DatasetError
-    checksum_error: ClassVar[type[ShardSetError]] = ChecksumError
+    error: ClassVar[type[ShardSetError]] = DatasetError  # its checksum errors stay shardset.ChecksumError
 
     @property
     def name(self) -> str:
@@ -269,7 +279,7 @@ def open_dataset(ref: str, *, verify: bool = False) -> StagedDataset:
     """Resolve `<root>/datasets/<name>` (the latest committed version) or
     `<root>/datasets/<name>/<version>` to its manifest and shards; optionally verify checksums.
     Raises DatasetError (nothing committed there, another format, a manifest naming a foreign shard),
-    ChecksumError (verify)."""
+    shardset.ChecksumError (verify)."""
     loc = storage.resolve(ref)
     try:
         storage.check_bucket(loc)

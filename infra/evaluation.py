@@ -27,6 +27,7 @@ from torch import nn
 
 from gan_core.config import GANConfig
 from gan_core.data import MIXTURES, load_builtin, mode_coverage
+from gan_core.metrics import frechet_distance
 from gan_core.sampling import generate
 
 EVAL_SEED = 2**31 - 1  # fixed and far from training seeds, so every version is scored on the same z
@@ -60,26 +61,6 @@ class Evaluation:
 
 
 Evaluator = Callable[[nn.Module, GANConfig], Evaluation]
-
-
-def frechet_distance(x: np.ndarray, y: np.ndarray) -> float:
-    """FD = ||mu_x - mu_y||^2 + Tr(S_x + S_y - 2 (S_x S_y)^(1/2))  (Heusel et al. 2017, eq. 6)."""
-    from scipy import linalg
-
-    from gan_core.metrics.features import MAX_FEATURE_DIM
-
-    x, y = np.asarray(x, np.float64).reshape(len(x), -1), np.asarray(y, np.float64).reshape(len(y), -1)
-    if x.shape[1] > MAX_FEATURE_DIM:  # a d x d covariance and its sqrtm: 64x64 RGB pixels ran for minutes in 8 GB
-        raise ValueError(f"a Frechet distance on {x.shape[1]}-d samples; allowed: at most {MAX_FEATURE_DIM} "
-                         "dimensions: evaluate images in a feature space (infra.evaluation.gan_core_evaluator)")
-    mu_x, mu_y = x.mean(0), y.mean(0)
-    # NOTE: eps on the diagonals keeps sqrtm defined for singular covariances (e.g. digits' border
-    # pixels are always 0), as pytorch-fid does when the product is singular.
-    eps = np.eye(x.shape[1]) * 1e-6
-    s_x, s_y = np.atleast_2d(np.cov(x, rowvar=False)) + eps, np.atleast_2d(np.cov(y, rowvar=False)) + eps
-    covmean, _ = linalg.sqrtm(s_x @ s_y, disp=False)
-    covmean = covmean.real  # sqrtm of a product of PSD matrices: imaginary parts are round-off
-    return float(np.sum((mu_x - mu_y) ** 2) + np.trace(s_x) + np.trace(s_y) - 2 * np.trace(covmean))
 
 
 def default_evaluator(reference: np.ndarray | None = None, *, num_samples: int = 2500,

@@ -74,9 +74,9 @@ class ModelIntegrityError(RuntimeError):
     """A model file's sha256 does not match the one recorded when the model was logged."""
 
 
-def sha256_file(path: str | Path) -> str:
-    # NOTE: not infra.storage.sha256_of (the project's one helper): this file runs in consumers'
-    # processes, which have mlflow and torch but not pyarrow
+def _sha256_file(path: str | Path) -> str:
+    # NOTE: a copy of gan_core.files.sha256_file (the one owner), kept here because this file runs before
+    # the engine it ships is verified (and consumers' processes have no installed gan_core to import)
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -173,7 +173,7 @@ class GeneratorModel(mlflow.pyfunc.PythonModel):
             path = context.artifacts.get(key)
             if path is None or not Path(path).is_file():
                 raise ModelIntegrityError(f"generator model is missing its {key!r} file ({path})")
-            actual = sha256_file(path)
+            actual = _sha256_file(path)
             if actual != expected.get(key):
                 raise ModelIntegrityError(
                     f"generator model file {Path(path).name} has been modified: sha256 {actual} does not "

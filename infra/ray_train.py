@@ -154,8 +154,7 @@ def resolve_config_for_dataset(config: GANConfig, manifest: dict) -> GANConfig:
         if len(counts) > K:
             raise ConfigError(f"data.num_classes: got {K}, but the staged dataset {name!r} has labels up to "
                               f"{len(counts) - 1}; allowed: an integer >= {len(counts)}")
-        if counts and not config.data.class_frequencies:
-            data = replace(data, class_frequencies=tuple(float(n) for n in counts + [0] * (K - len(counts))))
+        return replace(config, data=data).with_label_counts(counts)
     return replace(config, data=data)
 
 
@@ -786,7 +785,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     from gan_core.diagnostics import TrainingDiagnostics
     from gan_core.loop import NonFiniteLossError, format_tick, train
     from gan_core.training import build_training_state
-    from infra.checkpoints import checkpoint_name as checkpoint_name_after
+    from gan_core.checkpoint import checkpoint_name as checkpoint_name_after
 
     plan: WorkerPlan = loop_config["plan"]
     config = plan.config

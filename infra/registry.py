@@ -41,13 +41,14 @@ import gan_core
 from gan_core.checkpoint import load_generator, read_summary
 from gan_core.config import GANConfig
 from gan_core.data import Normalisation
+from gan_core.files import sha256_file
 from gan_core.errors import UserError
 from gan_core.sampling import labels_for_range, latents_for_range
 
 from . import storage, tracking
 from .evaluation import Evaluation, Evaluator, default_evaluator
 from .generator_model import FORMAT as MODEL_FORMAT
-from .generator_model import code_files, sha256_file
+from .generator_model import code_files
 from .settings import DEFAULT_EXPERIMENT, code_version, mlflow_client
 
 log = logging.getLogger(__name__)

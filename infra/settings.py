@@ -44,9 +44,9 @@ def local_home() -> Path:
 def cache_dir() -> Path:
     """Where the pipeline caches what it can rebuild (the digits classifier): $GANPIPE_CACHE_DIR, else
     <local home>/cache. Resolved on the driver and passed to workers, never re-read there."""
-    from gan_core.evaluate import CACHE_ENV
+    from gan_core.evaluate import default_cache_dir
 
-    return Path(os.environ.get(CACHE_ENV) or local_home() / "cache")
+    return default_cache_dir(local_home())
 
 
 def mlflow_tracking_uri() -> str:

@@ -86,6 +86,7 @@ class Chunk:
 class Source:
     kind = "source"
     default_name = "dataset"
+    where = "the source"  # what its errors name: the file, folder or URI it reads
     spec: ArraySpec
 
     def fingerprint(self) -> dict[str, Any]:

@@ -101,7 +101,7 @@ def portable_s3_filesystem() -> pafs.S3FileSystem:
     if creds is None:
         return fs  # instance roles / IRSA on the cluster: each worker resolves its own chain
     frozen = creds.get_frozen_credentials()
-    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    endpoint = s3_endpoint()
     kwargs: dict[str, object] = {"access_key": frozen.access_key, "secret_key": frozen.secret_key,
                               "session_token": frozen.token}
     if endpoint:
@@ -110,6 +110,12 @@ def portable_s3_filesystem() -> pafs.S3FileSystem:
     if region:
         kwargs["region"] = region
     return s3_filesystem(**kwargs)  # with its retry budget, which survives the pickling
+
+
+def s3_endpoint() -> str | None:
+    """The S3 endpoint the AWS SDKs use: AWS_ENDPOINT_URL_S3, else AWS_ENDPOINT_URL (MinIO, moto), else
+    None (AWS itself)."""
+    return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
 
 
 def boto3_s3_client():
@@ -191,7 +197,7 @@ def check_bucket(loc: Location) -> None:
         try:
             missing = loc.fs.get_file_info(bucket).type == pafs.FileType.NotFound
         except OSError as e:
-            endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or "AWS S3"
+            endpoint = s3_endpoint() or "AWS S3"
             raise StorageError(f"cannot reach S3 at {endpoint} for {loc.uri} ({first_line(e)}); check "
                                "AWS_ENDPOINT_URL and the credentials") from None
         if missing:

@@ -108,18 +108,13 @@ def load_real_data(dataset_uri: str):
 
 @task(name="fetch-checkpoint", **io_task)
 def fetch_checkpoint(checkpoint_uri: str, scratch: str) -> str:
-    """A local directory holding the checkpoint (copied from S3 when it lives there)."""
+    """A local directory holding the checkpoint (copied from S3 into `scratch` when it lives there)."""
     from infra import storage
+    from infra.checkpoints import fetch_checkpoint as fetch
 
     if Path(checkpoint_uri).is_dir():
         return checkpoint_uri
-    import pyarrow.fs as pafs
-
-    loc = storage.resolve(checkpoint_uri)
-    dest = Path(scratch) / "checkpoint"
-    dest.mkdir(parents=True)  # pyarrow's local filesystem creates no parent folders for the copies
-    pafs.copy_files(loc.path, str(dest), source_filesystem=loc.fs, destination_filesystem=pafs.LocalFileSystem())
-    return str(dest)
+    return str(fetch(storage.resolve(checkpoint_uri), Path(scratch) / "checkpoint"))
 
 
 @task(name="evaluate", **once_per_flow_run)

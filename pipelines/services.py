@@ -27,7 +27,9 @@ DEFAULT_STARTUP_TIMEOUT_S = 180.0  # a fresh database on a busy 2-core host take
 
 
 class ServiceError(RuntimeError):
-    """A service of the embedded default did not start."""
+    """A service of the embedded default did not start: not the user's input (`ganpipe run` reports it as
+    gan_core.errors.CommandFailed, exit 1). NOTE: not a CommandFailed itself: this module runs as the
+    launcher of tied processes (`python -m pipelines.services --die-with`), which must not import torch."""
 
 
 def _free_port() -> int:

@@ -37,6 +37,7 @@ from gan_core.files import read_bytes_bounded
 from gan_core.config import (MAX_CONFIG_DEPTH, PRESETS, ConfigError, GANConfig, check, check_depth, from_dict, get_preset,
                              parse_overrides, to_plain)
 from infra.ray_train import ClusterConfig, validate_launch
+from infra.datasets import check_dataset_name
 from infra.sources import BUILTIN_SOURCES
 from infra.storage import join_uri
 
@@ -81,7 +82,7 @@ class SourceSettings:
     def __post_init__(self) -> None:
         check_staging_sizes(self.num_samples, self.seed, self.image_size, "source.")
         if self.name:
-            check_model_name(self.name, "source.name")
+            check_dataset_name(self.name, "source.name")
         for key, column in (("source.image_column", self.image_column), ("source.label_column", self.label_column)):
             check(column == column.strip(), key, column, "a column name without surrounding spaces")
         check(not self.image_column or self.image_column != self.label_column, "source.label_column",

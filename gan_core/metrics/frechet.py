@@ -28,10 +28,17 @@ def _as_array(x) -> np.ndarray:
 
 
 def gaussian_statistics(features) -> tuple[np.ndarray, np.ndarray]:
-    """(mean, covariance) of (N, d) features, float64; covariance with the unbiased 1/(N-1)."""
+    """(mean, covariance) of (N, d) features, float64; covariance with the unbiased 1/(N-1). Raises
+    ValueError for fewer than 2 rows or d > features.MAX_FEATURE_DIM (a d x d covariance and its sqrtm:
+    64x64 RGB pixels, 12,288-d, ran for minutes in 8 GB)."""
+    from .features import MAX_FEATURE_DIM
+
     f = _as_array(features)
     if len(f) < 2:
         raise ValueError(f"need at least 2 samples for a covariance, got {len(f)}")
+    if f.shape[1] > MAX_FEATURE_DIM:
+        raise ValueError(f"a Frechet distance on {f.shape[1]}-d samples; allowed: at most {MAX_FEATURE_DIM} "
+                         "dimensions: evaluate images in a feature space (infra.evaluation.gan_core_evaluator)")
     return f.mean(axis=0), np.atleast_2d(np.cov(f, rowvar=False))
 
 

@@ -51,13 +51,12 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from gan_core.checkpoint import CheckpointError, load_generator
-    from gan_core.config import ConfigError
+    from gan_core.checkpoint import load_generator
     from gan_core.evaluate import evaluate_generator, feature_space, format_report, load_real_data
-    from infra.datasets import DatasetError, load_numpy
-    from infra.registry import RegistryError, resolve_checkpoint
-    from infra.settings import MlflowUnreachable, cache_dir, check_mlflow_reachable, mlflow_tracking_uri
-    from infra.storage import StorageError, first_line, is_s3
+    from infra.datasets import load_numpy
+    from infra.registry import resolve_checkpoint
+    from infra.settings import cache_dir, check_mlflow_reachable, mlflow_tracking_uri
+    from infra.storage import first_line, is_s3
     from pipelines.flow import fetch_checkpoint
     from pipelines.settings import default_inception, inception_weights
 
@@ -66,18 +65,13 @@ def run(args: argparse.Namespace) -> int:
     ckpt = args.checkpoint
     if ("/" in ckpt or ckpt.startswith(".")) and "://" not in ckpt and not os.path.isdir(ckpt):
         raise UserError(f"{ckpt}: no such checkpoint directory")
-    try:
-        inception = inception_weights(args.inception, "--inception") or default_inception() or None
-    except ConfigError as e:
-        raise UserError(str(e)) from None
+    inception = inception_weights(args.inception, "--inception") or default_inception() or None
     if inception and args.feature_network:
         raise UserError("--feature-network: give either it or the FID Inception weights (--inception, "
                         "$GANPIPE_FID_INCEPTION), not both")
     if not os.path.isdir(ckpt) and not is_s3(ckpt) and not ckpt.startswith("file://"):
-        try:  # a run id or an MLflow artifact URI: the tracking server must answer (seconds, not minutes)
-            check_mlflow_reachable(mlflow_tracking_uri())
-        except MlflowUnreachable as e:
-            raise UserError(str(e)) from None
+        # a run id or an MLflow artifact URI: the tracking server must answer (seconds, not minutes)
+        check_mlflow_reachable(mlflow_tracking_uri())
     try:
         with tempfile.TemporaryDirectory(prefix="ganpipe-evaluate-") as scratch:
             ref, _ = resolve_checkpoint(args.checkpoint)
@@ -93,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
             metrics = evaluate_generator(G, config, real_x, real_labels, num_samples=args.num_samples or None,
                                          seed=args.seed, feature_extractor=extractor, classifier=classifier,
                                          progress=lambda line: print(line, file=sys.stderr, flush=True))
-    except (CheckpointError, DatasetError, RegistryError, StorageError, ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError) as e:  # what numpy, torch or a reader refuses in the user's files
         raise UserError(first_line(e)) from None
     if args.json:
         print(json.dumps({**metrics, "features": extractor.name}, indent=2))

@@ -45,21 +45,18 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args) -> int:
-    from gan_core.config import ConfigError
     from gan_core.data import Normalisation
     from mlflow.exceptions import MlflowException
 
-    from infra.registry import RegistryError, register_generator, resolve_checkpoint, store_unreachable
-    from infra.settings import MlflowUnreachable, check_mlflow_reachable
+    from infra.registry import register_generator, resolve_checkpoint, store_unreachable
+    from infra.settings import check_mlflow_reachable
     from infra.storage import first_line
     from pipelines.settings import check_alias, check_model_name
 
-    try:  # 1. the names first: nothing is evaluated, logged or registered for a name MLflow would refuse
-        check_model_name(args.name, "--name")
-        check_alias(args.alias, "--alias")
-        check_mlflow_reachable()  # 2. a tracking / registry server that does not answer: seconds, not minutes
-    except (ConfigError, MlflowUnreachable) as e:
-        raise UserError(str(e)) from None
+    # 1. the names first: nothing is evaluated, logged or registered for a name MLflow would refuse
+    check_model_name(args.name, "--name")
+    check_alias(args.alias, "--alias")
+    check_mlflow_reachable()  # 2. a tracking / registry server that does not answer: seconds, not minutes
     try:
         checkpoint, run_id = resolve_checkpoint(args.run)
         normalisation = None
@@ -77,7 +74,7 @@ def run(args) -> int:
             checkpoint, args.name, run_id=run_id, normalisation=normalisation, evaluator=evaluator,
             dataset_version=args.dataset_version, alias=args.alias, promote=not args.no_promote, force=args.force,
             export_formats=() if args.no_export else ("pt2", "onnx"))
-    except (RegistryError, ValueError) as e:
+    except ValueError as e:  # a value numpy or torch refuses in what the user gave (a RegistryError passes)
         raise UserError(str(e)) from None
     except MlflowException as e:  # the store failed midway (after the run was found): one line, no traceback
         if store_unreachable(e):

@@ -67,16 +67,12 @@ def add_config_arguments(p: argparse.ArgumentParser) -> None:
 def resolve_request(args, needs_source: bool = True, **cluster_overrides):
     """(the config file's tree or None, Settings) from --preset/--config/--set (and explicit cluster
     flags): the file is read and every value parsed and validated once, here; a one-line UserError
-    otherwise. The tree is what a deployment carries (workers need no file)."""
-    from gan_core.config import ConfigError
+    otherwise (gan_core.config.ConfigError). The tree is what a deployment carries (workers need no file)."""
     from pipelines.settings import read_config_file, resolve_settings
 
-    try:
-        tree = read_config_file(args.config) if args.config else None
-        return tree, resolve_settings(preset=args.preset, config_data=tree, overrides=args.set,
-                                      cluster_overrides=cluster_overrides, needs_source=needs_source)
-    except ConfigError as e:
-        raise UserError(str(e)) from None
+    tree = read_config_file(args.config) if args.config else None
+    return tree, resolve_settings(preset=args.preset, config_data=tree, overrides=args.set,
+                                  cluster_overrides=cluster_overrides, needs_source=needs_source)
 
 
 def default_log_file(command: str = "run") -> Path:
@@ -106,17 +102,13 @@ def run(args: argparse.Namespace) -> int:
     if args.dry_run:
         sys.stdout.write(settings.to_toml())
         return 0
-    from infra.settings import MlflowUnreachable, check_mlflow_reachable
-    from infra.storage import StorageError
+    from infra.settings import check_mlflow_reachable
     from pipelines.settings import check_output_locations
 
-    try:
-        check_output_locations(settings)  # where it will write: before any service starts
-        # a tracking / registry server given by address answers (the register step needs it even with
-        # tracking off): seconds here, not MLflow's minutes of retries at registration
-        check_mlflow_reachable()
-    except (StorageError, MlflowUnreachable) as e:
-        raise UserError(str(e)) from None
+    check_output_locations(settings)  # where it will write: before any service starts
+    # a tracking / registry server given by address answers (the register step needs it even with
+    # tracking off): seconds here, not MLflow's minutes of retries at registration
+    check_mlflow_reachable()
     with console(args, "run", f"ganpipe run: preset {settings.preset}, dataset {settings.source_uri} -> "
                               f"{settings.storage_root}, model {settings.model_name}") as log_file:
         summary, temporary_api_url = run_pipeline(settings, args, log_file)
@@ -140,10 +132,6 @@ def run_pipeline(settings, args, log_file: Path) -> tuple[dict, str | None]:
     in the log."""
     import traceback
 
-    from gan_core.config import ConfigError
-    from infra.datasets import DatasetError
-    from infra.sources import SourceError
-    from infra.storage import StorageError
     from gan_core.errors import CommandFailed
     from pipelines.services import ServiceError, start_embedded_services
 
@@ -152,8 +140,10 @@ def run_pipeline(settings, args, log_file: Path) -> tuple[dict, str | None]:
         from pipelines.flow import gan_pipeline
 
         return gan_pipeline(settings=settings), temporary_api_url
-    except (ConfigError, DatasetError, SourceError, StorageError, ServiceError) as e:
-        raise UserError(str(e)) from None
+    except (UserError, CommandFailed):
+        raise  # one line at the boundary (gan_core.errors.report)
+    except ServiceError as e:
+        raise CommandFailed(str(e)) from None
     except Exception as e:
         if args.verbose:
             raise

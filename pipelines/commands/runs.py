@@ -14,7 +14,7 @@ import os
 from datetime import datetime, timezone
 from typing import Any, Callable
 
-from infra.settings import MlflowUnreachable, check_mlflow_reachable, display_uri
+from infra.settings import check_mlflow_reachable, display_uri
 from gan_core.errors import UserError
 
 EPILOG = """\
@@ -70,10 +70,7 @@ def listing(uri: str, named: str | None, read: Callable[[], list[dict[str, Any]]
         if named:
             raise UserError(f"{named} not found: no MLflow store at {uri} yet")
         return []
-    try:
-        check_mlflow_reachable(uri)
-    except MlflowUnreachable as e:
-        raise UserError(str(e)) from None
+    check_mlflow_reachable(uri)
     try:
         return read()
     except (MlflowException, OSError) as e:

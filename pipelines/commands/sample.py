@@ -75,24 +75,18 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     from infra.batch_sampling import open_samples
-    from infra.settings import MlflowUnreachable, check_mlflow_reachable
-    from infra.shardset import ShardSetError
-    from infra.storage import StorageError
-    from gan_core.errors import UserError
+    from infra.settings import check_mlflow_reachable
 
     from infra.batch_sampling import check_request
 
-    try:
-        # 1. the whole request, before Prefect, Ray or MLflow is touched: sizes within their bounds, --out
-        # a folder that can be written; then an MLflow server that must answer (seconds, not minutes)
-        check_request(args.num_samples, args.seed, args.out, fmt=args.fmt, rows_per_shard=args.rows_per_shard,
-                      batch_size=args.batch_size, actors=args.actors, gpus_per_actor=args.gpus,
-                      truncation=args.truncation, class_label=args.class_label)
-        check_mlflow_reachable()
-        uri = _sample(args)
-        s = open_samples(uri)
-    except (ShardSetError, StorageError, MlflowUnreachable) as e:
-        raise UserError(str(e)) from None
+    # 1. the whole request, before Prefect, Ray or MLflow is touched: sizes within their bounds, --out
+    # a folder that can be written; then an MLflow server that must answer (seconds, not minutes)
+    check_request(args.num_samples, args.seed, args.out, fmt=args.fmt, rows_per_shard=args.rows_per_shard,
+                  batch_size=args.batch_size, actors=args.actors, gpus_per_actor=args.gpus,
+                  truncation=args.truncation, class_label=args.class_label)
+    check_mlflow_reachable()
+    uri = _sample(args)
+    s = open_samples(uri)
     m = s.manifest
     trunc = f", truncation {m['truncation']:g}" if m.get("truncation") else ""
     trunc += f", class {m['class_label']}" if m.get("class_label") is not None else ""

@@ -73,26 +73,19 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     from infra.datasets import open_dataset
-    from infra.shardset import ShardSetError
-    from infra.sources import SourceError
-    from infra.storage import StorageError, first_line
-    from gan_core.errors import CommandFailed, UserError
+    from infra.storage import first_line
+    from gan_core.errors import CommandFailed
 
-    try:
-        if args.verify:
-            ds = open_dataset(args.source, verify=True)
-            print(f"ok: {ds.uri}: {ds.num_rows} rows in {len(ds.shard_uris)} shards match their checksums",
-                  file=sys.stderr)
-            print(ds.uri)
-            return 0
-        check_stage_args(args)  # 1. the whole request, before anything is read or written
-    except (SourceError, ShardSetError, StorageError) as e:
-        raise UserError(str(e)) from None
+    if args.verify:
+        ds = open_dataset(args.source, verify=True)
+        print(f"ok: {ds.uri}: {ds.num_rows} rows in {len(ds.shard_uris)} shards match their checksums",
+              file=sys.stderr)
+        print(ds.uri)
+        return 0
+    check_stage_args(args)  # 1. the whole request, before anything is read or written
     try:
         uri = _stage(args)
         ds = open_dataset(uri)
-    except (SourceError, ShardSetError, StorageError) as e:
-        raise UserError(str(e)) from None
     except OSError as e:  # storage that failed midway, after each S3 request's retries (infra.storage)
         raise CommandFailed(f"storage failed while staging ({first_line(e)}); nothing was committed: run the same "
                              "command again") from None
@@ -107,19 +100,16 @@ def run(args: argparse.Namespace) -> int:
 def check_stage_args(args: argparse.Namespace) -> None:
     """UserError (one line naming the flag) unless every size and name is within its bound and --root is
     a folder that can be written (not a file; its S3 bucket reachable). Nothing is read or written."""
-    from gan_core.config import ConfigError
     from infra import storage
     from gan_core.errors import UserError
-    from pipelines.settings import check_model_name, check_staging_sizes
+    from infra.datasets import check_dataset_name
+    from pipelines.settings import check_staging_sizes
 
     if not args.root:
         raise UserError("--root is required (a local folder or s3://bucket/prefix)")
-    try:
-        check_staging_sizes(args.num_samples, args.seed, args.image_size or 0, "--")
-        if args.name is not None:
-            check_model_name(args.name, "--name")
-    except ConfigError as e:
-        raise UserError(str(e)) from None
+    check_staging_sizes(args.num_samples, args.seed, args.image_size or 0, "--")
+    if args.name is not None:
+        check_dataset_name(args.name, "--name")
     for flag, value, ok in (("--rows-per-shard", args.rows_per_shard, args.rows_per_shard is None or args.rows_per_shard > 0),
                             ("--row-group-rows", args.row_group_rows, args.row_group_rows is None or args.row_group_rows > 0),
                             ("--target-shard-mib", args.target_shard_mib, 0 < args.target_shard_mib <= 4096)):

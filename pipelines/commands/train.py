@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 
-from gan_core.errors import UserError
 from pipelines.commands.run import add_config_arguments, resolve_request
 
 EXAMPLES = """examples:
@@ -43,10 +42,7 @@ def resolve_train_settings(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from gan_core.config import ConfigError
-    from infra.datasets import DatasetError
     from infra.ray_train import TrainingStopped, launch_training, outcome_to_json
-    from infra.storage import StorageError
     from gan_core.errors import CommandFailed
 
     from pipelines.settings import check_output_locations
@@ -55,8 +51,6 @@ def run(args: argparse.Namespace) -> int:
     try:
         check_output_locations(settings)  # --storage: before Ray starts
         outcome = launch_training(settings.gan, args.dataset, settings.cluster)
-    except (ConfigError, DatasetError, StorageError) as e:
-        raise UserError(str(e)) from None
     except TrainingStopped as e:
         raise CommandFailed(str(e)) from None
     print(outcome_to_json(outcome))

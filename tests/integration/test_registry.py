@@ -185,7 +185,8 @@ def test_evaluators_score_on_fixed_latents():
     """The documented default and the adapter of the project's evaluation both give a primary metric."""
     from gan_core.data import load_builtin
     from gan_core.networks import build_generator
-    from infra.evaluation import default_evaluator, frechet_distance, gan_core_evaluator
+    from gan_core.metrics import frechet_distance
+    from infra.evaluation import default_evaluator, gan_core_evaluator
 
     cfg = get_preset("tiny")
     torch.manual_seed(0)

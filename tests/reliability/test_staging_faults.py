@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from infra import datasets
-from infra.datasets import ChecksumError, DatasetError
+from infra.datasets import DatasetError
+from infra.shardset import ChecksumError
 from infra.sources import SourceError
 from pipelines.cli import main
 from pipelines.stage import is_transient_storage_error

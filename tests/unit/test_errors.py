@@ -4,6 +4,7 @@ every error family of the project is either a UserError or listed here with the 
 
 from __future__ import annotations
 
+import ast
 import importlib
 import inspect
 import pkgutil
@@ -27,7 +28,7 @@ NOT_USER_ERRORS = {
                                        "converts it to CommandFailed",
     "pipelines.flow.RegistrationFailed": "the MLflow store failed mid-run; the command converts it (exit 2, with "
                                          "the command that finishes the registration)",
-    "pipelines.services.ServiceError": "an embedded service did not start; `ganpipe run` converts it",
+    "pipelines.services.ServiceError": "an embedded service did not start; `ganpipe run` reports it as CommandFailed",
 }
 
 
@@ -116,3 +117,49 @@ def test_every_entry_point_ends_at_the_boundary(entry):
     which first sorts out termination signals)."""
     source = (REPO / (entry.replace(".", "/") + ".py")).read_text()
     assert "run_command(" in source or "report(" in source, entry
+
+
+def _imported_class(module: str, tree: ast.Module, name: str):
+    """The class `name` refers to in `module` (imported anywhere in it, or its own), else None."""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            for alias in node.names:
+                if (alias.asname or alias.name) == name:
+                    base = node.module or ""
+                    if node.level:
+                        base = module.rsplit(".", node.level)[0] + (f".{base}" if base else "")
+                    return getattr(importlib.import_module(base), alias.name, None)
+    return getattr(importlib.import_module(module), name, None)
+
+
+def hand_conversions(root: Path = REPO) -> list[str]:
+    """`except (A, B) as e: raise UserError(...)` in the product code where A and B are all UserError
+    families already: a conversion the boundary makes anyway (issue 26 item 6: mapped in one place)."""
+    found = []
+    for path in sorted(p for package in ("gan_core", "infra", "pipelines") for p in (root / package).rglob("*.py")):
+        module = ".".join(path.relative_to(root).with_suffix("").parts).removesuffix(".__init__")
+        tree = ast.parse(path.read_text(), filename=str(path))
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.ExceptHandler) or node.type is None:
+                continue
+            caught = node.type.elts if isinstance(node.type, ast.Tuple) else [node.type]
+            if not all(isinstance(c, ast.Name) for c in caught):
+                continue
+            converts = any(isinstance(s, ast.Raise) and isinstance(s.exc, ast.Call)
+                           and getattr(s.exc.func, "id", "") == "UserError" for s in node.body)
+            classes = [_imported_class(module, tree, c.id) for c in caught]
+            if converts and all(isinstance(c, type) and issubclass(c, UserError) for c in classes):
+                found.append(f"{path.relative_to(root)}:{node.lineno}")
+    return found
+
+
+def test_no_command_converts_a_user_error_by_hand(tmp_path):
+    assert hand_conversions() == [], "UserError families converted to UserError by hand (the boundary does it)"
+    planted = tmp_path / "pipelines" / "commands"
+    planted.mkdir(parents=True)
+    (planted / "train.py").write_text("from infra.storage import StorageError\nfrom gan_core.errors import UserError\n"
+                                      "def run():\n    try:\n        pass\n    except StorageError as e:\n"
+                                      "        raise UserError(str(e))\n")
+    for package in ("gan_core", "infra"):
+        (tmp_path / package).mkdir()
+    assert hand_conversions(tmp_path) == ["pipelines/commands/train.py:6"]

@@ -1,8 +1,19 @@
 import pytest
 import torch
+from torch import nn
 
 from gan_core.config import DataConfig, GANConfig, NetworkConfig
 from gan_core.networks import build_discriminator, build_generator
+
+
+NORM_LAYERS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.LayerNorm, nn.GroupNorm)
+# the layers each g_norm / d_norm value builds (GroupNorm(1, C) is layer norm over (C, H, W))
+EXPECTED_NORMS = {("mlp", "batch"): {"BatchNorm1d"}, ("mlp", "layer"): {"LayerNorm"}, ("mlp", "none"): set(),
+                  ("dcgan", "batch"): {"BatchNorm2d"}, ("dcgan", "layer"): {"GroupNorm"}, ("dcgan", "none"): set()}
+
+
+def norm_layers(module: nn.Module) -> set[str]:
+    return {type(m).__name__ for m in module.modules() if isinstance(m, NORM_LAYERS)}
 
 
 @pytest.mark.parametrize("shape", [(2,), (64,), (1, 8, 8)])
@@ -14,6 +25,7 @@ def test_mlp_shapes(shape, norm):
     x = G(torch.randn(4, 8))
     assert x.shape == (4, *shape)
     assert D(x).shape == (4,)
+    assert norm_layers(G) == norm_layers(D) == EXPECTED_NORMS["mlp", norm]  # the option is built, not ignored
 
 
 @pytest.mark.parametrize("channels", [1, 3, 4])
@@ -35,6 +47,9 @@ def test_dcgan_norm_options(norm):
                     network=NetworkConfig(arch="dcgan", z_dim=8, g_width=8, d_width=8, g_norm=norm, d_norm=norm))
     G, D = build_generator(cfg), build_discriminator(cfg)
     assert D(G(torch.randn(3, 8))).shape == (3,)
+    assert norm_layers(G) == norm_layers(D) == EXPECTED_NORMS["dcgan", norm]
+    cfg = GANConfig(data=cfg.data, network=NetworkConfig(arch="dcgan", z_dim=8, g_width=8, d_width=8, g_norm=norm))
+    assert norm_layers(build_discriminator(cfg)) == set()  # d_norm independent of g_norm: its default, none
 
 
 def test_layer_norm_is_batch_independent():

@@ -1,6 +1,7 @@
 """Algorithm 1's structure: who changes when, how often, EMA arithmetic, NaN detection."""
 
 import copy
+import math
 
 import pytest
 import torch
@@ -111,6 +112,16 @@ def test_nan_loss_names_the_step_and_keeps_the_last_checkpoint(tmp_path):
     assert all(torch.isfinite(v).all() for v in state["G"].values())
 
 
+# each loss near initialisation, where D(x) ~ 0 for every input (logit): the value the paper's formula gives
+# there, and the regulariser's own term. A kind that were ignored (every kind training as one) fails here.
+LOSS_AT_INIT = {
+    "minimax": ({"loss/D": 2 * math.log(2), "loss/G": -math.log(2)}, None),  # Goodfellow et al. 2014, eq. 1
+    "hinge": ({"loss/D": 2.0, "loss/G": 0.0}, None),  # Lim & Ye 2017: max(0, 1 - D) + max(0, 1 + D)
+    "wasserstein": ({"loss/D": 0.0, "loss/G": 0.0}, "loss/D_gp"),  # Gulrajani et al. 2017, with the GP
+    "non_saturating": ({"loss/D": 2 * math.log(2), "loss/G": math.log(2)}, "loss/D_r1"),  # -log D(G(z)); R1
+}
+
+
 @pytest.mark.parametrize("kind,extra", [("minimax", {}), ("hinge", {}), ("wasserstein", {"loss.gp_lambda": 10.0}),
                                          ("non_saturating", {"loss.r1_gamma": 1.0})])
 def test_every_loss_kind_trains(kind, extra):
@@ -118,7 +129,12 @@ def test_every_loss_kind_trains(kind, extra):
     x, _ = sample_mixture("ring8", 256, seed=0)
     result = train(cfg, batches=InMemoryBatches(x, cfg.train.global_batch_size, seed=0))
     assert result.state.step == 4
-    assert all(v == v for v in result.last_snapshot.metrics.values())  # no NaN
+    metrics = result.last_snapshot.metrics
+    assert all(v == v for v in metrics.values())  # no NaN
+    expected, regulariser = LOSS_AT_INIT[kind]
+    for name, value in expected.items():
+        assert metrics[name] == pytest.approx(value, abs=0.15), (kind, name, metrics[name])
+    assert {k for k in metrics if k.startswith("loss/D_")} == ({regulariser} if regulariser else set())
 
 
 def test_snapshots_report_hierarchical_metrics_and_counters(tmp_path):
