@@ -257,9 +257,7 @@ def test_every_help_example_runs(ray_cluster, prefect_harness, mlflow_tracking, 
             keys = [o["Key"] for o in boto3.client("s3").list_objects_v2(Bucket=s3_bucket, Prefix="runs/")["Contents"]]
             folder = sorted({re.sub(r"(/checkpoint-\d+)/.*", r"\1", k) for k in keys if "/checkpoint-" in k})[-1]
             fields["s3_checkpoint"] = f"s3://{s3_bucket}/{folder}"
-        import time as _t; _t0 = _t.monotonic()
         out = _run(here, fields, monkeypatch, capsys)
-        open("/tmp/help_times.txt", "a").write(f"{_t.monotonic()-_t0:7.1f} {here}\n")
         if example.startswith("ganpipe models --json |"):  # the jq filter, in Python
             assert [m for m in json.loads(out) if m.get("champion")], out
     # what the examples made, as they say
