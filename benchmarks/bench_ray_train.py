@@ -99,7 +99,7 @@ class ProcessCPU:
 
 def ray_rate(config, dataset_uri: str, workers: int, loading: str, storage: str,
              profile: bool = False) -> tuple[float, ProcessCPU | None]:
-    from infra.ray_train import ClusterConfig, launch_training
+    from infra.train.ray_train import ClusterConfig, launch_training
 
     run_name = f"bench-{workers}-{loading}-{time.time_ns()}"
     cluster = ClusterConfig(num_workers=workers, storage_path=storage, threads_per_worker=1, data_loading=loading,
@@ -202,7 +202,7 @@ def main() -> None:
 
     from benchmarks.bench_staging import make_images
     from benchmarks.results import figure, record
-    from infra.datasets import load_numpy, stage
+    from infra.data.datasets import load_numpy, stage
 
     config = bench_config(args.preset, args.steps, args.tick)
     rgb_config = bench_config("dcgan32-cpu", args.rgb_steps, args.rgb_tick)

@@ -27,8 +27,8 @@ def register_tiny_generator(tmp: str) -> str:
 
     from gan_core import get_preset, train
     from gan_core.data import InMemoryBatches, Normalisation, load_digits
-    from infra.evaluation import Evaluation
-    from infra.registry import register_generator
+    from infra.models.evaluation import Evaluation
+    from infra.models.registry import register_generator
 
     uri = f"sqlite:///{tmp}/mlflow.db"
     mlflow.set_tracking_uri(uri)  # MLflow's own resolution then finds it (its env var; the actors get it)
@@ -54,8 +54,8 @@ def main() -> None:
 
     import torch
 
-    from infra import batch_sampling as bs
-    from infra.ray_cluster import ensure_ray
+    from infra.models import batch_sampling as bs
+    from infra.base.ray_cluster import ensure_ray
     from pipelines.cli import set_embedded_defaults
 
     set_embedded_defaults()  # telemetry off, as the CLI's entry point does

@@ -4,7 +4,7 @@
 
 MB/s counts uncompressed example bytes. Three measurements, each the best of --repeats:
 - bare:   pq.write_table(table, row_group_size=R, compression=C) of the in-memory arrays to local disk;
-- writer: infra.datasets.stage() of the same arrays saved as .npy (fingerprint = sha256 of the files,
+- writer: infra.data.datasets.stage() of the same arrays saved as .npy (fingerprint = sha256 of the files,
           shards written in parallel, per-shard sha256, manifest), into a fresh root each time;
 - flow:   the Prefect flow stage_dataset() (temporary Prefect server; its start is not timed).
 Target: writer / bare >= 0.8 (B4). Prints and records (benchmarks.results), never asserts.
@@ -56,7 +56,7 @@ def main() -> None:
     from pipelines.cli import set_embedded_defaults
 
     set_embedded_defaults()  # telemetry off, as the CLI's entry point does (before prefect is imported)
-    from infra import datasets
+    from infra.data import datasets
 
     images = make_images(args.rows, args.size_px)
     labels = np.arange(args.rows, dtype=np.int64) % 10

@@ -43,7 +43,7 @@ FILES_MANIFEST = "sha256.json"
 FORMAT = "ganpipe-checkpoint/3"
 _HASHED_FILES = (STATE_FILE, CONFIG_FILE, SUMMARY_FILE)
 # A run's checkpoint folders: checkpoint-<step, 9 digits>[-<n>]; sorted by name = by step, then by n. The one
-# naming rule: python -m gan_core's loop and Ray Train's storage (infra.checkpoints) both use it.
+# naming rule: python -m gan_core's loop and Ray Train's storage (infra.train.checkpoints) both use it.
 CHECKPOINT_NAME = re.compile(r"^checkpoint-\d{9}(-\d+)?$")
 
 

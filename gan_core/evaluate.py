@@ -55,7 +55,7 @@ CACHE_ENV = "GANPIPE_CACHE_DIR"
 
 def default_cache_dir(home: str | Path | None = None) -> Path:
     """Where what can be rebuilt (the digits classifier's weights) is cached: $GANPIPE_CACHE_DIR, else
-    ``<home>/cache`` for a caller with a home folder (the pipeline's local home, infra.settings), else
+    ``<home>/cache`` for a caller with a home folder (the pipeline's local home, infra.base.settings), else
     ~/.cache/ganpipe (the engine run alone: ``python -m gan_core``). The one rule for the cache folder."""
     if os.environ.get(CACHE_ENV):
         return Path(os.environ[CACHE_ENV])

@@ -44,7 +44,7 @@ def set_embedded_defaults() -> str | None:
     itself, see pipelines.services), else None. This and pipelines.services are the only places that
     write os.environ.
     """
-    from infra.settings import local_home, mlflow_tracking_uri
+    from infra.base.settings import local_home, mlflow_tracking_uri
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -112,7 +112,7 @@ def _not_yet(name: str) -> int:
     return 2
 
 
-# the services each command uses, probed before it starts anything (infra.settings.check_service_addresses):
+# the services each command uses, probed before it starts anything (infra.base.settings.check_service_addresses):
 # a Ray cluster at RAY_ADDRESS, the Prefect API at PREFECT_API_URL, an S3 endpoint at AWS_ENDPOINT_URL
 # (`submit`'s address is a Ray dashboard: it probes it itself; MLflow's store is probed by each command)
 SERVICES = {
@@ -125,7 +125,7 @@ SERVICES = {
 def check_services(command: str, argv: list[str]) -> None:
     """Probe the services `command` uses at the addresses the environment gives (SERVICES); the S3
     endpoint only when the command line names an s3:// location (a local request does not need it)."""
-    from infra.settings import RAY_ADDRESS_ENV, check_service_addresses
+    from infra.base.settings import RAY_ADDRESS_ENV, check_service_addresses
 
     needs = SERVICES.get(command, {})
     check_service_addresses(ray_address=os.environ.get(RAY_ADDRESS_ENV) if needs.get("ray") else None,
@@ -202,7 +202,7 @@ def unwind_on_termination():
 
 def error_log_path(command: str) -> Path:
     """Where `ganpipe COMMAND`'s unexpected failure leaves its traceback: <local home>/logs."""
-    from infra.settings import local_home
+    from infra.base.settings import local_home
 
     return local_home() / "logs" / f"{command}-error-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}.log"
 

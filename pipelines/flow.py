@@ -7,7 +7,7 @@ Each step is a named Prefect step, so the UI shows its state, logs and timing:
 
 1. `stage-dataset` (sub-flow, pipelines.stage): content-addressed and cached; staging the same input
    again writes nothing ("already committed" in the log).
-2. `start-ray`, `train`: Ray Train via infra.ray_train. The run's name is deterministic, so a rerun
+2. `start-ray`, `train`: Ray Train via infra.train.ray_train. The run's name is deterministic, so a rerun
    after a failure resumes from the latest checkpoint instead of starting over.
 3. `load-real-data`, `fetch-checkpoint`, `evaluate`: gan_core.evaluate on G_ema, every metric beside
    its real-vs-real floor.
@@ -43,7 +43,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE, RUN_ID, TASK_SOURCE
 
-from infra.console import say
+from infra.base.console import say
 from pipelines.settings import Settings, resolve_settings
 from pipelines.stage import STORAGE_RETRIES, STORAGE_RETRY_DELAYS_S, retry_on_storage_io, stage_dataset
 
@@ -74,15 +74,15 @@ class RegistrationFailed(RuntimeError):
 @task(name="start-ray", **compute_task)
 def start_ray(address: str) -> None:
     """Connect to the cluster (`[cluster] address`, else RAY_ADDRESS) or start Ray on this host."""
-    from infra.ray_cluster import ensure_ray
+    from infra.base.ray_cluster import ensure_ray
 
     ensure_ray(address)
 
 
 @task(name="train", **once_per_flow_run)
 def train(settings: Settings, dataset_uri: str):
-    """Train (or resume) on Ray Train; returns infra.ray_train.TrainOutcome."""
-    from infra import ray_train
+    """Train (or resume) on Ray Train; returns infra.train.ray_train.TrainOutcome."""
+    from infra.train import ray_train
 
     tracking = ray_train.TrackingSpec(experiment=settings.tracking.experiment) if settings.tracking.enabled else None
     cluster = replace(settings.cluster, storage_path=settings.run_storage)
@@ -100,7 +100,7 @@ def train(settings: Settings, dataset_uri: str):
 @task(name="load-real-data", **io_task)
 def load_real_data(dataset_uri: str):
     """The staged examples in model units (what G outputs) and their labels, for evaluation."""
-    from infra.datasets import load_numpy, open_dataset
+    from infra.data.datasets import load_numpy, open_dataset
 
     x, labels = load_numpy(dataset_uri, normalised=True)
     return x, labels, open_dataset(dataset_uri).manifest
@@ -109,8 +109,8 @@ def load_real_data(dataset_uri: str):
 @task(name="fetch-checkpoint", **io_task)
 def fetch_checkpoint(checkpoint_uri: str, scratch: str) -> str:
     """A local directory holding the checkpoint (copied from S3 into `scratch` when it lives there)."""
-    from infra import storage
-    from infra.checkpoints import fetch_checkpoint as fetch
+    from infra.base import storage
+    from infra.train.checkpoints import fetch_checkpoint as fetch
 
     if Path(checkpoint_uri).is_dir():
         return checkpoint_uri
@@ -124,7 +124,7 @@ def evaluate(checkpoint_dir: str, real_x, real_labels, num_samples: int, seed: i
     space's name, e.g. the Inception weights' file and SHA-256 prefix). `inception`: `[evaluation] inception`."""
     from gan_core.checkpoint import load_generator
     from gan_core.evaluate import evaluate_generator, feature_space, format_report
-    from infra.settings import cache_dir
+    from infra.base.settings import cache_dir
 
     G, config = load_generator(checkpoint_dir)
     extractor, classifier = feature_space(config, inception=inception or None, cache_dir=cache_dir())
@@ -143,10 +143,10 @@ def register(settings: Settings, checkpoint_uri: str, mlflow_run_id: str | None,
     it is, and the command that registers it later."""
     from mlflow.exceptions import MlflowException
     from gan_core.evaluate import primary_metric
-    from infra.evaluation import Evaluation
+    from infra.models.evaluation import Evaluation
     from gan_core.data import Normalisation
-    from infra.registry import register_generator, store_unreachable
-    from infra.storage import first_line
+    from infra.models.registry import register_generator, store_unreachable
+    from infra.base.storage import first_line
 
     # the evaluate step already scored this G_ema: hand the registry that result instead of recomputing it
     evaluation = Evaluation({k: float(v) for k, v in metrics.items()}, primary_metric(metrics), False,
@@ -175,7 +175,7 @@ def register(settings: Settings, checkpoint_uri: str, mlflow_run_id: str | None,
 def promote(settings: Settings, reg):
     """The champion decision, the pipeline's last step: a run that fails before it (a preview that cannot
     be written, an interrupt) leaves the alias where it was."""
-    from infra.registry import decide_champion
+    from infra.models.registry import decide_champion
 
     reg = decide_champion(reg, alias=settings.registry.alias, promote=settings.registry.promote)
     get_run_logger().info(f"{reg.model_uri}: {reg.decision}")
@@ -190,9 +190,9 @@ def render_preview(samples_uri: str, manifest: dict, fmt: str, out_uri: str, tit
     import torch
 
     from gan_core.sampling import save_image_grid, save_scatter
-    from infra import storage
-    from infra.batch_sampling import open_samples
-    from infra.datasets import normalise
+    from infra.base import storage
+    from infra.models.batch_sampling import open_samples
+    from infra.data.datasets import normalise
 
     _, x = open_samples(samples_uri).load_arrays()
     model_units = torch.from_numpy(np.asarray(normalise(x, manifest), dtype=np.float32))
@@ -213,8 +213,9 @@ def render_preview(samples_uri: str, manifest: dict, fmt: str, out_uri: str, tit
 def sample_preview(model_uri: str, manifest: dict, num_samples: int, seed: int, fmt: str, out_uri: str) -> str:
     """Sample the *registered* model with the batch sampler (pipelines.sample, a sub-flow: the version is
     pinned, the set is seed-addressed and committed with a manifest), then render the preview."""
-    from infra import shardset, storage
-    from infra.storage import join_uri
+    from infra.base import storage
+    from infra.data import shardset
+    from infra.base.storage import join_uri
     from pipelines.sample import sample_generator
 
     out = storage.resolve(out_uri)
@@ -258,7 +259,7 @@ def gan_pipeline(preset: str | None = None, config: dict[str, Any] | None = None
 
     @contextlib.contextmanager
     def step(name: str):
-        """A console line when a step starts and one when it ends, with its duration (infra.console)."""
+        """A console line when a step starts and one when it ends, with its duration (infra.base.console)."""
         say(f"{name} ...")
         t0 = time.perf_counter()
         try:
@@ -314,7 +315,7 @@ def gan_pipeline(preset: str | None = None, config: dict[str, Any] | None = None
 
 def _model_run_id(name: str, version: str) -> str | None:
     """The run that logged a model version (the registration run when training was not tracked)."""
-    from infra.settings import mlflow_client
+    from infra.base.settings import mlflow_client
 
     try:
         return mlflow_client().get_model_version(name, version).run_id
@@ -326,7 +327,7 @@ def _model_run_id(name: str, version: str) -> str | None:
 
 def mlflow_ui_base() -> str:
     """Where the MLflow UI is: the tracking server itself, or `mlflow ui`'s default address."""
-    from infra.settings import mlflow_client
+    from infra.base.settings import mlflow_client
 
     uri = mlflow_client().tracking_uri
     return uri.rstrip("/") if uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
@@ -335,7 +336,7 @@ def mlflow_ui_base() -> str:
 def mlflow_run_url(run_id: str | None) -> str | None:
     if not run_id:
         return None
-    from infra.settings import mlflow_client
+    from infra.base.settings import mlflow_client
 
     try:
         experiment_id = mlflow_client().get_run(run_id).info.experiment_id
@@ -349,7 +350,7 @@ def ui_commands(temporary_api_url: str | None = None) -> dict[str, str]:
     the temporary Prefect server this command started (gone once it ends), if any."""
     import shlex
 
-    from infra.settings import mlflow_client
+    from infra.base.settings import mlflow_client
 
     uri = mlflow_client().tracking_uri
     mlflow_cmd = (f"open {uri}" if uri.startswith(("http://", "https://"))
@@ -392,8 +393,8 @@ def metrics_rows(metrics: dict[str, float]) -> list[tuple[str, str, str]]:
 
 
 def report_picture_uris(training_run_id: str | None) -> dict[str, str | None]:
-    """The training run's end-of-run pictures (infra.tracking) as ``runs:/`` URIs; None when untracked."""
-    from infra.tracking import SAMPLE_STRIP_ARTIFACT, TRAINING_CURVES_ARTIFACT
+    """The training run's end-of-run pictures (infra.train.tracking) as ``runs:/`` URIs; None when untracked."""
+    from infra.train.tracking import SAMPLE_STRIP_ARTIFACT, TRAINING_CURVES_ARTIFACT
 
     def uri(artifact: str) -> str | None:
         return f"runs:/{training_run_id}/{artifact}" if training_run_id else None
@@ -437,7 +438,7 @@ def report_markdown(summary: dict[str, Any]) -> str:
 
 def _read_small(uri: str, max_bytes: int) -> bytes | None:
     """A file's bytes (local or S3) when it exists and is at most `max_bytes`, else None."""
-    from infra import storage
+    from infra.base import storage
 
     try:
         loc = storage.resolve(uri)
@@ -452,7 +453,7 @@ def _read_run_artifact(uri: str, max_bytes: int) -> bytes | None:
     `max_bytes`, else None: the report is best-effort (tracking may be off or down)."""
     from mlflow.artifacts import download_artifacts
 
-    from infra.settings import mlflow_client
+    from infra.base.settings import mlflow_client
 
     try:
         with tempfile.TemporaryDirectory(prefix="ganpipe-report-") as tmp:

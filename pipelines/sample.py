@@ -3,7 +3,7 @@
     sample_generator("models:/digits-gen@champion", 100_000, seed=0, out="s3://bucket/samples/run1")
         -> the committed sample set's URI
 
-The tasks are the steps of infra.shardset's executor around infra.batch_sampling's plan. Retries are
+The tasks are the steps of infra.data.shardset's executor around infra.models.batch_sampling's plan. Retries are
 on storage and registry I/O only; the generation step is not retried by Prefect (Ray restarts failed
 actors, and a rerun of the flow skips the shards already written and commits).
 """
@@ -15,8 +15,10 @@ import re
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 
-from infra import batch_sampling, shardset
-from infra.batch_sampling import ResolvedModel, SamplingPlan
+from infra.data import shardset
+
+from infra.models import batch_sampling
+from infra.models.batch_sampling import ResolvedModel, SamplingPlan
 
 from .stage import STORAGE_IO, commit_manifest, find_committed, progress_line
 

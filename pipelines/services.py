@@ -138,12 +138,12 @@ def start_ray_and_mlflow(settings) -> None:
     """Local Ray (unless an address is configured) and the local MLflow store with the run's experiment
     (unless the tracking URI names a server): what the flow's first steps would otherwise start."""
     if not (settings.cluster.address or os.environ.get("RAY_ADDRESS")):
-        from infra.ray_cluster import ensure_ray
+        from infra.base.ray_cluster import ensure_ray
 
         ensure_ray()
     if settings.tracking.enabled:
-        from infra.settings import mlflow_client
-        from infra.tracking import ensure_experiment
+        from infra.base.settings import mlflow_client
+        from infra.train.tracking import ensure_experiment
 
         client = mlflow_client()
         if not client.tracking_uri.startswith(("http://", "https://")):
@@ -171,7 +171,7 @@ def start_embedded_services(settings, prefect_home: str | None = None) -> str | 
         server.wait_ready(float(os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS")
                                 or DEFAULT_STARTUP_TIMEOUT_S))
         os.environ["PREFECT_API_URL"] = server.api_url
-        from infra.console import say
+        from infra.base.console import say
 
         say(f"Prefect: temporary server with its UI on {server.url} until this command ends")
         return server.api_url

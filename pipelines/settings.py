@@ -8,7 +8,7 @@
     root = "s3://bucket/ganpipe" # where datasets live; "" = <GANPIPE_HOME>/data
     [train]                      # any GANConfig section: data, network, loss, g_optim, d_optim, train
     total_steps = 3000
-    [cluster]                    # infra.ray_train.ClusterConfig, plus `address` (default: RAY_ADDRESS)
+    [cluster]                    # infra.train.ray_train.ClusterConfig, plus `address` (default: RAY_ADDRESS)
     num_workers = 2
     [tracking]                   # MLflow (the server comes from MLFLOW_TRACKING_URI)
     experiment = "ganpipe"
@@ -36,10 +36,10 @@ from typing import Any
 from gan_core.files import read_bytes_bounded
 from gan_core.config import (MAX_CONFIG_DEPTH, PRESETS, ConfigError, GANConfig, check, check_depth, from_dict, get_preset,
                              parse_overrides, to_plain)
-from infra.ray_train import ClusterConfig, validate_launch
-from infra.datasets import check_dataset_name
-from infra.sources import BUILTIN_SOURCES
-from infra.storage import join_uri
+from infra.train.ray_train import ClusterConfig, validate_launch
+from infra.data.datasets import check_dataset_name
+from infra.data.sources import BUILTIN_SOURCES
+from infra.base.storage import join_uri
 
 GAN_SECTIONS = tuple(f.name for f in fields(GANConfig))
 # registered model names travel inside models:/<name>/<version> URIs and folder names: no '/', no '..'
@@ -130,7 +130,7 @@ def check_staging_sizes(num_samples: int, seed: int, image_size: int, prefix: st
 def check_model_name(name: Any, where: str) -> None:
     """ConfigError naming `where` (registry.model_name, register --name) unless `name` can be a registered
     model name: it travels in models:/<name>/<version> URIs and in folder names."""
-    from infra.registry import PROMOTION_LOCK_SUFFIX  # the registry's lock for <name> is a model of this name
+    from infra.models.registry import PROMOTION_LOCK_SUFFIX  # the registry's lock for <name> is a model of this name
 
     check(isinstance(name, str) and MODEL_NAME.fullmatch(name) is not None and ".." not in name
           and not name.endswith(PROMOTION_LOCK_SUFFIX), where, name,
@@ -216,7 +216,7 @@ class Settings:
     def storage_root(self) -> str:
         if self.storage.root:
             return self.storage.root
-        from infra.settings import local_home
+        from infra.base.settings import local_home
 
         return str(local_home() / "data")
 
@@ -235,7 +235,7 @@ class Settings:
             return self.sampling.out
         if self.storage.root:
             return join_uri(self.storage.root, "samples", model_name, f"v{version}")
-        from infra.settings import local_home
+        from infra.base.settings import local_home
 
         return str(local_home() / "samples" / model_name / f"v{version}")
 
@@ -394,10 +394,10 @@ def default_inception() -> str:
 
 def check_output_locations(settings: Settings) -> None:
     """Where the request will write ([storage] root, [cluster] storage_path, [sampling] out), checked as
-    output folders (infra.storage.check_output_folder: not an existing file, writable, the S3 bucket
+    output folders (infra.base.storage.check_output_folder: not an existing file, writable, the S3 bucket
     reachable; the preview folder also new, empty or ganpipe's) before any service starts. Not part of
     resolve_settings: --dry-run and `ganpipe submit` (whose paths live on the cluster) touch no storage. Raises StorageError naming the field."""
-    from infra import storage
+    from infra.base import storage
 
     for field_name, uri in (("storage.root", settings.storage.root), ("cluster.storage_path",
                                                                        settings.cluster.storage_path),
@@ -405,7 +405,7 @@ def check_output_locations(settings: Settings) -> None:
         if uri:
             storage.check_output_folder(storage.resolve(uri), field_name)
     if settings.sampling.out:  # the preview folder: new, empty, or ganpipe's (it writes samples.png there)
-        from infra import shardset
+        from infra.data import shardset
 
         shardset.check_destination(storage.resolve(settings.sampling.out), None, storage.StorageError,
                                    "sampling.out")

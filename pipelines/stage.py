@@ -2,12 +2,12 @@
 
     stage_dataset("digits", root="s3://bucket/ganpipe")  ->  "s3://bucket/ganpipe/datasets/digits/<version>"
 
-Reliability comes from infra.datasets' content addressing plus two Prefect features:
+Reliability comes from infra.data.datasets' content addressing plus two Prefect features:
 - retries on storage I/O only (a bad image or a NaN fails at once: retrying cannot fix input);
 - result caching of each shard, keyed by (version URI, shard): a retried or re-run flow run skips
   the shards it already wrote. The committed manifest makes a second staging a no-op altogether.
-The tasks are the steps of infra.shardset's executor (committed, write a shard, commit); the work is in
-infra.datasets and infra.shardset. find_committed and commit_manifest serve every shard set (the
+The tasks are the steps of infra.data.shardset's executor (committed, write a shard, commit); the work is in
+infra.data.datasets and infra.data.shardset. find_committed and commit_manifest serve every shard set (the
 sampling flow uses them too).
 """
 
@@ -22,10 +22,10 @@ from prefect.artifacts import create_table_artifact
 from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from infra import datasets, shardset
-from infra.console import say
-from infra.datasets import StagingPlan
-from infra.shardset import ShardPlan
+from infra.data import datasets, shardset
+from infra.base.console import say
+from infra.data.datasets import StagingPlan
+from infra.data.shardset import ShardPlan
 
 STORAGE_RETRIES = 3
 STORAGE_RETRY_DELAYS_S = [1, 4, 10]
@@ -48,7 +48,7 @@ STORAGE_IO = dict(retries=STORAGE_RETRIES, retry_delay_seconds=STORAGE_RETRY_DEL
 
 
 def progress_line(line: str) -> None:
-    """A progress line (every ~10%) for the run's log in the Prefect UI and for the console (infra.console
+    """A progress line (every ~10%) for the run's log in the Prefect UI and for the console (infra.base.console
     draws it as a bar on a terminal)."""
     get_run_logger().info(line)
     say(line)

@@ -38,7 +38,7 @@ def gaussian_statistics(features) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError(f"need at least 2 samples for a covariance, got {len(f)}")
     if f.shape[1] > MAX_FEATURE_DIM:
         raise ValueError(f"a Frechet distance on {f.shape[1]}-d samples; allowed: at most {MAX_FEATURE_DIM} "
-                         "dimensions: evaluate images in a feature space (infra.evaluation.gan_core_evaluator)")
+                         "dimensions: evaluate images in a feature space (infra.models.evaluation.gan_core_evaluator)")
     return f.mean(axis=0), np.atleast_2d(np.cov(f, rowvar=False))
 
 

@@ -53,10 +53,10 @@ def add_parser(sub) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     from gan_core.checkpoint import load_generator
     from gan_core.evaluate import evaluate_generator, feature_space, format_report, load_real_data
-    from infra.datasets import load_numpy
-    from infra.registry import resolve_checkpoint
-    from infra.settings import cache_dir, check_mlflow_reachable, mlflow_tracking_uri
-    from infra.storage import first_line, is_s3
+    from infra.data.datasets import load_numpy
+    from infra.models.registry import resolve_checkpoint
+    from infra.base.settings import cache_dir, check_mlflow_reachable, mlflow_tracking_uri
+    from infra.base.storage import first_line, is_s3
     from pipelines.flow import fetch_checkpoint
     from pipelines.settings import default_inception, inception_weights
 

@@ -10,7 +10,7 @@ import argparse
 import json
 from typing import Any
 
-from infra.settings import display_uri
+from infra.base.settings import display_uri
 from gan_core.errors import UserError
 from pipelines.commands.runs import aliases_by_version, format_table, listing, names_hint, utc_iso
 
@@ -75,7 +75,7 @@ def _run_names(client, run_ids: set[str]) -> dict[str, str]:
     """{run id: ganpipe run name} for the runs that still exist."""
     from mlflow.exceptions import MlflowException
 
-    from infra.tracking import TAG_RUN_NAME
+    from infra.train.tracking import TAG_RUN_NAME
 
     names = {}
     for rid in sorted(run_ids):
@@ -88,9 +88,9 @@ def _run_names(client, run_ids: set[str]) -> dict[str, str]:
 
 
 def _model_names(client) -> list[str]:
-    """The registered models' names, sorted, without the registry's promotion locks (infra.registry:
+    """The registered models' names, sorted, without the registry's promotion locks (infra.models.registry:
     models named <name>.promotion-lock that exist only while an alias moves)."""
-    from infra.registry import PROMOTION_LOCK_SUFFIX
+    from infra.models.registry import PROMOTION_LOCK_SUFFIX
 
     return sorted(m.name for m in client.search_registered_models() if not m.name.endswith(PROMOTION_LOCK_SUFFIX))
 
@@ -154,7 +154,7 @@ def format_models(items: list[dict[str, Any]], alias: str, limit: int) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from infra.settings import mlflow_client, mlflow_registry_uri, mlflow_tracking_uri
+    from infra.base.settings import mlflow_client, mlflow_registry_uri, mlflow_tracking_uri
 
     if args.limit < 1:
         raise UserError(f"--limit: got {args.limit}; allowed: an integer >= 1")

@@ -48,9 +48,9 @@ def run(args) -> int:
     from gan_core.data import Normalisation
     from mlflow.exceptions import MlflowException
 
-    from infra.registry import register_generator, resolve_checkpoint, store_unreachable
-    from infra.settings import check_mlflow_reachable
-    from infra.storage import first_line
+    from infra.models.registry import register_generator, resolve_checkpoint, store_unreachable
+    from infra.base.settings import check_mlflow_reachable
+    from infra.base.storage import first_line
     from pipelines.settings import check_alias, check_model_name
 
     # 1. the names first: nothing is evaluated, logged or registered for a name MLflow would refuse
@@ -65,9 +65,9 @@ def run(args) -> int:
                                           args.offset if args.offset is not None else 0.0)
         evaluator = None
         if args.dataset:  # the project's evaluation in its feature space (raw pixels would need a d x d sqrtm)
-            from infra.datasets import load_numpy
-            from infra.evaluation import gan_core_evaluator
-            from infra.settings import cache_dir
+            from infra.data.datasets import load_numpy
+            from infra.models.evaluation import gan_core_evaluator
+            from infra.base.settings import cache_dir
 
             evaluator = gan_core_evaluator(*load_numpy(args.dataset, normalised=True), cache_dir=cache_dir())
         reg = register_generator(

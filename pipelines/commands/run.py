@@ -76,7 +76,7 @@ def resolve_request(args, needs_source: bool = True, **cluster_overrides):
 
 
 def default_log_file(command: str = "run") -> Path:
-    from infra.settings import local_home
+    from infra.base.settings import local_home
 
     return local_home() / "logs" / f"{command}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}.log"
 
@@ -86,7 +86,7 @@ def console(args: argparse.Namespace, command: str, headline: str) -> Iterator[P
     """The console of `command` as --verbose / --log-file ask: inside, everything printed goes to the log
     file and only the pipeline's own lines reach the terminal, starting with `headline` and the log's
     path. Yields that file; with --verbose nothing is captured and it yields None."""
-    from infra.console import ConsoleCapture, say
+    from infra.base.console import ConsoleCapture, say
 
     log_file = None if args.verbose else Path(args.log_file) if args.log_file else default_log_file(command)
     with contextlib.nullcontext() if log_file is None else ConsoleCapture(log_file):
@@ -102,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
     if args.dry_run:
         sys.stdout.write(settings.to_toml())
         return 0
-    from infra.settings import check_mlflow_reachable
+    from infra.base.settings import check_mlflow_reachable
     from pipelines.settings import check_output_locations
 
     check_output_locations(settings)  # where it will write: before any service starts

@@ -14,7 +14,7 @@ import os
 from datetime import datetime, timezone
 from typing import Any, Callable
 
-from infra.settings import check_mlflow_reachable, display_uri
+from infra.base.settings import check_mlflow_reachable, display_uri
 from gan_core.errors import UserError
 
 EPILOG = """\
@@ -33,7 +33,7 @@ examples:
 TABLE_WIDTH = 100  # the tables are sized to read in a 100-column terminal
 MAX_NAMES_SHOWN = 10  # "experiments: a, b, ..." in a not-found message
 
-# Names written by infra.tracking (params and metrics) that the listing reads back.
+# Names written by infra.train.tracking (params and metrics) that the listing reads back.
 PARAM_TOTAL_STEPS = "train.total_steps"
 METRIC_STEP = "progress/step"
 METRIC_KIMG = "progress/kimg"
@@ -60,7 +60,7 @@ def sqlite_file_missing(uri: str) -> bool:
 def listing(uri: str, named: str | None, read: Callable[[], list[dict[str, Any]]]) -> list[dict[str, Any]]:
     """`read()` against the store at `uri`, or [] when a SQLite store does not exist yet (opening it would
     create the database) — a UserError then if the user `named` something in it. One line for an
-    unreachable server (infra.settings.check_mlflow_reachable: seconds, not MLflow's minutes of retries) or
+    unreachable server (infra.base.settings.check_mlflow_reachable: seconds, not MLflow's minutes of retries) or
     a store failing mid-listing."""
     import sqlite3
 
@@ -175,7 +175,7 @@ def _int_or_none(value: Any) -> int | None:
 
 def run_item(r, tracking_uri: str, versions: list[dict[str, Any]]) -> dict[str, Any]:
     """One run as the listing shows it (the --json item)."""
-    from infra.tracking import PARAM_DATASET_VERSION, TAG_LAST_CHECKPOINT, TAG_RUN_NAME
+    from infra.train.tracking import PARAM_DATASET_VERSION, TAG_LAST_CHECKPOINT, TAG_RUN_NAME
 
     tags, params, metrics = r.data.tags, r.data.params, r.data.metrics
     return {
@@ -196,7 +196,7 @@ def run_item(r, tracking_uri: str, versions: list[dict[str, Any]]) -> dict[str, 
 def list_runs(client, tracking_uri: str, experiment: str, limit: int, explicit: bool) -> list[dict[str, Any]]:
     """The newest ``limit`` training runs of ``experiment``. A missing experiment is a UserError when the
     user named it; the default one simply has no runs until the first training."""
-    from infra.tracking import TAG_RUN_NAME
+    from infra.train.tracking import TAG_RUN_NAME
 
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
@@ -230,7 +230,7 @@ def format_runs(items: list[dict[str, Any]]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from infra.settings import DEFAULT_EXPERIMENT, mlflow_client, mlflow_registry_uri, mlflow_tracking_uri
+    from infra.base.settings import DEFAULT_EXPERIMENT, mlflow_client, mlflow_registry_uri, mlflow_tracking_uri
 
     if args.limit < 1:
         raise UserError(f"--limit: got {args.limit}; allowed: an integer >= 1")

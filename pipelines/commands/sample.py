@@ -74,10 +74,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from infra.batch_sampling import open_samples
-    from infra.settings import check_mlflow_reachable
+    from infra.models.batch_sampling import open_samples
+    from infra.base.settings import check_mlflow_reachable
 
-    from infra.batch_sampling import check_request
+    from infra.models.batch_sampling import check_request
 
     # 1. the whole request, before Prefect, Ray or MLflow is touched: sizes within their bounds, --out
     # a folder that can be written; then an MLflow server that must answer (seconds, not minutes)
@@ -109,7 +109,9 @@ def _sample(args: argparse.Namespace) -> str:
                                 rows_per_shard=args.rows_per_shard, show_progress=not args.no_progress,
                                 truncation=args.truncation, class_label=args.class_label)
 
-    from infra import batch_sampling, shardset
+    from infra.data import shardset
+
+    from infra.models import batch_sampling
 
     plan = batch_sampling.plan_sampling(args.model, args.num_samples, args.seed, args.out, fmt=args.fmt,
                                         rows_per_shard=args.rows_per_shard, batch_size=args.batch_size,

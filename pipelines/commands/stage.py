@@ -72,8 +72,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from infra.datasets import open_dataset
-    from infra.storage import first_line
+    from infra.data.datasets import open_dataset
+    from infra.base.storage import first_line
     from gan_core.errors import CommandFailed
 
     if args.verify:
@@ -86,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         uri = _stage(args)
         ds = open_dataset(uri)
-    except OSError as e:  # storage that failed midway, after each S3 request's retries (infra.storage)
+    except OSError as e:  # storage that failed midway, after each S3 request's retries (infra.base.storage)
         raise CommandFailed(f"storage failed while staging ({first_line(e)}); nothing was committed: run the same "
                              "command again") from None
     m = ds.manifest
@@ -100,9 +100,9 @@ def run(args: argparse.Namespace) -> int:
 def check_stage_args(args: argparse.Namespace) -> None:
     """UserError (one line naming the flag) unless every size and name is within its bound and --root is
     a folder that can be written (not a file; its S3 bucket reachable). Nothing is read or written."""
-    from infra import storage
+    from infra.base import storage
     from gan_core.errors import UserError
-    from infra.datasets import check_dataset_name
+    from infra.data.datasets import check_dataset_name
     from pipelines.settings import check_staging_sizes
 
     if not args.root:
@@ -133,7 +133,7 @@ def _stage(args: argparse.Namespace) -> str:
 
         return stage_dataset(args.source, args.root, args.name, show_progress=not args.no_progress, **options)
 
-    from infra import datasets, shardset
+    from infra.data import datasets, shardset
 
     plan = datasets.plan_staging(args.source, args.root, args.name, **options)
     if shardset.committed(plan) is not None:  # content-addressed: the same input and options, the same version

@@ -86,7 +86,7 @@ def train_entrypoint(train_args: list[str]) -> str:
 def submission_id(request: dict, upload: bool) -> str:
     """`ganpipe-train-<hash>` of the request (resolved settings, dataset, code source): the same request
     always gets the same id, so a retry finds its job."""
-    from infra.shardset import content_address
+    from infra.data.shardset import content_address
 
     return "ganpipe-train-" + content_address({**request, "upload": upload}, hex_chars=12)
 

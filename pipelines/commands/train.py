@@ -42,7 +42,7 @@ def resolve_train_settings(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from infra.ray_train import TrainingStopped, launch_training, outcome_to_json
+    from infra.train.ray_train import TrainingStopped, launch_training, outcome_to_json
     from gan_core.errors import CommandFailed
 
     from pipelines.settings import check_output_locations

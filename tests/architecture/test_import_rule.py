@@ -45,10 +45,10 @@ def test_no_forbidden_import_statement_in_gan_core():
 
 
 def test_ray_worker_hook_is_light_and_quiets_the_cleaner():
-    """infra.ray_hooks runs first in every Ray worker process: it must not import torch or gan_core, and it
+    """infra.base.ray_hooks runs first in every Ray worker process: it must not import torch or gan_core, and it
     silences Ray Train's PlacementGroupCleaner warnings (the state API is off with the dashboard)."""
     code = (
-        "import sys, json, logging, infra.ray_hooks as h\n"
+        "import sys, json, logging, infra.base.ray_hooks as h\n"
         "h.quiet_worker_logs()\n"
         "levels = [logging.getLogger(n).level for n in h.QUIET_WORKER_LOGGERS]\n"
         "print(json.dumps({'heavy': [m for m in ('torch', 'gan_core', 'numpy') if m in sys.modules],\n"
@@ -58,4 +58,4 @@ def test_ray_worker_hook_is_light_and_quiets_the_cleaner():
     assert result["heavy"] == []
     assert result["levels"] and all(level >= 40 for level in result["levels"])  # ERROR and above only
     module, func = result["hook"].rsplit(".", 1)
-    assert module == "infra.ray_hooks" and func == "quiet_worker_logs"
+    assert module == "infra.base.ray_hooks" and func == "quiet_worker_logs"

@@ -19,21 +19,21 @@ PRODUCT = ("gan_core", "infra", "pipelines")
 # the concepts that had two owners, and the one module that owns each now
 MERGED = {
     "sha256_file": "gan_core/files.py",
-    "ChecksumError": "infra/shardset.py",
+    "ChecksumError": "infra/data/shardset.py",
     "CHECKPOINT_NAME": "gan_core/checkpoint.py",
     "checkpoint_name": "gan_core/checkpoint.py",
-    "fetch_checkpoint": "infra/checkpoints.py",  # pipelines/flow.py's task of that name wraps it
-    "BUILTIN_SOURCES": "infra/sources.py",
-    "DATASET_NAME": "infra/datasets.py",
-    "check_dataset_name": "infra/datasets.py",
+    "fetch_checkpoint": "infra/train/checkpoints.py",  # pipelines/flow.py's task of that name wraps it
+    "BUILTIN_SOURCES": "infra/data/sources.py",
+    "DATASET_NAME": "infra/data/datasets.py",
+    "check_dataset_name": "infra/data/datasets.py",
     "label_counts": "gan_core/data.py",
     "frechet_distance": "gan_core/metrics/frechet.py",
-    "s3_endpoint": "infra/storage.py",
+    "s3_endpoint": "infra/base/storage.py",
 }
 # a copy that must stay, with the reason (a name matching a MERGED concept, private or not)
 KNOWN_COPIES = {
-    ("_sha256_file", "infra/generator_model.py"): "runs before the engine it ships is verified: it may not "
-                                                  "import gan_core (infra/generator_model.py's NOTE)",
+    ("_sha256_file", "infra/models/generator_model.py"): "runs before the engine it ships is verified: it may not "
+                                                  "import gan_core (infra/models/generator_model.py's NOTE)",
 }
 # public names several modules define on purpose, with the reason
 SHARED_NAMES = {
@@ -48,7 +48,7 @@ SHARED_NAMES = {
     "DEFAULT_COMPRESSION": "each shard-set kind's default (datasets, sample sets)",
     "DEFAULT_TARGET_SHARD_MIB": "each shard-set kind's default (64 MiB datasets, 16 MiB sample sets)",
     "choose_layout": "each shard-set kind's layout rule over shardset.Layout (datasets, sample sets)",
-    "arrow_schema": "infra.datasets' schema of a dataset, over shardset.arrow_schema",
+    "arrow_schema": "infra.data.datasets' schema of a dataset, over shardset.arrow_schema",
     "load_real_data": "gan_core.evaluate's (a built-in or .npy) and the flow's task over a staged dataset",
 }
 FLOW_TASK_MODULES = ("pipelines/flow.py",)
@@ -125,14 +125,14 @@ def test_a_planted_second_definition_fails(tmp_path):
     concept, and a new public helper defined twice are each reported."""
     root = _copy_of_product(tmp_path)
     assert second_owners(root) == []
-    with open(root / "infra" / "datasets.py", "a") as f:
+    with open(root / "infra" / "data" / "datasets.py", "a") as f:
         f.write("\n\nclass ChecksumError(DatasetError):\n    pass\n")
-    with open(root / "infra" / "registry.py", "a") as f:
+    with open(root / "infra" / "models" / "registry.py", "a") as f:
         f.write("\n\ndef _checkpoint_name(step):\n    return f'checkpoint-{step:09d}'\n")
-    for module in ("gan_core/data.py", "infra/storage.py"):
+    for module in ("gan_core/data.py", "infra/base/storage.py"):
         with open(root / module, "a") as f:
             f.write("\n\ndef clamp_unit(x):\n    return min(max(x, 0.0), 1.0)\n")
     bad = "\n".join(second_owners(root))
-    assert "ChecksumError: defined in ['infra/datasets.py', 'infra/shardset.py']" in bad
-    assert "checkpoint_name: owned by gan_core/checkpoint.py, defined again in infra/registry.py as _checkpoint_name" in bad
-    assert "clamp_unit: defined in ['gan_core/data.py', 'infra/storage.py']" in bad
+    assert "ChecksumError: defined in ['infra/data/datasets.py', 'infra/data/shardset.py']" in bad
+    assert "checkpoint_name: owned by gan_core/checkpoint.py, defined again in infra/models/registry.py as _checkpoint_name" in bad
+    assert "clamp_unit: defined in ['gan_core/data.py', 'infra/base/storage.py']" in bad

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from gan_core.config import get_preset
-from infra.datasets import open_dataset, stage
-from infra.ray_train import ClusterConfig, launch_training, memory_loading_bytes, plan_training
+from infra.data.datasets import open_dataset, stage
+from infra.train.ray_train import ClusterConfig, launch_training, memory_loading_bytes, plan_training
 
 pytestmark = pytest.mark.integration
 

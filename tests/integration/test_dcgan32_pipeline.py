@@ -25,7 +25,7 @@ def test_dcgan32_on_photographs_from_parquet_end_to_end(ray_cluster, prefect_har
     from mlflow.pyfunc import load_model
     from PIL import Image
 
-    from infra.batch_sampling import open_samples
+    from infra.models.batch_sampling import open_samples
 
     monkeypatch.setenv("GANPIPE_HOME", str(tmp_path / "home"))
     crops = make_photo_crops(tmp_path / "photos", 96, size=32, seed=0)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from infra.console import TICK
+from infra.base.console import TICK
 from tests.embedded import embedded_env
 
 pytestmark = pytest.mark.integration

@@ -10,7 +10,7 @@ from gan_core.config import get_preset
 from gan_core.data import Normalisation
 from gan_core.networks import build_generator
 from gan_core.sampling import labels_for_range, latents_for_range
-from infra.export import ExportMismatchError, export_generator, export_tolerance, run_onnx, run_pt2
+from infra.models.export import ExportMismatchError, export_generator, export_tolerance, run_onnx, run_pt2
 
 
 def _generator(preset: str, overrides: dict):
@@ -72,7 +72,7 @@ def test_mismatch_skips_the_format_with_a_warning_by_default(tmp_path, caplog):
     """An optional artefact never loses a finished training: the format is reported skipped (and its
     file removed) and the caller goes on to register without it."""
     G, _ = _generator("tiny", {})
-    with caplog.at_level("WARNING", logger="infra.export"):
+    with caplog.at_level("WARNING", logger="infra.models.export"):
         results = export_generator(G, tmp_path, formats=("pt2",), rtol=-1.0)
     r = results["pt2"]
     assert not r.ok and "differs from the eager generator" in r.skipped_reason and r.max_abs_diff is not None

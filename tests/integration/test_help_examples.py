@@ -231,8 +231,8 @@ def test_every_help_example_runs(ray_cluster, prefect_harness, mlflow_tracking, 
     import boto3
     from mlflow import MlflowClient
 
-    from infra.batch_sampling import open_samples
-    from infra.tracking import TAG_LAST_CHECKPOINT
+    from infra.models.batch_sampling import open_samples
+    from infra.train.tracking import TAG_LAST_CHECKPOINT
 
     home = tmp_path / "home"
     home.mkdir()

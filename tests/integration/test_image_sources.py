@@ -13,9 +13,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from infra import datasets
-from infra.image_sources import ParquetImageSource, ZipImageSource
-from infra.sources import ParquetSource, SourceError, open_source
+from infra.data import datasets
+from infra.data.image_sources import ParquetImageSource, ZipImageSource
+from infra.data.sources import ParquetSource, SourceError, open_source
 from pipelines.cli import main
 from pipelines.settings import resolve_settings
 from tests.staging_data import file_mtimes, object_versions, upload_folder

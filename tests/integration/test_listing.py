@@ -11,9 +11,9 @@ import pytest
 
 from gan_core import get_preset, train
 from gan_core.data import InMemoryBatches, load_builtin
-from infra.evaluation import Evaluation
-from infra.registry import register_generator
-from infra.tracking import TAG_LAST_CHECKPOINT, DatasetRef, TrainingTracker
+from infra.models.evaluation import Evaluation
+from infra.models.registry import register_generator
+from infra.train.tracking import TAG_LAST_CHECKPOINT, DatasetRef, TrainingTracker
 from pipelines.cli import main
 
 pytestmark = pytest.mark.integration
@@ -137,7 +137,7 @@ def test_models_table_names_the_champion_uri_first(listed, capsys):
 
 
 def test_a_promotion_lock_held_meanwhile_is_not_listed_as_a_model(listed, capsys):
-    from infra.registry import promotion_lock
+    from infra.models.registry import promotion_lock
 
     with promotion_lock(MODEL):  # exists as a registered model while an alias moves
         assert main(["models"]) == 0

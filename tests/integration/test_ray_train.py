@@ -18,9 +18,9 @@ from gan_core.checkpoint import load_training_state
 from gan_core.config import ConfigError, get_preset
 from gan_core.networks import apply
 from gan_core.training import build_training_state
-from infra.console import TICK
-from infra.datasets import stage
-from infra.ray_train import ClusterConfig, TrackingSpec, launch_training, worker_threads
+from infra.base.console import TICK
+from infra.data.datasets import stage
+from infra.train.ray_train import ClusterConfig, TrackingSpec, launch_training, worker_threads
 from tests.ray_checkpoints import registered_steps
 
 pytestmark = pytest.mark.integration

@@ -17,8 +17,8 @@ from gan_core import get_preset, train
 from gan_core.checkpoint import load_generator
 from gan_core.data import InMemoryBatches, Normalisation, load_digits
 from gan_core.sampling import generate, latents_for_range
-from infra.evaluation import Evaluation
-from infra.registry import register_generator
+from infra.models.evaluation import Evaluation
+from infra.models.registry import register_generator
 
 pytestmark = pytest.mark.integration
 
@@ -158,7 +158,7 @@ def test_registry_with_artifacts_on_s3(store, digits_checkpoint, s3_bucket, s3_s
     import boto3
     from mlflow import MlflowClient
 
-    from infra.tracking import ensure_experiment
+    from infra.train.tracking import ensure_experiment
 
     monkeypatch.setenv("MLFLOW_S3_ENDPOINT_URL", s3_server)
     s3 = boto3.client("s3")
@@ -186,7 +186,7 @@ def test_evaluators_score_on_fixed_latents():
     from gan_core.data import load_builtin
     from gan_core.networks import build_generator
     from gan_core.metrics import frechet_distance
-    from infra.evaluation import default_evaluator, gan_core_evaluator
+    from infra.models.evaluation import default_evaluator, gan_core_evaluator
 
     cfg = get_preset("tiny")
     torch.manual_seed(0)

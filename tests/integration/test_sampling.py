@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from infra import batch_sampling
-from infra.batch_sampling import MANIFEST_NAME, open_samples, sample
-from infra.registry import register_generator
-from infra.shardset import PENDING_DIR
+from infra.models import batch_sampling
+from infra.models.batch_sampling import MANIFEST_NAME, open_samples, sample
+from infra.models.registry import register_generator
+from infra.data.shardset import PENDING_DIR
 from tests.integration.test_registry import DIGITS, digits_checkpoint, fixed_score  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.integration
@@ -124,9 +124,9 @@ def conditional(store):
 
     from gan_core import get_preset
     from gan_core.networks import build_generator
-    from infra.registry import log_generator
-    from infra.settings import mlflow_client
-    from infra.tracking import ensure_experiment
+    from infra.models.registry import log_generator
+    from infra.base.settings import mlflow_client
+    from infra.train.tracking import ensure_experiment
 
     cfg = get_preset("tiny").with_overrides({"network.conditional": True, "data.num_classes": 8})
     torch.manual_seed(0)
@@ -295,7 +295,7 @@ def test_bad_options_are_one_line_errors(registered, tmp_path, capsys):
 def test_a_version_registered_before_to_data_range_samples_through_its_predict():
     """Each version runs the code it shipped: an older pyfunc without the public `to_data_range` is
     sampled through its public `predict` (the same seed-addressed samples)."""
-    from infra.batch_sampling import generate_range
+    from infra.models.batch_sampling import generate_range
 
     class OlderShippedModel:
         def predict(self, context, model_input, params=None):

@@ -1,4 +1,4 @@
-"""The committed shard set (infra.shardset) under staged datasets and sample sets: manifests that name
+"""The committed shard set (infra.data.shardset) under staged datasets and sample sets: manifests that name
 anything but the layout's own shards are refused; a Parquet source on S3 read from many threads."""
 
 from __future__ import annotations
@@ -15,8 +15,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from gan_core.data import Normalisation
-from infra import batch_sampling, datasets, shardset
-from infra.sources import open_source
+from infra.data import datasets, shardset
+from infra.models import batch_sampling
+from infra.data.sources import open_source
 from pipelines.cli import main
 
 pytestmark = pytest.mark.integration

@@ -16,9 +16,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from gan_core.data import load_digits, sample_mixture
-from infra import datasets
-from infra.datasets import open_dataset
-from infra.sources import SourceError
+from infra.data import datasets
+from infra.data.datasets import open_dataset
+from infra.data.sources import SourceError
 from tests.staging_data import file_mtimes, make_png_folder, object_versions, upload_folder
 
 pytestmark = pytest.mark.integration

@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def staged(tmp_path_factory):
-    from infra.datasets import stage
+    from infra.data.datasets import stage
 
     root = tmp_path_factory.mktemp("root")
     return stage("ring8", str(root), num_samples=512).uri

@@ -13,7 +13,7 @@ from PIL import Image
 from gan_core import get_preset, train
 from gan_core.data import InMemoryBatches, load_builtin
 from gan_core.training import build_training_state
-from infra.tracking import (SAMPLE_STRIP_ARTIFACT, TAG_LAST_CHECKPOINT, TRAINING_CURVES_ARTIFACT, DatasetRef,
+from infra.train.tracking import (SAMPLE_STRIP_ARTIFACT, TAG_LAST_CHECKPOINT, TRAINING_CURVES_ARTIFACT, DatasetRef,
                             TrainingTracker)
 
 pytestmark = pytest.mark.integration
@@ -104,7 +104,7 @@ def _closed_port() -> int:
 
 
 def test_tracking_outage_does_not_kill_training(store, tmp_path, monkeypatch, caplog):
-    from infra.registry import register_generator
+    from infra.models.registry import register_generator
 
     # 1. an unreachable tracking server (MLflow's own HTTP retries shortened so the test is quick)
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
@@ -112,7 +112,7 @@ def test_tracking_outage_does_not_kill_training(store, tmp_path, monkeypatch, ca
     cfg = _config()
     tracker = TrainingTracker(cfg, run_name="outage", tracking_uri=f"http://127.0.0.1:{_closed_port()}",
                               flush_timeout_s=60)
-    with caplog.at_level(logging.WARNING, logger="infra.tracking"):
+    with caplog.at_level(logging.WARNING, logger="infra.train.tracking"):
         result = _train(cfg, tracker.start(), tmp_path)
     assert result.state.step == 10 and result.checkpoint_dir is not None
     assert tracker.run_id is None and tracker.stats.sent == 0 and tracker.stats.dropped > 0

@@ -13,8 +13,8 @@ import pytest
 
 from gan_core.checkpoint import verify_checkpoint
 from gan_core.config import get_preset
-from infra.datasets import stage
-from infra.ray_train import ClusterConfig, TrainingStopped, launch_training
+from infra.data.datasets import stage
+from infra.train.ray_train import ClusterConfig, TrainingStopped, launch_training
 from pipelines.cli import main
 from tests.reliability.ray_output import own_lines
 
@@ -135,8 +135,8 @@ def test_register_uses_the_newest_intact_checkpoint_of_a_run(tmp_path, mlflow_tr
     with one warning line naming both; with none intact, one line and exit code 2, nothing registered."""
     from gan_core.data import InMemoryBatches, sample_mixture
     from gan_core.loop import train
-    from infra.settings import mlflow_client
-    from infra.tracking import TAG_LAST_CHECKPOINT
+    from infra.base.settings import mlflow_client
+    from infra.train.tracking import TAG_LAST_CHECKPOINT
 
     run_dir = tmp_path / RUN
     x, _ = sample_mixture("ring8", 256, seed=0)

@@ -331,7 +331,7 @@ def test_real_data_of_another_shape_is_one_line(tmp_path, monkeypatch, capsys):
 
     from gan_core.__main__ import main as train_main
     from gan_core.evaluate import main as evaluate_main
-    from infra.datasets import stage
+    from infra.data.datasets import stage
     from pipelines.cli import main
 
     monkeypatch.setenv("GANPIPE_HOME", str(tmp_path / "home"))

@@ -34,8 +34,8 @@ def test_mlflow_unreachable_at_registration_fails_in_one_line_and_register_compl
         tmp_path, mlflow_tracking, monkeypatch, capsys):
     import mlflow
 
-    from infra.settings import mlflow_client
-    from infra.tracking import TAG_LAST_CHECKPOINT
+    from infra.base.settings import mlflow_client
+    from infra.train.tracking import TAG_LAST_CHECKPOINT
     from pipelines.flow import RegistrationFailed, register
     from pipelines.settings import resolve_settings
 
@@ -81,7 +81,7 @@ def test_mlflow_unreachable_at_registration_fails_in_one_line_and_register_compl
     # 4. a store that stops answering midway (after the run was found): one line, exit 2, no traceback
     from mlflow.exceptions import MlflowException
 
-    import infra.registry
+    import infra.models.registry
 
     def store_gone(*args, **kwargs):
         raise MlflowException("API request to endpoint /api/2.0/mlflow/model-versions/create failed with "
@@ -89,7 +89,7 @@ def test_mlflow_unreachable_at_registration_fails_in_one_line_and_register_compl
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_tracking)
     mlflow.set_tracking_uri(mlflow_tracking)
-    monkeypatch.setattr(infra.registry, "register_generator", store_gone)
+    monkeypatch.setattr(infra.models.registry, "register_generator", store_gone)
     capsys.readouterr()
     assert main(["register", "--run", run.info.run_id, "--name", "late-model", "--no-export"]) == 2
     captured = capsys.readouterr()
@@ -106,8 +106,8 @@ def test_a_flow_retry_after_a_late_failure_does_not_redo_finished_steps(
     from prefect import task
 
     import gan_core.evaluate
-    import infra.ray_train
-    import infra.registry
+    import infra.train.ray_train
+    import infra.models.registry
     import pipelines.flow as flow
 
     calls = {"train": 0, "evaluate": 0, "register": 0, "report": 0}
@@ -118,10 +118,10 @@ def test_a_flow_retry_after_a_late_failure_does_not_redo_finished_steps(
             return fn(*args, **kwargs)
         return wrapper
 
-    monkeypatch.setattr(infra.ray_train, "launch_training", counted("train", infra.ray_train.launch_training))
+    monkeypatch.setattr(infra.train.ray_train, "launch_training", counted("train", infra.train.ray_train.launch_training))
     monkeypatch.setattr(gan_core.evaluate, "evaluate_generator",
                         counted("evaluate", gan_core.evaluate.evaluate_generator))
-    monkeypatch.setattr(infra.registry, "register_generator", counted("register", infra.registry.register_generator))
+    monkeypatch.setattr(infra.models.registry, "register_generator", counted("register", infra.models.registry.register_generator))
     real_report = flow.publish_report
 
     @task(name="publish-report", persist_result=False)
@@ -152,12 +152,12 @@ def test_an_rgb_npy_run_registers_even_when_the_export_check_fails(
     import numpy as np
     from mlflow import MlflowClient
 
-    import infra.export
+    import infra.models.export
 
     monkeypatch.setenv("GANPIPE_HOME", str(tmp_path / "home"))
     rgb = tmp_path / "rgb.npy"
     np.save(rgb, np.random.default_rng(0).integers(0, 256, (256, 3, 8, 8), dtype=np.uint8))
-    monkeypatch.setattr(infra.export, "export_tolerance", lambda expected, rtol=0.0: -1.0)
+    monkeypatch.setattr(infra.models.export, "export_tolerance", lambda expected, rtol=0.0: -1.0)
     argv = ["run", "--preset", "digits", "--json", "--set", f"source.uri={rgb}",
             "--set", f"storage.root={tmp_path / 'root'}", "--set", f"cluster.storage_path={tmp_path / 'runs'}",
             "--set", "registry.model_name=rgb8"]

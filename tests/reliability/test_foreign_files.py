@@ -23,8 +23,8 @@ from pathlib import Path
 import pytest
 
 from gan_core.files import OWNER_FILE
-from infra import shardset
-from infra.datasets import StagingPlan, open_dataset, plan_staging
+from infra.data import shardset
+from infra.data.datasets import StagingPlan, open_dataset, plan_staging
 from pipelines.cli import main
 from tests.reliability.test_flow_faults import tiny_checkpoint
 from tests.reliability.test_user_errors import RAY_STARTS, fresh_home, run_cli  # noqa: F401 (fixture)

@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from infra import datasets
+from infra.data import datasets
 from tests.reliability.test_staging_faults import assert_nothing_committed, cli_error
 
 pytestmark = pytest.mark.integration
@@ -238,7 +238,7 @@ def test_undecodable_member_and_bad_crc_name_the_member_and_skip_bad_drops_them(
 def test_member_over_the_size_limit_is_never_expanded(tmp_path, capsys, monkeypatch):
     """A zip bomb: a member small compressed and huge expanded is a bad item, read no further (the limit
     lowered here so that the test stays small; the real one is 256 MiB)."""
-    from infra import image_sources
+    from infra.data import image_sources
 
     monkeypatch.setattr(image_sources, "MAX_MEMBER_BYTES", 1 << 20)
     with zipfile.ZipFile(tmp_path / "bomb.zip", "w", compression=zipfile.ZIP_DEFLATED) as archive:
@@ -253,7 +253,7 @@ def test_member_over_the_size_limit_is_never_expanded(tmp_path, capsys, monkeypa
 @pytest.mark.bounded_memory
 def test_labels_file_over_the_size_limit_is_never_expanded(tmp_path, capsys, monkeypatch):
     """A dataset.json bomb: refused from its size in the central directory, before it is read."""
-    from infra import image_sources
+    from infra.data import image_sources
 
     monkeypatch.setattr(image_sources, "MAX_MEMBER_BYTES", 1 << 20)
     with zipfile.ZipFile(tmp_path / "bomb.zip", "w", compression=zipfile.ZIP_DEFLATED) as archive:
@@ -288,7 +288,7 @@ def test_folder_links_are_refused_before_any_walk_through_them(tmp_path, capsys,
 
 
 def test_a_file_link_is_read_as_the_file_it_names(tmp_path, capsys):
-    """The documented policy (infra.storage.list_files): a link to a file, even one outside the folder, is
+    """The documented policy (infra.base.storage.list_files): a link to a file, even one outside the folder, is
     staged as that file."""
     from pipelines.cli import main
 

@@ -1,6 +1,6 @@
 """Damaged or hostile manifests (issue 15, item 4): every reader of a shard set (staged datasets: `stage
 --verify`, `train`, `evaluate`'s load_numpy; sample sets: open_samples) goes through one check,
-infra.shardset.check_manifest. Malformed JSON, a missing or ill-typed key, totals that disagree with the
+infra.data.shardset.check_manifest. Malformed JSON, a missing or ill-typed key, totals that disagree with the
 shards, or a shard path outside the set give one line naming the manifest file and the field; nothing
 is hashed, opened or read through such a manifest. No Ray, Prefect or MLflow is started here."""
 
@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from gan_core.data import Normalisation
-from infra import batch_sampling, datasets, shardset
+from infra.data import datasets, shardset
+from infra.models import batch_sampling
 from pipelines.cli import main
 
 pytestmark = pytest.mark.integration
@@ -144,12 +145,12 @@ def test_foreign_file_with_the_matching_sha256_is_refused_not_verified(dataset, 
 
 @pytest.mark.parametrize("case", ["missing shards", "shard path", "bad JSON"])
 def test_train_refuses_a_damaged_manifest_before_starting_anything(dataset, capsys, case, monkeypatch):
-    import infra.ray_train
+    import infra.train.ray_train
 
     def no_ray(*a, **k):
         raise AssertionError("Ray was started for a damaged dataset")
 
-    monkeypatch.setattr(infra.ray_train, "ensure_ray", no_ray)
+    monkeypatch.setattr(infra.train.ray_train, "ensure_ray", no_ray)
     marker = dataset / shardset.MANIFEST_NAME
     if case == "bad JSON":
         marker.write_text("{")

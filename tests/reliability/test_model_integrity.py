@@ -26,9 +26,9 @@ import gan_core
 from gan_core import get_preset
 from gan_core.networks import build_generator
 from gan_core.sampling import MAX_NUM_SAMPLES, generate, latents_for_range
-from infra import registry
-from infra.evaluation import Evaluation
-from infra.registry import RegistryError, log_generator, promote_if_better, promotion_lock
+from infra.models import registry
+from infra.models.evaluation import Evaluation
+from infra.models.registry import RegistryError, log_generator, promote_if_better, promotion_lock
 
 pytestmark = pytest.mark.integration
 
@@ -58,8 +58,8 @@ def log_version(name: str, G, cfg) -> str:
     """Log G as a new registered version of ``name``; returns models:/<name>/<version>."""
     import mlflow
 
-    from infra.settings import mlflow_client
-    from infra.tracking import ensure_experiment
+    from infra.base.settings import mlflow_client
+    from infra.train.tracking import ensure_experiment
 
     client = mlflow_client()
     run = client.create_run(ensure_experiment(client, "model-integrity"))
@@ -136,9 +136,9 @@ def latents_for_range(seed, start, count, z_dim, **kwargs):  # a test-built vari
 
 
 def test_batch_sampling_draws_with_the_versions_own_engine(store, tiny, tmp_path, monkeypatch):
-    """infra.batch_sampling.generate_range (each sampling actor's shard) gives exactly the version's own
+    """infra.models.batch_sampling.generate_range (each sampling actor's shard) gives exactly the version's own
     seed-addressed predict, latents included, even where the process's gan_core draws other latents."""
-    from infra.batch_sampling import generate_range
+    from infra.models.batch_sampling import generate_range
 
     G, cfg = tiny
     model = load(log_from_checkout("own-latents", G, cfg, tmp_path, monkeypatch, "sampling.py", OTHER_LATENTS))
@@ -237,7 +237,7 @@ def test_a_version_logged_before_issue15_still_loads_and_predicts(store, tiny, t
     seeded = model.predict(np.zeros((0, cfg.network.z_dim), np.float32), params={"num_samples": 3, "seed": 2})
     np.testing.assert_allclose(seeded, generate(G, 3, 2).numpy(), rtol=0, atol=1e-6)
     # truncated sampling came later: its shipped code would ignore the param, so the batch sampler refuses it
-    from infra.batch_sampling import SamplingError, generate_range, plan_sampling, resolve_model
+    from infra.models.batch_sampling import SamplingError, generate_range, plan_sampling, resolve_model
 
     assert not resolve_model(uri).supports_truncation
     with pytest.raises(SamplingError, match=r"^--truncation 0\.5: this model version was registered before") as e:
@@ -263,8 +263,8 @@ def test_sample_class_is_refused_in_one_line_before_anything_is_written(store, t
     version's metadata and signature (the model is not loaded): an unconditional version, K outside
     [0, K classes), a version logged before class-conditional sampling (the pre-issue-15 pyfunc; and a
     conditional one whose signature lacks the label param): exit 2, one line, no --out, Ray not started."""
-    import infra.ray_cluster
-    from infra.batch_sampling import SamplingError, generate_range, plan_sampling, resolve_model
+    import infra.base.ray_cluster
+    from infra.models.batch_sampling import SamplingError, generate_range, plan_sampling, resolve_model
     from pipelines.cli import main
 
     G, cfg = tiny
@@ -283,7 +283,7 @@ def test_sample_class_is_refused_in_one_line_before_anything_is_written(store, t
 
     monkeypatch.delenv("PREFECT_API_URL", raising=False)
     ray_starts = []
-    monkeypatch.setattr(infra.ray_cluster, "ensure_ray", lambda *a, **k: ray_starts.append(a))
+    monkeypatch.setattr(infra.base.ray_cluster, "ensure_ray", lambda *a, **k: ray_starts.append(a))
     capsys.readouterr()  # the registrations' own log lines
     for uri, k, message in ((uncond, "0", "--class 0: this model version has no classes"),
                             (legacy, "2", "--class 2: this model version has no classes"),
@@ -312,7 +312,7 @@ def tiny_model(store, tiny):
 
 
 def test_documented_predict_calls_work(tiny_model, tiny):
-    """infra/registry.py and infra/generator_model.py show predict(z) and predict(None, params=...)."""
+    """infra/models/registry.py and infra/models/generator_model.py show predict(z) and predict(None, params=...)."""
     G, cfg = tiny
     x = tiny_model.predict(None, params={"num_samples": 16, "seed": 0})
     assert x.shape == (16, 2) and x.dtype == np.float32
@@ -373,7 +373,7 @@ def test_concurrent_promotions_leave_the_alias_on_the_best(store, tiny, monkeypa
     it (a slow registry), the best the shortest: a check-then-set ends on a worse version every round."""
     from mlflow import MlflowClient
 
-    from infra.settings import mlflow_client
+    from infra.base.settings import mlflow_client
 
     log_version("race-base", *tiny)
     source = MlflowClient().get_model_version("race-base", "1").source  # one logged model for every version
@@ -422,8 +422,8 @@ CONTENDER = """
 import sys, time
 from pathlib import Path
 from mlflow import MlflowClient
-from infra.evaluation import Evaluation
-from infra.registry import promote_if_better
+from infra.models.evaluation import Evaluation
+from infra.models.registry import promote_if_better
 
 name, version, score, delay, sync = sys.argv[1], sys.argv[2], float(sys.argv[3]), float(sys.argv[4]), Path(sys.argv[5])
 read = MlflowClient.get_model_version_by_alias
@@ -513,7 +513,7 @@ def test_the_promotion_lock_works_through_an_mlflow_server(tmp_path, monkeypatch
     import mlflow
     from mlflow import MlflowClient
 
-    from infra.settings import check_mlflow_reachable
+    from infra.base.settings import check_mlflow_reachable
     from tests.integration.test_external_services import wait_for
     from tests.ray_head import free_port
 

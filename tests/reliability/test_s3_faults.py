@@ -3,7 +3,7 @@
 A private moto server on 127.0.0.1 that the test stops and starts again on the same port (moto keeps its
 objects in this process, so they survive the restart), with the standard AWS variables pointing at it:
 - stopped for a few seconds while staging writes shards: each S3 request's own retries
-  (infra.storage.S3_MAX_ATTEMPTS) absorb it; the dataset commits whole and verifies;
+  (infra.base.storage.S3_MAX_ATTEMPTS) absorb it; the dataset commits whole and verifies;
 - stopped for a few seconds while a Ray worker uploads a checkpoint the way Ray Train does
   (pyarrow.fs.copy_files to the run's storage filesystem, pickled to the worker): the upload completes,
   where pyarrow's own S3FileSystem (its retry strategy lost on pickling) fails;
@@ -25,7 +25,9 @@ import pyarrow.fs as pafs
 import pytest
 from moto.server import ThreadedMotoServer
 
-from infra import datasets, storage
+from infra.base import storage
+
+from infra.data import datasets
 from pipelines.cli import main
 
 pytestmark = pytest.mark.integration

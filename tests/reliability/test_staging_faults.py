@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from infra import datasets
-from infra.datasets import DatasetError
-from infra.shardset import ChecksumError
-from infra.sources import SourceError
+from infra.data import datasets
+from infra.data.datasets import DatasetError
+from infra.data.shardset import ChecksumError
+from infra.data.sources import SourceError
 from pipelines.cli import main
 from pipelines.stage import is_transient_storage_error
 from tests.staging_data import make_png_folder

@@ -13,8 +13,8 @@ import pytest
 
 from gan_core.checkpoint import load_training_state, verify_checkpoint
 from gan_core.config import get_preset
-from infra.datasets import open_dataset, stage
-from infra.ray_train import ClusterConfig, TrackingSpec, TrainingStopped, launch_training
+from infra.data.datasets import open_dataset, stage
+from infra.train.ray_train import ClusterConfig, TrackingSpec, TrainingStopped, launch_training
 from pipelines.cli import main
 from tests.reliability.ray_output import own_lines
 
@@ -38,7 +38,7 @@ def poison(dataset_uri: str) -> None:
 
 def test_nan_in_the_data_stops_naming_the_step_and_keeps_the_last_good_checkpoint(
         ray_cluster, tmp_path, mlflow_tracking, capsys):
-    from infra.settings import mlflow_client
+    from infra.base.settings import mlflow_client
 
     dataset = stage("ring8", str(tmp_path / "root"), num_samples=512, seed=0).uri
     cluster = ClusterConfig(num_workers=1, storage_path=str(tmp_path / "runs"), run_name=RUN, max_failures=2)

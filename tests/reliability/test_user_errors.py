@@ -39,13 +39,13 @@ def fresh_home(tmp_path, monkeypatch):
         monkeypatch.setenv(k, v)
     (tmp_path / "afile").write_text("not a folder")
     (tmp_path / "latin1.toml").write_bytes('[registry]\nmodel_name = "caf\xe9"\n'.encode("latin-1"))
-    # every way the pipeline starts or joins Ray goes through infra.ray_cluster.ensure_ray: record calls
+    # every way the pipeline starts or joins Ray goes through infra.base.ray_cluster.ensure_ray: record calls
     # (the session may already run a Ray instance of its own, so ray.is_initialized() would say nothing)
-    import infra.ray_cluster
-    import infra.ray_train
+    import infra.base.ray_cluster
+    import infra.train.ray_train
 
     RAY_STARTS.clear()
-    for module in (infra.ray_cluster, infra.ray_train):
+    for module in (infra.base.ray_cluster, infra.train.ray_train):
         monkeypatch.setattr(module, "ensure_ray", lambda *args, **kwargs: RAY_STARTS.append(args))
     return tmp_path
 
@@ -166,7 +166,7 @@ def test_unreachable_s3_endpoint_is_one_line(fresh_home, capsys, monkeypatch, ar
     assert_nothing_left(fresh_home)
 
 
-# every command that needs MLflow probes an http(s) server before any work (infra.settings.check_mlflow_reachable)
+# every command that needs MLflow probes an http(s) server before any work (infra.base.settings.check_mlflow_reachable)
 MLFLOW_COMMANDS = {
     "run": ["run", "--preset", "tiny", "--set", "sampling.out={tmp}/out"],
     "register": ["register", "--run", "0123456789abcdef", "--name", "m"],
@@ -212,7 +212,7 @@ def test_mlflow_probe_needs_an_answer_but_not_a_5xx(monkeypatch, status, reachab
     """A server that answers /health (even 401 behind auth, or 404 behind a proxy) passes; a 5xx (a proxy in
     front of a stopped server, which MLflow's client would retry for minutes) fails in one line naming the
     status, after the probe's few tries."""
-    from infra.settings import PROBE_ATTEMPTS, MlflowUnreachable, check_mlflow_reachable
+    from infra.base.settings import PROBE_ATTEMPTS, MlflowUnreachable, check_mlflow_reachable
 
     monkeypatch.setattr(_Answer, "status", status)
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Answer)
@@ -252,8 +252,8 @@ def test_edited_manifest_shape_names_the_manifest(fresh_home, capsys):
     both sizes instead of numpy's bare "cannot reshape array"."""
     import json
 
-    from infra import datasets, shardset
-    from infra.shardset import ShardSetError
+    from infra.data import datasets, shardset
+    from infra.data.shardset import ShardSetError
 
     np.save(fresh_home / "x.npy", np.arange(40 * 6, dtype=np.float32).reshape(40, 6))
     assert main(["stage", str(fresh_home / "x.npy"), "--root", str(fresh_home / "store"), "--no-progress",
@@ -283,8 +283,8 @@ def test_sample_planning_is_lazy():
     import pickle
     import tracemalloc
 
-    from infra import shardset
-    from infra.batch_sampling import choose_layout
+    from infra.data import shardset
+    from infra.models.batch_sampling import choose_layout
 
     from gan_core.sampling import MAX_NUM_SAMPLES
 

@@ -14,8 +14,8 @@ from gan_core.config import get_preset
 from gan_core.data import Normalisation
 from gan_core.networks import build_generator
 from gan_core.sampling import generate
-from infra import shardset
-from infra.batch_sampling import (ResolvedModel, SamplingError, check_request, class_refusal, generate_range,
+from infra.data import shardset
+from infra.models.batch_sampling import (ResolvedModel, SamplingError, check_request, class_refusal, generate_range,
                                   plan_sampling)
 
 
@@ -32,9 +32,9 @@ def _tiny_cond():
 
 
 def _pyfunc(G):
-    """infra.generator_model.GeneratorModel as load_context leaves it, with this process's engine."""
+    """infra.models.generator_model.GeneratorModel as load_context leaves it, with this process's engine."""
     import gan_core.sampling
-    from infra.generator_model import GeneratorModel
+    from infra.models.generator_model import GeneratorModel
 
     pm = GeneratorModel()
     pm.G, pm.sampling, pm.normalisation, pm.device = G, gan_core.sampling, Normalisation(), torch.device("cpu")
@@ -140,11 +140,11 @@ def test_cli_sample_refuses_a_negative_class_up_front(tmp_path, capsys):
 def test_cli_sample_refuses_a_class_the_model_cannot_draw_before_anything_is_written(tmp_path, capsys,
                                                                                    monkeypatch):
     """The model's classes come from its registered metadata and signature (resolve_model; stubbed here)."""
-    import infra.batch_sampling
+    import infra.models.batch_sampling
     from pipelines.cli import main
 
     monkeypatch.delenv("PREFECT_API_URL", raising=False)
-    monkeypatch.setattr(infra.batch_sampling, "resolve_model", lambda uri: _resolved(num_classes=8))
+    monkeypatch.setattr(infra.models.batch_sampling, "resolve_model", lambda uri: _resolved(num_classes=8))
     rc = main(["sample", "--model", "models:/m@a", "--num-samples", "10", "--out", str(tmp_path / "o"),
                "--class", "8", "--engine", "direct"])
     err = capsys.readouterr().err.strip()

@@ -216,7 +216,7 @@ def test_conditional_digits_trains_with_diagnostics_per_tick():
 def _pyfunc(G):
     import gan_core.sampling
     from gan_core.data import Normalisation
-    from infra.generator_model import GeneratorModel
+    from infra.models.generator_model import GeneratorModel
 
     pm = GeneratorModel()
     pm.G, pm.sampling, pm.normalisation, pm.device = G, gan_core.sampling, Normalisation(), torch.device("cpu")
@@ -270,7 +270,7 @@ def test_pyfunc_of_an_unconditional_generator_refuses_a_label():
 
 
 def test_registered_signature_lists_the_label_param_only_when_conditional():
-    from infra.registry import model_signature
+    from infra.models.registry import model_signature
 
     names = lambda cfg: [p.name for p in model_signature(cfg).params.params]  # noqa: E731
     assert "label" in names(digits_cond()) and "label" not in names(get_preset("digits"))
@@ -279,7 +279,7 @@ def test_registered_signature_lists_the_label_param_only_when_conditional():
 
 
 def test_a_conditional_launch_needs_a_labelled_dataset_with_at_most_num_classes_names():
-    from infra.ray_train import resolve_config_for_dataset
+    from infra.train.ray_train import resolve_config_for_dataset
 
     cfg = tiny_cond()
     manifest = {"name": "photos", "shape": [2], "has_labels": False}

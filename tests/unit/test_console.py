@@ -1,4 +1,4 @@
-"""infra.console: marked lines reach the terminal, everything reaches the log, tick lines drive a bar."""
+"""infra.base.console: marked lines reach the terminal, everything reaches the log, tick lines drive a bar."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import subprocess
 import sys
 import textwrap
 
-from infra.console import MARK, console_text
+from infra.base.console import MARK, console_text
 
 
 def test_console_text_starts_at_the_mark():
@@ -19,7 +19,7 @@ def run_captured(tmp_path, body: str, progress_bar: bool) -> tuple[str, str]:
     """A fresh interpreter whose fds 1 and 2 are captured; returns (its terminal, the log)."""
     code = textwrap.dedent(f"""
         import os, sys, warnings
-        from infra.console import ConsoleCapture, say
+        from infra.base.console import ConsoleCapture, say
         with ConsoleCapture({str(tmp_path / 'run.log')!r}, progress_bar={progress_bar}) as c:
         """) + textwrap.indent(textwrap.dedent(body), "    ") + "\nprint('after the capture')\n"
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,

@@ -21,10 +21,10 @@ NOT_USER_ERRORS = {
     "gan_core.errors.CommandFailed": "the base of failures that are not the user's",
     "gan_core.loop.NonFiniteLossError": "training diverged: the run's failure, reported with its step (exit 1)",
     "gan_core.loop.DataExhaustedError": "a data feed that ends early: a bug or a storage failure",
-    "infra.export.ExportMismatchError": "only raised with strict=True; registration skips the format instead",
-    "infra.generator_model.ModelIntegrityError": "runs inside consumers' processes, which import only mlflow, numpy, "
+    "infra.models.export.ExportMismatchError": "only raised with strict=True; registration skips the format instead",
+    "infra.models.generator_model.ModelIntegrityError": "runs inside consumers' processes, which import only mlflow, numpy, "
                                                  "torch and the shipped engine; the commands convert it",
-    "infra.ray_train.TrainingStopped": "a fault restarting the workers cannot fix (a non-finite loss); `train` "
+    "infra.train.ray_train.TrainingStopped": "a fault restarting the workers cannot fix (a non-finite loss); `train` "
                                        "converts it to CommandFailed",
     "pipelines.flow.RegistrationFailed": "the MLflow store failed mid-run; the command converts it (exit 2, with "
                                          "the command that finishes the registration)",
@@ -46,7 +46,7 @@ def _error_classes():
 
 def test_every_error_family_is_a_user_error_or_says_why_not():
     found = dict(_error_classes())
-    assert "gan_core.config.ConfigError" in found and "infra.storage.StorageError" in found
+    assert "gan_core.config.ConfigError" in found and "infra.base.storage.StorageError" in found
     strays = sorted(name for name, cls in found.items()
                     if not issubclass(cls, UserError) and name not in NOT_USER_ERRORS and cls is not UserError)
     assert not strays, f"error classes that are neither a UserError nor listed in NOT_USER_ERRORS: {strays}"
@@ -54,10 +54,10 @@ def test_every_error_family_is_a_user_error_or_says_why_not():
 
 
 @pytest.mark.parametrize("name", ["gan_core.config.ConfigError", "gan_core.checkpoint.CheckpointError",
-                                  "infra.storage.StorageError", "infra.sources.SourceError",
-                                  "infra.shardset.ShardSetError", "infra.datasets.DatasetError",
-                                  "infra.batch_sampling.SamplingError", "infra.registry.RegistryError",
-                                  "infra.settings.MlflowUnreachable"])
+                                  "infra.base.storage.StorageError", "infra.data.sources.SourceError",
+                                  "infra.data.shardset.ShardSetError", "infra.data.datasets.DatasetError",
+                                  "infra.models.batch_sampling.SamplingError", "infra.models.registry.RegistryError",
+                                  "infra.base.settings.MlflowUnreachable"])
 def test_the_user_facing_families_are_user_errors(name):
     module, _, cls = name.rpartition(".")
     assert issubclass(getattr(importlib.import_module(module), cls), UserError)
@@ -157,7 +157,7 @@ def test_no_command_converts_a_user_error_by_hand(tmp_path):
     assert hand_conversions() == [], "UserError families converted to UserError by hand (the boundary does it)"
     planted = tmp_path / "pipelines" / "commands"
     planted.mkdir(parents=True)
-    (planted / "train.py").write_text("from infra.storage import StorageError\nfrom gan_core.errors import UserError\n"
+    (planted / "train.py").write_text("from infra.base.storage import StorageError\nfrom gan_core.errors import UserError\n"
                                       "def run():\n    try:\n        pass\n    except StorageError as e:\n"
                                       "        raise UserError(str(e))\n")
     for package in ("gan_core", "infra"):

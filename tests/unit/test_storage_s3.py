@@ -1,4 +1,4 @@
-"""infra.storage's S3 filesystem: configured from the standard AWS variables by pyarrow itself (read back
+"""infra.base.storage's S3 filesystem: configured from the standard AWS variables by pyarrow itself (read back
 from pyarrow's pickling state: this test fails loudly if a pyarrow release changes it), and its retry
 budget kept when pickled to Ray workers."""
 
@@ -8,7 +8,7 @@ import pickle
 
 import pytest
 
-from infra import storage
+from infra.base import storage
 
 
 def test_s3_filesystem_takes_the_endpoint_and_keeps_its_retries_when_pickled(monkeypatch):

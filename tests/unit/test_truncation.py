@@ -109,10 +109,10 @@ def test_accepted_thresholds():
 # --- the pyfunc and the batch sampler -------------------------------------------------------------
 
 def _pyfunc(G):
-    """infra.generator_model.GeneratorModel as load_context leaves it, with this process's engine."""
+    """infra.models.generator_model.GeneratorModel as load_context leaves it, with this process's engine."""
     import gan_core.sampling
     from gan_core.data import Normalisation
-    from infra.generator_model import GeneratorModel
+    from infra.models.generator_model import GeneratorModel
 
     pm = GeneratorModel()
     pm.G, pm.sampling, pm.normalisation, pm.device = G, gan_core.sampling, Normalisation(), torch.device("cpu")
@@ -148,7 +148,7 @@ def test_pyfunc_refuses_a_bad_truncation_in_one_line(params, message):
 
 
 def test_registered_signature_has_truncation_double_default_off():
-    from infra.registry import model_signature
+    from infra.models.registry import model_signature
 
     spec = {p.name: p for p in model_signature(get_preset("digits")).params.params}
     assert spec["truncation"].dtype.name == "double" and spec["truncation"].default == 0.0
@@ -156,14 +156,14 @@ def test_registered_signature_has_truncation_double_default_off():
 
 def _resolved(supports_truncation=True):
     from gan_core.data import Normalisation
-    from infra.batch_sampling import ResolvedModel
+    from infra.models.batch_sampling import ResolvedModel
 
     return ResolvedModel("models:/m@a", "models:/m/1", "m", "1", "a", None, 4, (1, 2, 2), Normalisation(),
                          "0" * 64, supports_truncation=supports_truncation)
 
 
 def test_a_different_truncation_is_a_different_sample_set(tmp_path):
-    from infra.batch_sampling import plan_sampling
+    from infra.models.batch_sampling import plan_sampling
 
     plain = plan_sampling(_resolved(), 3000, 0, str(tmp_path / "a"))
     t1 = plan_sampling(_resolved(), 3000, 0, str(tmp_path / "a"), truncation=1.0)
@@ -175,7 +175,7 @@ def test_a_different_truncation_is_a_different_sample_set(tmp_path):
     # an untruncated request keeps the fingerprint it had before truncation existed (committed sets stay valid)
     from dataclasses import asdict
 
-    from infra import shardset
+    from infra.data import shardset
 
     assert plain.fingerprint == shardset.content_address({"model": plain.model.identity(), "num_samples": 3000,
                                                           "seed": 0, "format": "parquet",
@@ -183,7 +183,7 @@ def test_a_different_truncation_is_a_different_sample_set(tmp_path):
 
 
 def test_a_version_registered_before_truncation_refuses_it_in_one_line(tmp_path):
-    from infra.batch_sampling import SamplingError, generate_range, plan_sampling
+    from infra.models.batch_sampling import SamplingError, generate_range, plan_sampling
 
     with pytest.raises(SamplingError) as e:
         plan_sampling(_resolved(supports_truncation=False), 100, 0, str(tmp_path / "a"), truncation=1.0)
@@ -204,7 +204,7 @@ def test_a_version_registered_before_truncation_refuses_it_in_one_line(tmp_path)
 
 @pytest.mark.parametrize("bad", [0, 0.0, -0.5, float("nan"), float("inf"), True])
 def test_the_batch_sampler_checks_truncation_before_anything(bad, tmp_path):
-    from infra.batch_sampling import SamplingError, check_request
+    from infra.models.batch_sampling import SamplingError, check_request
 
     with pytest.raises(SamplingError) as e:
         check_request(10, 0, str(tmp_path / "out"), truncation=bad)

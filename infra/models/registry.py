@@ -1,7 +1,7 @@
 """The generator in the MLflow model registry, and the ``champion`` alias.
 
     reg = register_generator(checkpoint_dir, "ganpipe-digits", run_id=run_id, normalisation=Normalisation(1/8, -1))
-    # -> logs G_ema as a pyfunc (infra/generator_model.py, models-from-code), registers a new version,
+    # -> logs G_ema as a pyfunc (infra/models/generator_model.py, models-from-code), registers a new version,
     #    tags it, evaluates it and moves @champion only if it beats the current champion (under a
     #    promotion lock, so registrations racing each other end on the best of them).
 
@@ -45,11 +45,13 @@ from gan_core.files import sha256_file
 from gan_core.errors import UserError
 from gan_core.sampling import labels_for_range, latents_for_range
 
-from . import storage, tracking
-from .evaluation import Evaluation, Evaluator, default_evaluator
-from .generator_model import FORMAT as MODEL_FORMAT
-from .generator_model import code_files
-from .settings import DEFAULT_EXPERIMENT, code_version, mlflow_client
+from infra.base import storage
+
+from infra.train import tracking
+from infra.models.evaluation import Evaluation, Evaluator, default_evaluator
+from infra.models.generator_model import FORMAT as MODEL_FORMAT
+from infra.models.generator_model import code_files
+from infra.base.settings import DEFAULT_EXPERIMENT, code_version, mlflow_client
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +104,7 @@ def model_signature(config: GANConfig):
 
 def _code_sha256(code_dir: Path) -> dict[str, str]:
     """{path under code/ ("gan_core/config.py"): sha256} of the engine shipped in ``code_dir``: the
-    model format's own listing and checksum (infra.generator_model), which loading checks."""
+    model format's own listing and checksum (infra.models.generator_model), which loading checks."""
     return {rel: sha256_file(p) for rel, p in code_files(code_dir).items()}
 
 
@@ -115,7 +117,7 @@ def log_generator(G_ema: nn.Module, config: GANConfig, *, run_id: str,
     ``exports``: extra files (``{"pt2": path, "onnx": path}``) stored next to the weights and covered by
     the same sha256 check. The engine (``code/gan_core``) is a copy of this process's ``gan_core``
     without ``__pycache__``; each of its files' sha256 is recorded too (``code_sha256``), and the pyfunc
-    imports exactly those bytes under a version-private name (see infra/generator_model.py).
+    imports exactly those bytes under a version-private name (see infra/models/generator_model.py).
     """
     import mlflow
     from mlflow.models import Model
@@ -170,8 +172,8 @@ def resolve_checkpoint(ref: str) -> tuple[str, str | None]:
 
     from gan_core.checkpoint import CheckpointError, verify_checkpoint
 
-    from .checkpoints import local_directory, newest_intact
-    from .console import say
+    from infra.train.checkpoints import local_directory, newest_intact
+    from infra.base.console import say
 
     if not str(ref).strip():  # Path('') is the current folder: nobody asks for it by typing ''
         raise RegistryError("checkpoint reference: got an empty string; allowed: a checkpoint folder, an s3:// or "
@@ -424,7 +426,7 @@ def register_generator(checkpoint: str | Path, name: str, *, run_id: str | None 
     """
     import mlflow
 
-    from .export import export_generator
+    from infra.models.export import export_generator
 
     client = mlflow_client()
     run_params: dict[str, str] = client.get_run(run_id).data.params if run_id is not None else {}

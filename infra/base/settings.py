@@ -27,7 +27,7 @@ REGISTRY_URI_ENV = "MLFLOW_REGISTRY_URI"
 
 # The preflight probe of an http(s) MLflow server (check_mlflow_reachable). MLflow's own client retries a
 # server that does not answer for minutes (MLFLOW_HTTP_REQUEST_MAX_RETRIES=7 with exponential backoff:
-# 249 s measured), which suits training (an outage must not kill it, infra.tracking) but not a command
+# 249 s measured), which suits training (an outage must not kill it, infra.train.tracking) but not a command
 # that has not started any work yet. Worst case: 3 x 3 s + 2 x 0.5 s = 10 s.
 PROBE_ATTEMPTS = 3  # a server that is restarting gets a second and a third chance
 PROBE_TIMEOUT_S = 3.0  # per attempt: connecting and the answer to GET /health

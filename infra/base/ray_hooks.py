@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 
 QUIET_WORKER_LOGGERS = ("ray.train.v2._internal.execution.controller.placement_group_cleaner",)
-SETUP_HOOK = "infra.ray_hooks.quiet_worker_logs"  # for runtime_env["worker_process_setup_hook"]
+SETUP_HOOK = "infra.base.ray_hooks.quiet_worker_logs"  # for runtime_env["worker_process_setup_hook"]
 
 
 def quiet_worker_logs() -> None:

@@ -50,11 +50,11 @@ from gan_core.data import Normalisation
 from gan_core.loop import Snapshot
 from gan_core.plots import SampleStripRecorder, save_training_curves
 
-from .settings import DEFAULT_EXPERIMENT, code_version, default_artifact_location, mlflow_tracking_uri
+from infra.base.settings import DEFAULT_EXPERIMENT, code_version, default_artifact_location, mlflow_tracking_uri
 
 log = logging.getLogger(__name__)
 
-# Names shared with infra.registry (which reads them back to re-register a run).
+# Names shared with infra.models.registry (which reads them back to re-register a run).
 TAG_RUN_NAME = "ganpipe.run_name"
 TAG_LAST_CHECKPOINT = "ganpipe.last_checkpoint"
 PARAM_DATASET_NAME = "dataset.name"

@@ -40,7 +40,7 @@ from gan_core.config import ConfigError, GANConfig, check
 from gan_core.data import Normalisation
 from gan_core.training import minibatches_per_step
 
-from .ray_cluster import ensure_ray
+from infra.base.ray_cluster import ensure_ray
 
 DATA_LOADING = ("auto", "memory", "stream")
 PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
@@ -176,7 +176,7 @@ def deterministic_run_name(config: GANConfig, dataset_version: str) -> str:
 
 
 def default_storage_path() -> str:
-    from infra.settings import local_home
+    from infra.base.settings import local_home
 
     return str(local_home() / "ray_results")
 
@@ -184,7 +184,7 @@ def default_storage_path() -> str:
 def _storage_for_ray(storage_path: str):
     """(storage_path, storage_filesystem) for RunConfig: S3 URIs go through a pyarrow S3FileSystem
     built from the standard AWS variables (AWS_ENDPOINT_URL for MinIO/moto), path without s3://."""
-    from infra import storage
+    from infra.base import storage
 
     if storage.is_s3(storage_path):
         loc = storage.resolve(storage_path)
@@ -268,7 +268,7 @@ class WorkerPlan:
     normalisation: Normalisation  # stored -> model values
     data_loading: str  # "memory" | "stream" (auto resolved)
     data_memory_bytes: int  # the per-worker data budget: sizes a stream's read-ahead
-    cache_dir: str  # the driver's cache folder (infra.settings.cache_dir): the diagnostics' digits classifier
+    cache_dir: str  # the driver's cache folder (infra.base.settings.cache_dir): the diagnostics' digits classifier
     threads_per_worker: int
     verify_sync: bool
     use_gpu: bool
@@ -284,8 +284,8 @@ def plan_training(config: GANConfig, dataset_ref: str, cluster: ClusterConfig, t
     """Part 1 of a launch: everything that can be resolved and checked before any cluster work starts.
     Returns (WorkerPlan without the thread count, the opened dataset, storage path and filesystem for Ray).
     Raises ConfigError / DatasetError / StorageError with one-line messages."""
-    from infra.datasets import open_dataset
-    from infra.settings import cache_dir, mlflow_tracking_uri
+    from infra.data.datasets import open_dataset
+    from infra.base.settings import cache_dir, mlflow_tracking_uri
 
     ds = open_dataset(dataset_ref)
     config = resolve_config_for_dataset(config, ds.manifest)
@@ -388,7 +388,7 @@ def launch_training(config: GANConfig, dataset_ref: str, cluster: ClusterConfig 
     plan = replace(plan, threads_per_worker=worker_threads(cluster, plan.data_loading))
     trainer = _trainer(plan, _ray_dataset(plan, ds, cluster), cluster, storage_path, storage_fs)
     # 3. run (or resume) and describe the result
-    from .storage import read_bytes
+    from infra.base.storage import read_bytes
 
     stop_file = _stop_file(plan)
     if stop_file.exists():  # an earlier submission's: this one may get further
@@ -409,7 +409,7 @@ def launch_training(config: GANConfig, dataset_ref: str, cluster: ClusterConfig 
 
 def _find_mlflow_run(spec: TrackingSpec, run_name: str) -> str | None:
     """The id of the newest MLflow run named `run_name` (rank 0's tracker created or continued it)."""
-    from infra.settings import mlflow_client
+    from infra.base.settings import mlflow_client
 
     try:
         client = mlflow_client(spec.tracking_uri)
@@ -428,8 +428,8 @@ def _open_tracker(plan: WorkerPlan, state, checkpoint_name):
     re-submitted job continue the same MLflow run. `checkpoint_name(step)`: a checkpoint's folder name in
     the run's storage."""
     from gan_core.checkpoint import read_summary
-    from infra.storage import join_uri
-    from infra.tracking import DatasetRef, TrainingTracker
+    from infra.base.storage import join_uri
+    from infra.train.tracking import DatasetRef, TrainingTracker
 
     return TrainingTracker(
         plan.config, run_name=plan.run_name, experiment=plan.tracking.experiment,
@@ -446,7 +446,7 @@ def _table_to_tensor(table, plan: WorkerPlan):
     import numpy as np
     import torch
 
-    from infra.shardset import column_to_numpy
+    from infra.data.shardset import column_to_numpy
 
     # Arrow's buffers are read-only: torch would warn and share them, so copy when (only when) needed
     x = np.require(column_to_numpy(table, plan.shape), requirements=["C", "W"])
@@ -631,8 +631,8 @@ def _quiet_ray_train_reports() -> None:
 
 def _say(line: str) -> None:
     """One progress line on the worker's stdout (Ray forwards it to the driver), marked as the pipeline's
-    own (infra.console)."""
-    from infra.console import say
+    own (infra.base.console)."""
+    from infra.base.console import say
 
     say(line)
 
@@ -645,8 +645,8 @@ def _restore(state, plan: WorkerPlan, rank: int) -> tuple[int, list[str]]:
     import ray.train
 
     from gan_core.checkpoint import restore_training_state
-    from infra.checkpoints import newest_intact
-    from infra.storage import Location, join_uri
+    from infra.train.checkpoints import newest_intact
+    from infra.base.storage import Location, join_uri
 
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None:
@@ -698,10 +698,10 @@ def _announce(plan: WorkerPlan, rank: int, world_size: int) -> None:
 
 
 def _run_file(plan: WorkerPlan, name: str):
-    """A file in the run's folder (STOP_FILE, PROGRESS_FILE), an infra.storage Location."""
+    """A file in the run's folder (STOP_FILE, PROGRESS_FILE), an infra.base.storage Location."""
     import pyarrow.fs as pafs
 
-    from infra.storage import Location, join_uri
+    from infra.base.storage import Location, join_uri
 
     fs = plan.storage_fs or pafs.LocalFileSystem()
     path = posixpath.join(plan.storage_fs_path, plan.run_name, name)
@@ -722,7 +722,7 @@ def _following_progress(plan: WorkerPlan, on_progress: Callable[[str], None] | N
     if on_progress is None:
         yield
         return
-    from infra.storage import read_bytes
+    from infra.base.storage import read_bytes
 
     where = _run_file(plan, PROGRESS_FILE)
 
@@ -756,7 +756,7 @@ def _following_progress(plan: WorkerPlan, on_progress: Callable[[str], None] | N
 def _write_progress(plan: WorkerPlan, step: int, line: str) -> None:
     """Rank 0's latest tick line in the run's folder (see _following_progress); best effort: progress is
     not worth failing a training step for."""
-    from infra.storage import write_bytes
+    from infra.base.storage import write_bytes
 
     with contextlib.suppress(OSError):
         write_bytes(_run_file(plan, PROGRESS_FILE), json.dumps({"step": step, "line": line}).encode())
@@ -766,7 +766,7 @@ def _stop(plan: WorkerPlan, rank: int, e: Exception) -> None:
     """Record a fault that a restart cannot fix, for the driver to raise. Every rank meets it (the same
     files, the same reduced statistics) and its worker function returns: raising would make Ray Train
     restart the group max_failures times into the same fault."""
-    from infra.storage import first_line, write_bytes
+    from infra.base.storage import first_line, write_bytes
 
     if rank == 0:
         reason = first_line(e)
@@ -806,7 +806,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     except CheckpointError as e:  # the same files on every rank: every rank stops here, without retries
         _stop(plan, rank, e)
         return
-    # past skipped (damaged) checkpoints, new folder names: see infra.checkpoints
+    # past skipped (damaged) checkpoints, new folder names: see infra.train.checkpoints
     checkpoint_name = partial(checkpoint_name_after, taken=skipped)
     _announce(plan, rank, world_size)
     sync = _ParameterSync(state, world_size) if plan.verify_sync and world_size > 1 else None

@@ -14,7 +14,7 @@ never through a symbolic link, and only while this process holds the set's lock 
 them). Writers of one set on one host take turns on that lock (`writing`); on S3 two writers of one set
 write the same bytes (a shard is a function of the plan), and neither deletes what the other wrote.
 
-Staged datasets (infra.datasets: source -> rows) and sample sets (infra.batch_sampling: model -> rows)
+Staged datasets (infra.data.datasets: source -> rows) and sample sets (infra.models.batch_sampling: model -> rows)
 are both shard sets; each keeps its own rows and manifest fields, the mechanics live here once:
 - Layout: rows per shard, rows per row group, compression and a layout version, part of every content
   address. Shards are named by the layout's pattern; a manifest entry naming anything else (`../x`,
@@ -54,8 +54,8 @@ from pydantic import (BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt,
 from gan_core.errors import UserError
 from gan_core.files import OWNER_FILE, is_protected_folder
 
-from . import storage
-from .storage import Location
+from infra.base import storage
+from infra.base.storage import Location
 
 log = logging.getLogger(__name__)
 
@@ -632,7 +632,7 @@ def progress_bar(total: int, desc: str, *, bar: bool = True, log: Callable[[str]
 
     if bar or log is None:
         return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, disable=not bar)
-    # NOTE: plain counts (no unit_scale): infra.console turns these lines back into a bar on a terminal
+    # NOTE: plain counts (no unit_scale): infra.base.console turns these lines back into a bar on a terminal
     return tqdm(total=total, desc=desc, unit=unit, file=_LogLines(log), leave=False,
                 miniters=max(1, round(total * PROGRESS_LOG_FRACTION)), mininterval=0,
                 bar_format="{desc}: {n_fmt}/{total_fmt} {unit} ({percentage:.0f}%), {rate_fmt}, ETA {remaining}")

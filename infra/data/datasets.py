@@ -1,4 +1,4 @@
-"""Staged datasets: source -> rows, each version a committed shard set (infra.shardset).
+"""Staged datasets: source -> rows, each version a committed shard set (infra.data.shardset).
 
     <root>/datasets/<name>/<version>/part-00000.parquet ... part-NNNNN.parquet
     <root>/datasets/<name>/<version>/_manifest.json      <- written last; its presence commits
@@ -34,10 +34,12 @@ import pyarrow as pa
 from gan_core.config import check
 from gan_core.data import Normalisation
 
-from . import shardset, storage
-from .shardset import MANIFEST_NAME, Layout, Manifest, ShardPlan, ShardSet, ShardSetError
-from .sources import ArraySpec, Source, SourceError, open_source
-from .storage import StorageError
+from infra.base import storage
+
+from infra.data import shardset
+from infra.data.shardset import MANIFEST_NAME, Layout, Manifest, ShardPlan, ShardSet, ShardSetError
+from infra.data.sources import ArraySpec, Source, SourceError, open_source
+from infra.base.storage import StorageError
 
 FORMAT = "ganpipe.dataset/2"  # /2: the manifest carries its field digests (/1 is read as it is)
 # Bump when the shard layout or encoding changes: it is part of every version hash.

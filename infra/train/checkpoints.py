@@ -23,7 +23,7 @@ import pyarrow.fs as pafs
 
 from gan_core.checkpoint import CHECKPOINT_NAME, CheckpointError
 
-from .storage import Location, first_line
+from infra.base.storage import Location, first_line
 
 log = logging.getLogger(__name__)
 

@@ -1,5 +1,5 @@
 """Batch sampling from a registered generator: model -> rows, written as a committed shard set
-(infra.shardset) by Ray Data actors.
+(infra.data.shardset) by Ray Data actors.
 
     <out>/part-00000.parquet ... part-NNNNN.parquet   columns: index int64, x fixed_size_list<float32>
     <out>/_manifest.json                              <- written last; its presence commits the set
@@ -43,15 +43,17 @@ from pydantic import BaseModel, ConfigDict, NonNegativeInt
 from gan_core.data import Normalisation
 from gan_core.sampling import LATENT_BLOCK, MAX_NUM_SAMPLES, check_truncation
 
-from . import shardset, storage
-from .shardset import MANIFEST_NAME, PNG_FOLDERS, Layout, Manifest, ShardEntry, ShardPlan, ShardSet, ShardSetError
-from .settings import mlflow_client, mlflow_registry_uri, mlflow_tracking_uri
-from .storage import StorageError, first_line
+from infra.base import storage
+
+from infra.data import shardset
+from infra.data.shardset import MANIFEST_NAME, PNG_FOLDERS, Layout, Manifest, ShardEntry, ShardPlan, ShardSet, ShardSetError
+from infra.base.settings import mlflow_client, mlflow_registry_uri, mlflow_tracking_uri
+from infra.base.storage import StorageError, first_line
 
 log = logging.getLogger(__name__)
 
 FORMAT = "ganpipe.samples/2"  # /2: the manifest carries its field digests (/1 is read as it is)
-MODEL_FORMAT = "ganpipe-generator/1"  # infra.generator_model.FORMAT
+MODEL_FORMAT = "ganpipe-generator/1"  # infra.models.generator_model.FORMAT
 FORMATS = ("parquet", "png")
 LAYOUT_VERSION = 1  # bump when shard encoding changes: part of every request fingerprint
 DEFAULT_TARGET_SHARD_MIB = 16.0
@@ -379,7 +381,7 @@ class SamplingPlan(ShardPlan):
         complete. ``write=False`` generates and discards (benchmarks: the pipeline without the writes)."""
         import ray.data
 
-        from .ray_cluster import ensure_ray
+        from infra.base.ray_cluster import ensure_ray
 
         ensure_ray()
         ctx = ray.data.DataContext.get_current()

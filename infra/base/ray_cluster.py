@@ -3,7 +3,7 @@
     ensure_ray()                        # RAY_ADDRESS when set, else a fresh local instance
     ensure_ray("ray://head:10001")      # an explicit address (the settings' `[cluster] address`)
 
-Training (infra.ray_train), batch sampling (infra.batch_sampling) and the CLI's service start-up all call
+Training (infra.train.ray_train), batch sampling (infra.models.batch_sampling) and the CLI's service start-up all call
 this, so the first caller cannot decide `ray.init` arguments for the others.
 """
 
@@ -16,8 +16,8 @@ import threading
 
 from gan_core.errors import one_line
 
-from .ray_hooks import SETUP_HOOK
-from .settings import ServiceUnreachable, check_ray_address
+from infra.base.ray_hooks import SETUP_HOOK
+from infra.base.settings import ServiceUnreachable, check_ray_address
 
 # Environment every worker process of our jobs gets: telemetry has nowhere to go.
 WORKER_ENV = {"RAY_USAGE_STATS_ENABLED": "0"}

@@ -21,7 +21,7 @@ NOTE: this file itself runs before any check (MLflow executes it to find the mod
 everything else. Versions logged before ``code_sha256`` existed ship their older copy of this file and
 load as they always did (their engine resolved through ``sys.path``); re-register them to get this.
 
-Contract (see infra/registry.py for the signature):
+Contract (see infra/models/registry.py for the signature):
 - ``predict(z)``: z float32 (n, z_dim) -> samples float32 (n, C, H, W) or (n, D) in the data's
   original value range, x_data = (G_ema(z) - offset) / scale. A float64 array is accepted only if
   its values are exactly float32 values (as JSON from a float32 array arrives at the scoring

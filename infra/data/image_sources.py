@@ -38,11 +38,11 @@ import pyarrow.fs as pafs
 
 from gan_core.config import MAX_NUM_CLASSES
 
-from . import storage
-from .shardset import content_address
-from .sources import (IMAGE_NORMALISATION, IMAGE_SUFFIXES, RESIZE_METHOD, ArraySpec, Chunk, ParquetFiles, Source,
+from infra.base import storage
+from infra.data.shardset import content_address
+from infra.data.sources import (IMAGE_NORMALISATION, IMAGE_SUFFIXES, RESIZE_METHOD, ArraySpec, Chunk, ParquetFiles, Source,
                       SourceError, file_tokens)
-from .storage import Location
+from infra.base.storage import Location
 
 S3_FETCH_THREADS = 16  # concurrent GETs per image chunk of a folder on S3
 PROBE_ITEMS = 16  # items fetched at a time while looking for the first readable image (its size)

@@ -1,5 +1,5 @@
 """Sources that can be staged: built-in datasets, ``.npy``/``.npz`` arrays, Parquet with a numeric
-column ``x``, and (in infra.image_sources) encoded images: an image folder, Parquet with an
+column ``x``, and (in infra.data.image_sources) encoded images: an image folder, Parquet with an
 encoded-image column, a zip archive; on local disk or under ``s3://``. ``open_source`` picks one.
 
 A source answers four questions, cheaply and in this order:
@@ -33,9 +33,9 @@ from gan_core.data import Normalisation
 from gan_core.errors import UserError
 from gan_core.files import check_regular_file
 
-from . import storage
-from .shardset import SCHEMA_METADATA_KEY, column_to_numpy, content_address
-from .storage import Location, StorageError
+from infra.base import storage
+from infra.data.shardset import SCHEMA_METADATA_KEY, column_to_numpy, content_address
+from infra.base.storage import Location, StorageError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 ZIP_SUFFIX = ".zip"
@@ -420,7 +420,7 @@ def open_source(source: str, *, num_samples: int = 50_000, seed: int = 0, image_
     a .npy/.npz file, a .zip of images, or Parquet file(s). Parquet holding a column ``x`` is numeric
     unless `image_column` is given; otherwise it must hold an encoded-image column (`image_column`,
     default ``image``). SourceError (one line) for anything unusable."""
-    from .image_sources import ImageFolderSource, ParquetImageSource, ZipImageSource  # they build on this module
+    from infra.data.image_sources import ImageFolderSource, ParquetImageSource, ZipImageSource  # they build on this module
 
     if source in BUILTIN_SOURCES:
         _refuse_column_options(image_column, label_column)
