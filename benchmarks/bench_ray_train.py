@@ -99,7 +99,8 @@ class ProcessCPU:
 
 def ray_rate(config, dataset_uri: str, workers: int, loading: str, storage: str,
              profile: bool = False) -> tuple[float, ProcessCPU | None]:
-    from infra.train.ray_train import ClusterConfig, launch_training
+    from infra.train.plan import ClusterConfig
+    from infra.train.ray_train import launch_training
 
     run_name = f"bench-{workers}-{loading}-{time.time_ns()}"
     cluster = ClusterConfig(num_workers=workers, storage_path=storage, threads_per_worker=1, data_loading=loading,

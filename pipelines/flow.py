@@ -83,8 +83,9 @@ def start_ray(address: str) -> None:
 def train(settings: Settings, dataset_uri: str):
     """Train (or resume) on Ray Train; returns infra.train.ray_train.TrainOutcome."""
     from infra.train import ray_train
+    from infra.train.plan import TrackingSpec
 
-    tracking = ray_train.TrackingSpec(experiment=settings.tracking.experiment) if settings.tracking.enabled else None
+    tracking = TrackingSpec(experiment=settings.tracking.experiment) if settings.tracking.enabled else None
     cluster = replace(settings.cluster, storage_path=settings.run_storage)
     logger = get_run_logger()
     # the run's tick lines in this task's log (Prefect's UI), while Ray Train runs

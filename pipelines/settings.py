@@ -8,7 +8,7 @@
     root = "s3://bucket/ganpipe" # where datasets live; "" = <GANPIPE_HOME>/data
     [train]                      # any GANConfig section: data, network, loss, g_optim, d_optim, train
     total_steps = 3000
-    [cluster]                    # infra.train.ray_train.ClusterConfig, plus `address` (default: RAY_ADDRESS)
+    [cluster]                    # infra.train.plan.ClusterConfig, plus `address` (default: RAY_ADDRESS)
     num_workers = 2
     [tracking]                   # MLflow (the server comes from MLFLOW_TRACKING_URI)
     experiment = "ganpipe"
@@ -36,7 +36,7 @@ from typing import Any
 from gan_core.files import read_bytes_bounded
 from gan_core.config import (MAX_CONFIG_DEPTH, PRESETS, ConfigError, GANConfig, check, check_depth, from_dict, get_preset,
                              parse_overrides, to_plain)
-from infra.train.ray_train import ClusterConfig, validate_launch
+from infra.train.plan import ClusterConfig, validate_launch
 from infra.data.datasets import check_dataset_name
 from infra.data.sources import BUILTIN_SOURCES
 from infra.base.storage import join_uri

@@ -14,7 +14,8 @@ import pytest
 
 from gan_core.config import get_preset
 from infra.data.datasets import open_dataset, stage
-from infra.train.ray_train import ClusterConfig, launch_training, memory_loading_bytes, plan_training
+from infra.train.plan import ClusterConfig, memory_loading_bytes, plan_training
+from infra.train.ray_train import launch_training
 
 pytestmark = pytest.mark.integration
 

@@ -20,7 +20,8 @@ from gan_core.networks import apply
 from gan_core.training import build_training_state
 from infra.base.console import TICK
 from infra.data.datasets import stage
-from infra.train.ray_train import ClusterConfig, TrackingSpec, launch_training, worker_threads
+from infra.train.plan import ClusterConfig, TrackingSpec, worker_threads
+from infra.train.ray_train import launch_training
 from tests.ray_checkpoints import registered_steps
 
 pytestmark = pytest.mark.integration

@@ -22,7 +22,8 @@ import ray  # noqa: E402
 from ray.cluster_utils import Cluster  # noqa: E402
 
 from gan_core.config import get_preset  # noqa: E402
-from infra.train.ray_train import ClusterConfig, launch_training  # noqa: E402
+from infra.train.plan import ClusterConfig
+from infra.train.ray_train import launch_training  # noqa: E402
 from tests.ray_checkpoints import registered_steps  # noqa: E402
 
 RUN = "two-nodes"

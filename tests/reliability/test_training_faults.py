@@ -14,7 +14,8 @@ import pytest
 from gan_core.checkpoint import load_training_state, verify_checkpoint
 from gan_core.config import get_preset
 from infra.data.datasets import open_dataset, stage
-from infra.train.ray_train import ClusterConfig, TrackingSpec, TrainingStopped, launch_training
+from infra.train.plan import ClusterConfig, TrackingSpec
+from infra.train.ray_train import TrainingStopped, launch_training
 from pipelines.cli import main
 from tests.reliability.ray_output import own_lines
 

@@ -279,7 +279,7 @@ def test_registered_signature_lists_the_label_param_only_when_conditional():
 
 
 def test_a_conditional_launch_needs_a_labelled_dataset_with_at_most_num_classes_names():
-    from infra.train.ray_train import resolve_config_for_dataset
+    from infra.train.plan import resolve_config_for_dataset
 
     cfg = tiny_cond()
     manifest = {"name": "photos", "shape": [2], "has_labels": False}

@@ -36,7 +36,7 @@ def test_every_numeric_gan_field_is_bounded(field, absurd):
 
 
 def _pipeline_fields() -> list[str]:
-    from infra.train.ray_train import ClusterConfig
+    from infra.train.plan import ClusterConfig
     from pipelines.settings import PIPELINE_SECTIONS
 
     names = []

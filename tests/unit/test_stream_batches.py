@@ -1,4 +1,4 @@
-"""The worker's streamed data path (`infra.train.ray_train.stream_batches`) on a stand-in for Ray Data's split
+"""The worker's streamed data path (`infra.train.feed.stream_batches`) on a stand-in for Ray Data's split
 iterator: a split that fits one chunk is read once and reshuffled every epoch; a bigger one is read
 again each epoch. (The real Ray Data path: tests/integration/test_data_memory.py, test_ray_train.py.)"""
 
@@ -10,7 +10,8 @@ import torch
 
 from gan_core.config import get_preset
 from gan_core.data import Normalisation
-from infra.train.ray_train import WorkerPlan, stream_batches, stream_chunk_bytes, stream_passes
+from infra.train.feed import stream_batches, stream_chunk_bytes
+from infra.train.plan import WorkerPlan, stream_passes
 from infra.data.shardset import fixed_size_list
 
 PER_WORKER = 16
