@@ -49,10 +49,6 @@ from pipelines.stage import STORAGE_RETRIES, STORAGE_RETRY_DELAYS_S, retry_on_st
 
 FLOW_NAME = "gan-pipeline"
 MAX_INLINE_PNG_BYTES = 512 * 1024  # larger pictures are linked, not embedded in the markdown report
-REPORT_METRICS = ("fid", "fd", "kid", "precision", "recall", "classes_covered", "class_kl", "modes_covered",
-                  "high_quality_fraction", "mode_reverse_kl")
-# how a metric is shown where it is printed: (scale, label suffix); KID as x 10^3, as StyleGAN2-ADA reports it
-METRIC_DISPLAY = {"kid": (1e3, " (x 10^3)")}
 # A ratio to the real-vs-real floor is printed only when the floor is at least this fraction of the value:
 # a floor near zero (0.039 against an FD of 27) is sampling noise, and FD / floor = 696 meant nothing.
 MIN_FLOOR_FRACTION = 0.01
@@ -375,15 +371,17 @@ def _fmt(v: Any) -> str:
 
 def metrics_rows(metrics: dict[str, float]) -> list[tuple[str, str, str]]:
     """(metric, G_ema, real-vs-real floor) for the metrics worth a glance, in a fixed order."""
+    from gan_core.metrics.catalogue import METRICS  # the one list: order, direction, display
+
     rows = []
-    for name in REPORT_METRICS:
+    for m in METRICS:
+        name = m.name
         if name in metrics:
             floor = metrics.get(f"floor/{name}")
             value = metrics[name]
-            scale, suffix = METRIC_DISPLAY.get(name, (1.0, ""))
-            if scale != 1.0:
-                value, floor = value * scale, None if floor is None else floor * scale
-            name = name + suffix
+            if m.scale != 1.0:
+                value, floor = value * m.scale, None if floor is None else floor * m.scale
+            name = name + m.suffix
             if name in ("classes_covered", "modes_covered"):
                 total = metrics.get("num_classes" if name == "classes_covered" else "num_modes")
                 value = f"{_fmt(value)}/{_fmt(total)}" if total is not None else _fmt(value)

@@ -96,9 +96,11 @@ def gan_core_evaluator(real_x: np.ndarray, real_labels: np.ndarray | None = None
 
     def evaluate(G: nn.Module, config: GANConfig) -> Evaluation:
         from gan_core.evaluate import evaluate_generator, primary_metric
+        from gan_core.metrics.catalogue import metric
 
         metrics = evaluate_generator(G, config, real_x, real_labels, **kwargs)
-        return Evaluation({k: float(v) for k, v in metrics.items()}, primary_metric(metrics), False,
+        primary = primary_metric(metrics)
+        return Evaluation({k: float(v) for k, v in metrics.items()}, primary, metric(primary).higher_is_better,
                           {"evaluator": "gan_core.evaluate.evaluate_generator"})
 
     return evaluate

@@ -52,6 +52,11 @@ def version_item(mv, aliases: list[str], alias: str, run_names: dict[str, str]) 
     t = mv.tags or {}
     training_run = t.get("training_run_id") or mv.run_id or None
     hib = t.get("eval.higher_is_better")
+    if hib is None and t.get("eval.primary"):  # a version tagged without it: the catalogue's direction
+        from gan_core.metrics.catalogue import BY_NAME
+
+        if t["eval.primary"] in BY_NAME:
+            hib = str(BY_NAME[t["eval.primary"]].higher_is_better).lower()
     return {
         "name": mv.name,
         "version": str(mv.version),

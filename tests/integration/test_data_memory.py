@@ -12,10 +12,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from gan_core.config import get_preset
 from infra.data.datasets import open_dataset, stage
 from infra.train.plan import ClusterConfig, memory_loading_bytes, plan_training
 from infra.train.ray_train import launch_training
+from tests.factories import tiny_config
 
 pytestmark = pytest.mark.integration
 
@@ -38,7 +38,7 @@ def datasets(tmp_path_factory):
 
 
 def config(steps: int):
-    return get_preset("tiny").with_overrides({
+    return tiny_config({
         "train.total_steps": steps, "train.tick_every_steps": steps, "train.checkpoint_every_steps": steps,
         "train.global_batch_size": 32, "network.g_width": 16, "network.d_width": 16})
 

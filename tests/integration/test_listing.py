@@ -9,12 +9,13 @@ import socket
 
 import pytest
 
-from gan_core import get_preset, train
+from gan_core import train
 from gan_core.data import InMemoryBatches, load_builtin
 from infra.models.evaluation import Evaluation
 from infra.models.registry import register_generator
 from infra.train.tracking import TAG_LAST_CHECKPOINT, DatasetRef, TrainingTracker
 from pipelines.cli import main
+from tests.factories import tiny_config
 
 pytestmark = pytest.mark.integration
 
@@ -30,7 +31,7 @@ def fixed_score(value: float):
 
 def _tracked_run(name: str, total_steps: int, dataset_version: str, root, status: str) -> tuple[str, str]:
     """A few tiny-preset steps tracked like a real run; returns (run id, last checkpoint directory)."""
-    cfg = get_preset("tiny").with_overrides({"train.total_steps": total_steps, "train.tick_every_steps": 2,
+    cfg = tiny_config({"train.total_steps": total_steps, "train.tick_every_steps": 2,
                                              "train.checkpoint_every_steps": 2})
     x, _ = load_builtin("ring8", 256, 0)
     manifest = {"version": dataset_version, "normalisation": {"scale": 1.0, "offset": 0.0}, "shards": []}

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from gan_core.checkpoint import load_training_state
-from gan_core.config import ConfigError, get_preset
+from gan_core.config import ConfigError
 from gan_core.networks import apply
 from gan_core.training import build_training_state
 from infra.base.console import TICK
@@ -23,6 +23,7 @@ from infra.data.datasets import stage
 from infra.train.plan import ClusterConfig, TrackingSpec, worker_threads
 from infra.train.ray_train import launch_training
 from tests.ray_checkpoints import registered_steps
+from tests.factories import tiny_config
 
 pytestmark = pytest.mark.integration
 
@@ -39,7 +40,7 @@ def tiny(**overrides):
     base = {"train.total_steps": 20, "train.checkpoint_every_steps": 10, "train.tick_every_steps": 5,
             "network.g_norm": "layer"}  # batch-independent normalisation: N workers == 1 worker
     base.update(overrides)
-    return get_preset("tiny").with_overrides(base)
+    return tiny_config(base)
 
 
 def test_every_update_leaves_workers_bitwise_identical(ray_cluster, ring8_dataset, tmp_path, mlflow_tracking,

@@ -21,6 +21,7 @@ from infra.models.batch_sampling import MANIFEST_NAME, open_samples, sample
 from infra.models.registry import register_generator
 from infra.data.shardset import PENDING_DIR
 from tests.integration.test_registry import DIGITS, digits_checkpoint, fixed_score  # noqa: F401 (fixtures)
+from tests.factories import tiny_config
 
 pytestmark = pytest.mark.integration
 
@@ -122,13 +123,12 @@ def conditional(store):
     import mlflow
     import torch
 
-    from gan_core import get_preset
     from gan_core.networks import build_generator
     from infra.models.registry import log_generator
     from infra.base.settings import mlflow_client
     from infra.train.tracking import ensure_experiment
 
-    cfg = get_preset("tiny").with_overrides({"network.conditional": True, "data.num_classes": 8})
+    cfg = tiny_config({"network.conditional": True, "data.num_classes": 8})
     torch.manual_seed(0)
     G = build_generator(cfg).eval()
     client = mlflow_client()

@@ -14,11 +14,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from gan_core.data import Normalisation
 from infra.data import datasets, shardset
 from infra.models import batch_sampling
 from infra.data.sources import open_source
 from pipelines.cli import main
+from tests.factories import committed_sample_set
 
 pytestmark = pytest.mark.integration
 
@@ -26,17 +26,7 @@ FOREIGN_PATHS = ["../../etc/passwd", "/abs/path", "sub/part-00000.parquet", "par
 
 
 def _sample_set(out: Path, fmt: str = "parquet") -> str:
-    """A small committed sample set written without MLflow or Ray: a stand-in model's plan, its
-    shards from arrays, and the executor's commit."""
-    model = batch_sampling.ResolvedModel("models:/m@a", "models:/m/1", "m", "1", "a", None, 4, (1, 2, 2),
-                                         Normalisation(1 / 8, -1.0), "0" * 64)
-    layout = batch_sampling.choose_layout(1500, model.sample_shape, fmt, rows_per_shard=1024)
-    plan = batch_sampling.SamplingPlan(model, 1500, 0, str(out), fmt, layout,
-                                       shardset.split_rows(1500, layout.rows_per_shard, balanced=False), "fp")
-    x = np.random.default_rng(0).uniform(0, 16, (1500, 1, 2, 2)).astype(np.float32)
-    shards = [plan.write_samples(i, x[a:b]) for i, (a, b) in enumerate(plan.shard_ranges)]
-    shardset.commit(plan, shards)
-    return plan.uri
+    return committed_sample_set(out, 1500, rows_per_shard=1024, fmt=fmt)
 
 
 def _rewrite_manifest(uri: str, path: str) -> None:

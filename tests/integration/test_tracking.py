@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from gan_core import get_preset, train
+from gan_core import train
 from gan_core.data import InMemoryBatches, load_builtin
 from gan_core.training import build_training_state
 from infra.train.tracking import (SAMPLE_STRIP_ARTIFACT, TAG_LAST_CHECKPOINT, TRAINING_CURVES_ARTIFACT, DatasetRef,
                             TrainingTracker)
+from tests.factories import tiny_config
 
 pytestmark = pytest.mark.integration
 
@@ -22,7 +23,7 @@ MANIFEST = {"version": "abc123", "normalisation": {"scale": 0.5, "offset": 0.25}
 
 
 def _config():
-    return get_preset("tiny").with_overrides({"train.total_steps": 10, "train.tick_every_steps": 2,
+    return tiny_config({"train.total_steps": 10, "train.tick_every_steps": 2,
                                               "train.checkpoint_every_steps": 5})
 
 

@@ -21,10 +21,10 @@ os.environ.pop("RAY_ADDRESS", None)
 import ray  # noqa: E402
 from ray.cluster_utils import Cluster  # noqa: E402
 
-from gan_core.config import get_preset  # noqa: E402
-from infra.train.plan import ClusterConfig
+from infra.train.plan import ClusterConfig  # noqa: E402
 from infra.train.ray_train import launch_training  # noqa: E402
 from tests.ray_checkpoints import registered_steps  # noqa: E402
+from tests.factories import tiny_config  # noqa: E402
 
 RUN = "two-nodes"
 TOTAL, INTERVAL = 1500, 100
@@ -38,7 +38,7 @@ def main() -> None:
     second = cluster.add_node(num_cpus=1)
     cluster.wait_for_nodes()
     ray.init(address=cluster.address)
-    cfg = get_preset("tiny").with_overrides({
+    cfg = tiny_config({
         "train.total_steps": TOTAL, "train.checkpoint_every_steps": INTERVAL, "train.tick_every_steps": 50,
         "train.num_checkpoints_to_keep": 50, "network.g_norm": "layer"})
     seen: dict[str, object] = {}

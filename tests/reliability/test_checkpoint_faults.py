@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 
 from gan_core.checkpoint import verify_checkpoint
-from gan_core.config import get_preset
 from infra.data.datasets import stage
 from infra.train.plan import ClusterConfig
 from infra.train.ray_train import TrainingStopped, launch_training
 from pipelines.cli import main
 from tests.reliability.ray_output import own_lines
+from tests.factories import tiny_config
 
 pytestmark = pytest.mark.integration
 
@@ -53,7 +53,7 @@ def dataset(tmp_path_factory):
 
 
 def tiny(total_steps: int = 30):
-    return get_preset("tiny").with_overrides({
+    return tiny_config({
         "train.total_steps": total_steps, "train.checkpoint_every_steps": 10, "train.tick_every_steps": 10,
         "train.num_checkpoints_to_keep": 3})
 

@@ -15,16 +15,7 @@ import torch
 
 from gan_core.checkpoint import CONFIG_FILE, FILES_MANIFEST, STATE_FILE
 from gan_core.files import sha256_file
-
-
-def tiny_checkpoint(root: Path) -> Path:
-    from gan_core.config import get_preset
-    from gan_core.data import InMemoryBatches, sample_mixture
-    from gan_core.loop import train
-
-    x, _ = sample_mixture("ring8", 256, seed=0)
-    cfg = get_preset("tiny").with_overrides({"train.total_steps": 4, "train.checkpoint_every_steps": 4})
-    return Path(train(cfg, batches=InMemoryBatches(x, 64, seed=0), checkpoint_root=root).checkpoint_dir)
+from tests.factories import tiny_checkpoint
 
 
 def remake_digests(ckpt: Path) -> None:

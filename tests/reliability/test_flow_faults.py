@@ -5,11 +5,11 @@ failure does not redo the finished steps (training, evaluation, registration).""
 from __future__ import annotations
 
 import socket
-from pathlib import Path
 
 import pytest
 
 from pipelines.cli import main
+from tests.factories import tiny_checkpoint
 
 pytestmark = pytest.mark.integration
 
@@ -18,16 +18,6 @@ def closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]  # nothing listens once the socket is closed
-
-
-def tiny_checkpoint(root: Path) -> Path:
-    from gan_core.config import get_preset
-    from gan_core.data import InMemoryBatches, sample_mixture
-    from gan_core.loop import train
-
-    x, _ = sample_mixture("ring8", 256, seed=0)
-    cfg = get_preset("tiny").with_overrides({"train.total_steps": 4, "train.checkpoint_every_steps": 4})
-    return Path(train(cfg, batches=InMemoryBatches(x, 64, seed=0), checkpoint_root=root).checkpoint_dir)
 
 
 def test_mlflow_unreachable_at_registration_fails_in_one_line_and_register_completes_later(

@@ -26,8 +26,8 @@ from gan_core.files import OWNER_FILE
 from infra.data import shardset
 from infra.data.datasets import StagingPlan, open_dataset, plan_staging
 from pipelines.cli import main
-from tests.reliability.test_flow_faults import tiny_checkpoint
 from tests.reliability.test_user_errors import RAY_STARTS, fresh_home, run_cli  # noqa: F401 (fixture)
+from tests.factories import tiny_checkpoint, tiny_config
 
 pytestmark = pytest.mark.integration
 
@@ -132,12 +132,11 @@ def test_checkpoint_retention_deletes_only_the_checkpoints_it_names(tmp_path):
     (elsewhere / "data.txt").write_text("keep")
     (root / "checkpoint-000000000").symlink_to(elsewhere)
     before = snapshot(elsewhere) | {str(root / "checkpoint-mine" / "notes.txt"): b"mine"}
-    from gan_core.config import get_preset
     from gan_core.data import InMemoryBatches, sample_mixture
     from gan_core.loop import train
 
     x, _ = sample_mixture("ring8", 256, seed=0)
-    cfg = get_preset("tiny").with_overrides({"train.total_steps": 6, "train.checkpoint_every_steps": 2,
+    cfg = tiny_config({"train.total_steps": 6, "train.checkpoint_every_steps": 2,
                                              "train.num_checkpoints_to_keep": 1})
     train(cfg, batches=InMemoryBatches(x, 64, seed=0), checkpoint_root=root)
     assert sorted(p.name for p in root.iterdir()) == ["checkpoint-000000000", "checkpoint-000000006",

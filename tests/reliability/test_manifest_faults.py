@@ -10,13 +10,12 @@ import json
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from gan_core.data import Normalisation
 from infra.data import datasets, shardset
 from infra.models import batch_sampling
 from pipelines.cli import main
+from tests.factories import committed_sample_set
 
 pytestmark = pytest.mark.integration
 
@@ -164,15 +163,7 @@ def test_train_refuses_a_damaged_manifest_before_starting_anything(dataset, caps
 
 
 def _sample_set(out: Path) -> str:
-    """A small committed sample set written without MLflow or Ray (a stand-in model's plan)."""
-    model = batch_sampling.ResolvedModel("models:/m@a", "models:/m/1", "m", "1", "a", None, 4, (1, 2, 2),
-                                         Normalisation(1 / 8, -1.0), "0" * 64)
-    layout = batch_sampling.choose_layout(300, model.sample_shape, "parquet", rows_per_shard=200)
-    plan = batch_sampling.SamplingPlan(model, 300, 0, str(out), "parquet", layout,
-                                       shardset.split_rows(300, layout.rows_per_shard, balanced=False), "fp")
-    x = np.random.default_rng(0).uniform(0, 16, (300, 1, 2, 2)).astype(np.float32)
-    shardset.commit(plan, [plan.write_samples(i, x[a:b]) for i, (a, b) in enumerate(plan.shard_ranges)])
-    return plan.uri
+    return committed_sample_set(out, 300, rows_per_shard=200)
 
 
 @pytest.mark.parametrize("edit, field", [

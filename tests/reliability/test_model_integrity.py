@@ -23,12 +23,12 @@ import pytest
 import torch
 
 import gan_core
-from gan_core import get_preset
 from gan_core.networks import build_generator
 from gan_core.sampling import MAX_NUM_SAMPLES, generate, latents_for_range
 from infra.models import registry
 from infra.models.evaluation import Evaluation
 from infra.models.registry import RegistryError, log_generator, promote_if_better, promotion_lock
+from tests.factories import tiny_generator
 
 pytestmark = pytest.mark.integration
 
@@ -49,9 +49,7 @@ def build_generator(config):  # a test-built variant of the engine: every output
 @pytest.fixture(scope="module")
 def tiny():
     """(G, config): a tiny MLP generator (z_dim 8 -> 2-D points) with fixed random weights."""
-    cfg = get_preset("tiny")
-    torch.manual_seed(0)
-    return build_generator(cfg).eval(), cfg
+    return tiny_generator()
 
 
 def log_version(name: str, G, cfg) -> str:

@@ -12,12 +12,12 @@ import pyarrow.parquet as pq
 import pytest
 
 from gan_core.checkpoint import load_training_state, verify_checkpoint
-from gan_core.config import get_preset
 from infra.data.datasets import open_dataset, stage
 from infra.train.plan import ClusterConfig, TrackingSpec
 from infra.train.ray_train import TrainingStopped, launch_training
 from pipelines.cli import main
 from tests.reliability.ray_output import own_lines
+from tests.factories import tiny_config
 
 pytestmark = pytest.mark.integration
 
@@ -44,14 +44,14 @@ def test_nan_in_the_data_stops_naming_the_step_and_keeps_the_last_good_checkpoin
     dataset = stage("ring8", str(tmp_path / "root"), num_samples=512, seed=0).uri
     cluster = ClusterConfig(num_workers=1, storage_path=str(tmp_path / "runs"), run_name=RUN, max_failures=2)
     tracking = TrackingSpec(experiment="nan-test", tracking_uri=mlflow_tracking)
-    launch_training(get_preset("tiny").with_overrides(TINY), dataset, cluster, tracking=tracking)
+    launch_training(tiny_config(TINY), dataset, cluster, tracking=tracking)
     run_dir = tmp_path / "runs" / RUN
     good = sorted(p.name for p in run_dir.glob("checkpoint-*"))
     assert good[-1] == "checkpoint-000000020"
     before = (run_dir / good[-1] / "state.pt").read_bytes()
     poison(dataset)
     # 1. the resumed run meets NaN batches at once: stopped at the first tick, naming step 21
-    longer = get_preset("tiny").with_overrides({**TINY, "train.total_steps": 40})
+    longer = tiny_config({**TINY, "train.total_steps": 40})
     with pytest.raises(TrainingStopped) as e:
         launch_training(longer, dataset, cluster, tracking=tracking)
     message = str(e.value)

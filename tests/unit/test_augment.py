@@ -11,6 +11,7 @@ from gan_core.config import ConfigError, GANConfig, get_preset
 from gan_core.data import InMemoryBatches, load_digits, training_subset
 from gan_core.loop import format_tick, train
 from tests.gloo import run_ranks
+from tests.factories import tiny_config
 
 ALL = "color,translation,cutout"
 
@@ -128,7 +129,7 @@ def tiny_images(steps, **extra):
                  "network.d_width": 8, "network.z_dim": 8, "train.total_steps": steps, "train.tick_every_steps": 5,
                  "train.checkpoint_every_steps": 100, "loss.r1_gamma": 0.1, "train.global_batch_size": 16,
                  **extra}
-    return get_preset("tiny").with_overrides(overrides)
+    return tiny_config(overrides)
 
 
 def digits_batches():
@@ -204,7 +205,7 @@ def test_config_errors_name_the_field(overrides, message):
 
 def test_vector_data_refuses_augmentation_with_a_clear_message():
     with pytest.raises(ConfigError) as e:
-        get_preset("tiny").with_overrides({"augment.policy": "color"})
+        tiny_config({"augment.policy": "color"})
     assert "augment.policy: got 'color'; allowed: '' for vector data (data.shape = [2])" in str(e.value)
 
 

@@ -9,14 +9,14 @@ import torch
 
 from gan_core.checkpoint import (CheckpointError, load_generator, load_training_state, read_checkpoint_config,
                                  restore_training_state, save_checkpoint, verify_checkpoint, write_files_manifest)
-from gan_core.config import get_preset
 from gan_core.data import InMemoryBatches, sample_mixture
 from gan_core.loop import train
 from gan_core.training import build_training_state, lr_scale
+from tests.factories import tiny_config
 
 
 def cfg_for(steps, **extra):
-    return get_preset("tiny").with_overrides({"train.total_steps": steps, "train.checkpoint_every_steps": 7,
+    return tiny_config({"train.total_steps": steps, "train.checkpoint_every_steps": 7,
                                               "loss.r1_gamma": 0.5, "train.d_steps": 2, **extra})
 
 

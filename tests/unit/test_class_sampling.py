@@ -10,23 +10,22 @@ import numpy as np
 import pytest
 import torch
 
-from gan_core.config import get_preset
 from gan_core.data import Normalisation
 from gan_core.networks import build_generator
 from gan_core.sampling import generate
 from infra.data import shardset
-from infra.models.batch_sampling import (ResolvedModel, SamplingError, check_request, class_refusal, generate_range,
-                                  plan_sampling)
+from infra.models.batch_sampling import (SamplingError, check_request, class_refusal, generate_range,
+                                         plan_sampling)
+from tests.factories import resolved_model, tiny_config
 
 
 def _resolved(num_classes=8, supports_class_label=True):
-    return ResolvedModel("models:/m@a", "models:/m/1", "m", "1", "a", None, 4, (2,), Normalisation(), "0" * 64,
-                         supports_truncation=True, num_classes=num_classes,
-                         supports_class_label=supports_class_label)
+    return resolved_model(sample_shape=(2,), supports_truncation=True, num_classes=num_classes,
+                          supports_class_label=supports_class_label)
 
 
 def _tiny_cond():
-    cfg = get_preset("tiny").with_overrides({"network.conditional": True, "data.num_classes": 8})
+    cfg = tiny_config({"network.conditional": True, "data.num_classes": 8})
     torch.manual_seed(0)
     return build_generator(cfg).eval()
 

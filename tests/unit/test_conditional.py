@@ -13,6 +13,7 @@ from gan_core.loop import train
 from gan_core.networks import build_discriminator, build_generator
 from gan_core.sampling import generate, labels_for_range
 from gan_core.training import build_training_state, fake_labels, train_step
+from tests.factories import tiny_config
 
 
 def digits_cond(steps=6, **extra):
@@ -23,7 +24,7 @@ def digits_cond(steps=6, **extra):
 
 def tiny_cond(steps=6, **extra):
     """ring8's mode ids as 8 class labels: an MLP pair, seconds to train."""
-    return get_preset("tiny").with_overrides({"train.total_steps": steps, "train.checkpoint_every_steps": 3,
+    return tiny_config({"train.total_steps": steps, "train.checkpoint_every_steps": 3,
                                               "network.conditional": True, "data.num_classes": 8,
                                               "loss.r1_gamma": 0.5, "train.d_steps": 2, **extra})
 
@@ -71,7 +72,7 @@ def test_conditional_g_and_projection_d_depend_on_the_label(make):
 ])
 def test_conditional_config_errors_name_the_field(overrides, field):
     with pytest.raises(ConfigError, match=f"^{field}: got"):
-        get_preset("tiny").with_overrides(overrides)
+        tiny_config(overrides)
 
 
 def test_fake_labels_are_uniform_without_class_frequencies_seed_addressed_and_rank_sliced():

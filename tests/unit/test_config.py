@@ -3,6 +3,7 @@ import dataclasses
 import pytest
 
 from gan_core.config import PRESETS, ConfigError, GANConfig, from_dict, get_preset
+from tests.factories import tiny_config
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
@@ -21,7 +22,7 @@ def test_presets_are_valid_and_round_trip(name):
 ])
 def test_invalid_values_name_the_field_and_the_allowed_values(override, field):
     with pytest.raises(ConfigError) as e:
-        get_preset("tiny").with_overrides(override)
+        tiny_config(override)
     msg = str(e.value)
     assert msg.startswith(field), msg
     assert "allowed" in msg
@@ -65,4 +66,4 @@ def test_from_dict_names_the_field_for_every_wrong_type(table, message):
 
 def test_with_overrides_on_a_field_names_what_is_allowed():
     with pytest.raises(ConfigError, match=r"train.total_steps: unknown section; allowed: none \(it is a field\)"):
-        get_preset("tiny").with_overrides({"train.total_steps.x": 1})
+        tiny_config({"train.total_steps.x": 1})

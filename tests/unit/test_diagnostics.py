@@ -20,6 +20,7 @@ from gan_core.loop import train
 from gan_core.sampling import latents_for_range
 from gan_core.training import build_training_state, discriminator_step, generator_step
 from tests.gloo import run_ranks
+from tests.factories import tiny_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -159,7 +160,7 @@ def test_the_gradient_ratio_threshold_and_one_warning_per_episode(caplog):
     assert g_gradient_ratio("minimax", 0.0) == float("inf")
     for kind in ("non_saturating", "hinge", "wasserstein"):
         assert g_gradient_ratio(kind, 1e-3) == 1.0 and fires(1e-3, kind) == 0.0, kind
-    cfg = get_preset("tiny").with_overrides({"loss.kind": "minimax"})
+    cfg = tiny_config({"loss.kind": "minimax"})
     diag = TrainingDiagnostics(cfg, num_samples=64, measure_gradient_ratio=False)
     tick = SimpleNamespace(G_ema=RingGenerator(False), device=torch.device("cpu"), step=0)
     seen = []
@@ -200,7 +201,7 @@ def test_mode_collapse_indicator_on_ring8():
                          ids=["non_saturating", "minimax-measured-ratio"])
 def test_loop_reports_diagnostics_on_every_tick_without_changing_training(tmp_path, overrides):
     # the minimax case measures the gradient ratio through G (BatchNorm) and D (spectral norm) at each tick
-    cfg = get_preset("tiny").with_overrides({"train.total_steps": 10, "train.tick_every_steps": 5, **overrides})
+    cfg = tiny_config({"train.total_steps": 10, "train.tick_every_steps": 5, **overrides})
     x, _ = sample_mixture("ring8", 256, seed=0)
     snaps = []
     rng_before = torch.get_rng_state()
@@ -344,7 +345,7 @@ def test_an_unusable_classifier_cache_costs_a_warning_not_the_run(cache, digits_
 def _ddp_worker(rank, world_size, out_dir):
     from torch.nn.parallel import DistributedDataParallel
 
-    cfg = get_preset("tiny").with_overrides({"train.total_steps": 6, "train.tick_every_steps": 3,
+    cfg = tiny_config({"train.total_steps": 6, "train.tick_every_steps": 3,
                                              "network.g_norm": "none", "loss.kind": "minimax"})
     x, _ = sample_mixture("ring8", 256, seed=0)
     snaps = []

@@ -13,6 +13,7 @@ from gan_core.config import get_preset
 from gan_core.data import InMemoryBatches, load_digits, sample_mixture
 from gan_core.evaluate import evaluate_checkpoint, evaluate_generator, main
 from gan_core.loop import train
+from tests.factories import tiny_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -30,7 +31,7 @@ class ConstantImage(nn.Module):
 
 
 def test_ring8_checkpoint_reports_metrics_and_floors(tmp_path, capsys):
-    cfg = get_preset("tiny").with_overrides({"train.total_steps": 5, "train.checkpoint_every_steps": 5})
+    cfg = tiny_config({"train.total_steps": 5, "train.checkpoint_every_steps": 5})
     x, _ = sample_mixture("ring8", 256, seed=0)
     run = train(cfg, batches=InMemoryBatches(x, 32, seed=0), checkpoint_root=tmp_path, diagnostics=False)
     ckpt = run.checkpoint_dir
@@ -45,6 +46,20 @@ def test_ring8_checkpoint_reports_metrics_and_floors(tmp_path, capsys):
     assert result["fd"] > 10 * result["floor/fd"]
     out = capsys.readouterr().out
     assert "floor (real vs real)" in out and "modes_covered" in out
+    assert_catalogued(result)
+
+
+def assert_catalogued(result: dict[str, float]) -> None:
+    """Every metric reported beside a floor is in the one catalogue (gan_core.metrics.catalogue), and the
+    catalogue's direction agrees with the floor: real data scores at least as well as an untrained G."""
+    from gan_core.metrics.catalogue import BY_NAME, COMPANIONS
+
+    reported = {k for k in result if f"floor/{k}" in result}
+    listed = set(BY_NAME) | set(COMPANIONS)
+    assert reported and reported <= listed, f"not in the catalogue: {reported - listed}"
+    for name in reported & {"fd", "kid", "recall", "modes_covered", "classes_covered", "class_kl"}:
+        real, fake = result[f"floor/{name}"], result[name]
+        assert (real >= fake) if BY_NAME[name].higher_is_better else (real <= fake), (name, real, fake)
 
 
 def test_digits_single_digit_generator_covers_one_class(digits_cache):
@@ -57,6 +72,7 @@ def test_digits_single_digit_generator_covers_one_class(digits_cache):
     assert result["floor/class_kl"] < 0.05 < result["class_kl"]
     assert result["recall"] < 0.1 < result["floor/recall"]
     assert result["fd"] > 10 * result["floor/fd"]
+    assert_catalogued(result)
 
 
 def test_cli_writes_json_and_has_help(tmp_path, digits_cache):

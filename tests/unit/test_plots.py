@@ -9,9 +9,10 @@ import pytest
 import torch
 from PIL import Image
 
-from gan_core import get_preset, train
+from gan_core import train
 from gan_core.data import InMemoryBatches, load_builtin
 from gan_core.plots import SampleStripRecorder, evenly_spaced, save_sample_strip, save_training_curves
+from tests.factories import tiny_config
 
 
 def _read_png(path) -> np.ndarray:
@@ -58,7 +59,7 @@ def test_training_curves_skip_missing_metrics_and_reject_an_empty_history(tmp_pa
 
 
 def test_training_curves_and_strip_from_a_real_tiny_run(tmp_path, one_thread):
-    cfg = get_preset("tiny").with_overrides({"train.total_steps": 10, "train.tick_every_steps": 2})
+    cfg = tiny_config({"train.total_steps": 10, "train.tick_every_steps": 2})
     x, _ = load_builtin("ring8", 512, 0)
     strip = SampleStripRecorder(points_per_tick=256)
     from gan_core.sampling import generate

@@ -6,15 +6,15 @@ import math
 import pytest
 import torch
 
-from gan_core.config import get_preset
 from gan_core.data import InMemoryBatches, sample_mixture
 from gan_core.ema import ema_beta, update_ema
 from gan_core.loop import NonFiniteLossError, train
 from gan_core.training import build_training_state, discriminator_step, generator_step, train_step
+from tests.factories import tiny_config
 
 
 def tiny(**overrides):
-    return get_preset("tiny").with_overrides(overrides)
+    return tiny_config(overrides)
 
 
 def params(module):

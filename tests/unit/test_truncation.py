@@ -10,6 +10,7 @@ from gan_core.config import get_preset
 from gan_core.networks import build_generator
 from gan_core.rng import generator
 from gan_core.sampling import LATENT_BLOCK, check_truncation, generate, latents_for_range
+from tests.factories import resolved_model
 
 
 @pytest.mark.parametrize("psi", [2.0, 1.0, 0.5, 0.01])
@@ -155,11 +156,8 @@ def test_registered_signature_has_truncation_double_default_off():
 
 
 def _resolved(supports_truncation=True):
-    from gan_core.data import Normalisation
-    from infra.models.batch_sampling import ResolvedModel
 
-    return ResolvedModel("models:/m@a", "models:/m/1", "m", "1", "a", None, 4, (1, 2, 2), Normalisation(),
-                         "0" * 64, supports_truncation=supports_truncation)
+    return resolved_model(supports_truncation=supports_truncation)
 
 
 def test_a_different_truncation_is_a_different_sample_set(tmp_path):
