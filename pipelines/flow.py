@@ -245,6 +245,7 @@ def gan_pipeline(preset: str | None = None, config: dict[str, Any] | None = None
     `preset`, `config` (the TOML config tree as a dict) and `overrides` (`section.field=value` strings),
     resolved here. `dry_run` validates and returns the resolved settings only.
     """
+    # NOTE (over 60 lines): the flow is its DAG, read top to bottom as the Prefect UI shows it.
     started = time.time()
     # 0. everything is validated before any work starts (once: by the caller, or here for a deployment)
     if settings is None:

@@ -395,6 +395,8 @@ def _stop(plan: WorkerPlan, rank: int, e: Exception) -> None:
 def train_worker(loop_config: dict[str, Any]) -> None:
     """The per-worker function: a short adapter around gan_core's loop. `loop_config["plan"]` is the
     driver's WorkerPlan, as resolved there."""
+    # NOTE (over 60 lines): the worker's story in order (data, state, DDP wrap, report, the loop), whose
+    # closures `wrap` and `report` share its local state; split, that state would travel as arguments.
     import ray.data
     import ray.train
     import torch
