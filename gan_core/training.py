@@ -214,8 +214,7 @@ def discriminator_step(state: TrainingState, D_train: nn.Module, real: torch.Ten
     With ``loss.r1_interval`` N > 1, R1 (weight x N) is computed only when (step * d_steps + j) % N == 0;
     ``loss/D_r1`` is then N x R1 on those updates and 0 on the others.
     """
-    # NOTE (over 60 lines): Algorithm 1's inner-loop step in the paper's order (the loss, each regulariser at
-    # its interval, backward, the step); split, one update would be scattered over functions.
+    # NOTE (over 60 lines): Algorithm 1's inner-loop step in the paper's order (loss, regularisers, update).
     cfg = state.config
     lcfg = cfg.loss
     c_real = _real_labels(state, real_labels, real.shape[0])

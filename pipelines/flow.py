@@ -211,13 +211,13 @@ def sample_preview(model_uri: str, manifest: dict, num_samples: int, seed: int, 
     """Sample the *registered* model with the batch sampler (pipelines.sample, a sub-flow: the version is
     pinned, the set is seed-addressed and committed with a manifest), then render the preview."""
     from infra.base import storage
-    from infra.data import shardset
+    from infra.data import shard_writer
     from infra.base.storage import join_uri
     from pipelines.sample import sample_generator
 
     out = storage.resolve(out_uri)
-    shardset.check_destination(out, None, storage.StorageError, "sampling.out")  # new, empty, or ganpipe's
-    shardset.claim_folder(out, "ganpipe run (preview)")
+    shard_writer.check_destination(out, None, storage.StorageError, "sampling.out")  # new, empty, or ganpipe's
+    shard_writer.claim_folder(out, "ganpipe run (preview)")
     samples_uri = sample_generator(model_uri, num_samples, seed, join_uri(out_uri, "set"), fmt="parquet")
     return render_preview(samples_uri, manifest, fmt, out_uri, f"{model_uri} (seed {seed})")
 

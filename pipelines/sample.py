@@ -3,7 +3,7 @@
     sample_generator("models:/digits-gen@champion", 100_000, seed=0, out="s3://bucket/samples/run1")
         -> the committed sample set's URI
 
-The tasks are the steps of infra.data.shardset's executor around infra.models.batch_sampling's plan. Retries are
+The tasks are the steps of infra.data.shard_writer's executor around infra.models.batch_sampling's plan. Retries are
 on storage and registry I/O only; the generation step is not retried by Prefect (Ray restarts failed
 actors, and a rerun of the flow skips the shards already written and commits).
 """
@@ -15,7 +15,8 @@ import re
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 
-from infra.data import shardset
+
+from infra.data import shard_writer
 
 from infra.models import batch_sampling
 from infra.models.batch_sampling import ResolvedModel, SamplingPlan
@@ -41,9 +42,9 @@ def plan_samples(model: ResolvedModel, num_samples: int, seed: int, out: str, fm
 @task(persist_result=False)
 def generate_and_write_shards(plan: SamplingPlan, show_progress: bool) -> list[dict]:
     """Ray Data over the shards' seed ranges, one loaded generator per actor; progress as shards land."""
-    with shardset.progress_bar(plan.num_items, "sampling", bar=show_progress, log=progress_line,
+    with shard_writer.progress_bar(plan.num_items, "sampling", bar=show_progress, log=progress_line,
                                unit="samples") as bar:
-        return shardset.write_pending(plan, bar.update)
+        return shard_writer.write_pending(plan, bar.update)
 
 
 @task(persist_result=False)
@@ -82,7 +83,7 @@ def sample_generator(model_uri: str, num_samples: int, seed: int, out: str, *, f
     else:
         # 3. generate and write the shards (skipping any an interrupted run finished), 4. commit; holding the
         # folder: it must be new or the set's own, and another writer of the same set waits its turn
-        with shardset.writing(plan):
+        with shard_writer.writing(plan):
             manifest = commit_manifest(plan, generate_and_write_shards(plan, show_progress))
     summarise_samples(manifest, plan.out)
     return plan.out

@@ -405,9 +405,9 @@ def check_output_locations(settings: Settings) -> None:
         if uri:
             storage.check_output_folder(storage.resolve(uri), field_name)
     if settings.sampling.out:  # the preview folder: new, empty, or ganpipe's (it writes samples.png there)
-        from infra.data import shardset
+        from infra.data import shard_writer
 
-        shardset.check_destination(storage.resolve(settings.sampling.out), None, storage.StorageError,
+        shard_writer.check_destination(storage.resolve(settings.sampling.out), None, storage.StorageError,
                                    "sampling.out")
 
 

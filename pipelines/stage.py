@@ -6,7 +6,7 @@ Reliability comes from infra.data.datasets' content addressing plus two Prefect 
 - retries on storage I/O only (a bad image or a NaN fails at once: retrying cannot fix input);
 - result caching of each shard, keyed by (version URI, shard): a retried or re-run flow run skips
   the shards it already wrote. The committed manifest makes a second staging a no-op altogether.
-The tasks are the steps of infra.data.shardset's executor (committed, write a shard, commit); the work is in
+The tasks are the steps of infra.data.shard_writer's executor (committed, write a shard, commit); the work is in
 infra.data.datasets and infra.data.shardset. find_committed and commit_manifest serve every shard set (the
 sampling flow uses them too).
 """
@@ -22,10 +22,12 @@ from prefect.artifacts import create_table_artifact
 from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from infra.data import datasets, shardset
+from infra.data import datasets
+
+from infra.data import shard_writer
 from infra.base.console import say
 from infra.data.datasets import StagingPlan
-from infra.data.shardset import ShardPlan
+from infra.data.shard_writer import ShardPlan
 
 STORAGE_RETRIES = 3
 STORAGE_RETRY_DELAYS_S = [1, 4, 10]
@@ -71,7 +73,7 @@ def fingerprint_source(source: str, root: str, name: str | None, options: dict[s
 @task(**STORAGE_IO, persist_result=False)
 def find_committed(plan: ShardPlan) -> dict | None:
     """The set's manifest if it is committed already (then there is nothing to write)."""
-    return shardset.committed(plan)
+    return shard_writer.committed(plan)
 
 
 @task(**STORAGE_IO, cache_key_fn=shard_cache_key, persist_result=True)
@@ -83,13 +85,13 @@ def write_shard(plan: StagingPlan, index: int) -> dict:
 @task(persist_result=False)
 def find_missing_shards(plan: ShardPlan, shards: list[dict]) -> list[int]:
     """Shards a cache hit claims but storage lacks (someone cleaned the uncommitted folder)."""
-    return shardset.missing_shards(plan, shards)
+    return shard_writer.missing_shards(plan, shards)
 
 
 @task(**STORAGE_IO, persist_result=False)
 def commit_manifest(plan: ShardPlan, shards: list[dict]) -> dict:
     """Write _manifest.json last: this commits the set."""
-    return shardset.commit(plan, shards)
+    return shard_writer.commit(plan, shards)
 
 
 @task(persist_result=False)
@@ -130,9 +132,9 @@ def stage_dataset(source: str, root: str, name: str | None = None, *, num_sample
     else:
         # 3. Write the shards in parallel (cached ones return at once), holding the folder: it must be new or
         # the set's own, and another writer of the same version waits its turn.
-        with shardset.writing(plan):
+        with shard_writer.writing(plan):
             futures = write_shard.map(plan, range(plan.num_shards))
-            with shardset.progress_bar(plan.num_items, f"staging {plan.name}", bar=show_progress,
+            with shard_writer.progress_bar(plan.num_items, f"staging {plan.name}", bar=show_progress,
                                        log=progress_line) as bar:
                 for future in as_completed(futures):
                     start, stop = plan.shard_ranges[futures.index(future)]

@@ -56,6 +56,7 @@ def committed_sample_set(out: Path, num_samples: int, rows_per_shard: int, fmt: 
     plan (1x2x2 samples stored in [0, 16)), its shards from seeded arrays, and the executor's commit."""
     from gan_core.data import Normalisation
     from infra.data import shardset
+    from infra.data import shard_writer
     from infra.models import batch_sampling
 
     model = resolved_model(normalisation=Normalisation(1 / 8, -1.0))
@@ -63,5 +64,5 @@ def committed_sample_set(out: Path, num_samples: int, rows_per_shard: int, fmt: 
     plan = batch_sampling.SamplingPlan(model, num_samples, 0, str(out), fmt, layout,
                                        shardset.split_rows(num_samples, layout.rows_per_shard, balanced=False), "fp")
     x = np.random.default_rng(0).uniform(0, 16, (num_samples, *model.sample_shape)).astype(np.float32)
-    shardset.commit(plan, [plan.write_samples(i, x[a:b]) for i, (a, b) in enumerate(plan.shard_ranges)])
+    shard_writer.commit(plan, [plan.write_samples(i, x[a:b]) for i, (a, b) in enumerate(plan.shard_ranges)])
     return plan.uri

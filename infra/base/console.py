@@ -28,7 +28,7 @@ from typing import TextIO
 MARK = "[ganpipe] "
 _DRAIN_TIMEOUT_S = 5.0
 TICK = re.compile(r"^step +(\d+)/(\d+) ")  # gan_core.loop.format_tick's lines
-PROGRESS = re.compile(r"^(?P<desc>[^:]+): (?P<n>\d+)/(?P<total>\d+) (?P<unit>\w+) \(\d+%\)")  # shardset.progress_bar's
+PROGRESS = re.compile(r"^(?P<desc>[^:]+): (?P<n>\d+)/(?P<total>\d+) (?P<unit>\w+) \(\d+%\)")  # shard_writer.progress_bar's
 
 
 def say(line: str, stream: TextIO | None = None) -> None:

@@ -11,7 +11,7 @@ time lives in the manifest only, so a staging killed midway and rerun produces t
 Writer (pipelines/stage.py wraps the same steps in Prefect tasks):
     plan = plan_staging(source, root, name)          # fingerprint -> version, layout, shard ranges
     plan.write_shard(i)                              # independent of the other shards: parallel-safe
-    shardset.execute(plan)                           # committed, else write the shards on threads, commit
+    shard_writer.execute(plan)                           # committed, else write the shards on threads, commit
     stage(source, root, name)                        # plan + execute -> the StagedDataset
 Reader:
     ds = open_dataset("<root>/datasets/<name>")      # latest committed; or ".../<name>/<version>"
@@ -37,7 +37,10 @@ from gan_core.data import Normalisation
 from infra.base import storage
 
 from infra.data import shardset
-from infra.data.shardset import MANIFEST_NAME, Layout, Manifest, ShardPlan, ShardSet, ShardSetError
+
+from infra.data import shard_writer
+from infra.data.shardset import MANIFEST_NAME, Layout, Manifest, ShardSet, ShardSetError
+from infra.data.shard_writer import ShardPlan
 from infra.data.sources import ArraySpec, Source, SourceError, open_source
 from infra.base.storage import StorageError
 
@@ -166,7 +169,7 @@ class StagingPlan(ShardPlan):
 
         # NOTE: no column statistics for x: per-page min/max of pixels serve no reader and cost about a
         # sixth of the encoding time; label keeps them (readers may filter on it).
-        record = shardset.write_parquet_shard(self, index, schema, tables(),
+        record = shard_writer.write_parquet_shard(self, index, schema, tables(),
                                               statistics=["label"] if spec.has_labels else False)
         rows = record["rows"]
         return {**record, "skipped_files": skipped, "min": lo if rows else None, "max": hi if rows else None,
@@ -238,7 +241,7 @@ def stage(source: Source | str, root: str, name: str | None = None, *,
     """Stage a source without Prefect: plan, write the shards on threads, commit. A no-op (nothing is
     written) when the version is already committed. `progress(items)` as shards complete."""
     plan = plan_staging(source, root, name, **plan_options)
-    shardset.execute(plan, progress)
+    shard_writer.execute(plan, progress)
     return open_dataset(plan.uri)
 
 

@@ -13,7 +13,7 @@ a function of the request alone, so the same request writes the same bytes howev
 Pipeline (pipelines/sample.py wraps the same steps in Prefect tasks):
     plan = plan_sampling("models:/digits-gen@champion", 100_000, seed=0, out="s3://b/samples/x", actors=4)
         # resolves the alias to a concrete version once, so every actor loads the same one
-    shardset.execute(plan)
+    shard_writer.execute(plan)
         # plan.write_shards: Ray Data from_items(shards) -> map_batches(ShardSampler) on an actor pool:
         # each actor loads the model ONCE and generates and writes its shards' seed ranges; then commit
     sample(...)                                        # plan + execute -> the SampleSet
@@ -46,7 +46,10 @@ from gan_core.sampling import LATENT_BLOCK, MAX_NUM_SAMPLES, check_truncation
 from infra.base import storage
 
 from infra.data import shardset
-from infra.data.shardset import MANIFEST_NAME, PNG_FOLDERS, Layout, Manifest, ShardEntry, ShardPlan, ShardSet, ShardSetError
+
+from infra.data import shard_writer
+from infra.data.shardset import MANIFEST_NAME, PNG_FOLDERS, Layout, Manifest, ShardEntry, ShardSet, ShardSetError
+from infra.data.shard_writer import ShardPlan
 from infra.base.settings import mlflow_client, mlflow_registry_uri, mlflow_tracking_uri
 from infra.base.storage import StorageError, first_line
 
@@ -365,7 +368,7 @@ class SamplingPlan(ShardPlan):
             table = pa.Table.from_arrays([pa.array(np.arange(start, stop, dtype=np.int64)),
                                           shardset.fixed_size_list(x.astype(np.float32, copy=False))], schema=schema)
             # NOTE: statistics on index only (readers may filter by it); none for the float payload.
-            record = shardset.write_parquet_shard(self, index, schema, [table], statistics=["index"])
+            record = shard_writer.write_parquet_shard(self, index, schema, [table], statistics=["index"])
         else:  # a folder of PNGs; sha256 over the files' bytes in index order (what verify recomputes)
             name, h, size = self.layout.shard_name(index), hashlib.sha256(), 0
             for i, png in zip(range(start, stop), encode_pngs(self.model.normalisation, x)):
@@ -467,7 +470,7 @@ def check_request(num_samples: int, seed: int, out: str, *, fmt: str = "parquet"
         storage.check_output_folder(loc, "--out")
     except StorageError as e:
         raise SamplingError(str(e) if str(e).startswith("--out") else f"--out: {e}") from None
-    shardset.check_destination(loc, FORMAT, SamplingError, "--out")  # new, empty, or a sample set's own
+    shard_writer.check_destination(loc, FORMAT, SamplingError, "--out")  # new, empty, or a sample set's own
     return loc
 
 
@@ -631,5 +634,5 @@ def sample(model: str | ResolvedModel, num_samples: int, seed: int, out: str, *,
     plan = plan_sampling(model, num_samples, seed, out, fmt=fmt, rows_per_shard=rows_per_shard,
                          batch_size=batch_size, actors=actors, gpus_per_actor=gpus_per_actor, truncation=truncation,
                          class_label=class_label)
-    shardset.execute(plan, progress)
+    shard_writer.execute(plan, progress)
     return open_samples(plan.out)

@@ -109,7 +109,8 @@ def _sample(args: argparse.Namespace) -> str:
                                 rows_per_shard=args.rows_per_shard, show_progress=not args.no_progress,
                                 truncation=args.truncation, class_label=args.class_label)
 
-    from infra.data import shardset
+
+    from infra.data import shard_writer
 
     from infra.models import batch_sampling
 
@@ -119,7 +120,7 @@ def _sample(args: argparse.Namespace) -> str:
                                         truncation=args.truncation, class_label=args.class_label)
     print(f"sampling {plan.num_samples} from {plan.model.uri} (requested {args.model}), seed {plan.seed}, "
           f"{plan.num_shards} shards", file=sys.stderr)
-    with shardset.progress_bar(plan.num_items, "sampling", bar=not args.no_progress, unit="samples",
+    with shard_writer.progress_bar(plan.num_items, "sampling", bar=not args.no_progress, unit="samples",
                                log=lambda line: print(line, file=sys.stderr)) as bar:  # without a bar: lines
-        shardset.execute(plan, bar.update)
+        shard_writer.execute(plan, bar.update)
     return plan.out

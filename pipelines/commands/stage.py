@@ -133,12 +133,14 @@ def _stage(args: argparse.Namespace) -> str:
 
         return stage_dataset(args.source, args.root, args.name, show_progress=not args.no_progress, **options)
 
-    from infra.data import datasets, shardset
+    from infra.data import datasets
+
+    from infra.data import shard_writer
 
     plan = datasets.plan_staging(args.source, args.root, args.name, **options)
-    if shardset.committed(plan) is not None:  # content-addressed: the same input and options, the same version
+    if shard_writer.committed(plan) is not None:  # content-addressed: the same input and options, the same version
         print(f"{plan.uri}: already committed, nothing to write", file=sys.stderr)
         return plan.uri
-    with shardset.progress_bar(plan.num_items, f"staging {plan.name}", bar=not args.no_progress) as bar:
-        shardset.execute(plan, bar.update)
+    with shard_writer.progress_bar(plan.num_items, f"staging {plan.name}", bar=not args.no_progress) as bar:
+        shard_writer.execute(plan, bar.update)
     return plan.uri

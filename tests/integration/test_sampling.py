@@ -19,7 +19,7 @@ import pytest
 from infra.models import batch_sampling
 from infra.models.batch_sampling import MANIFEST_NAME, open_samples, sample
 from infra.models.registry import register_generator
-from infra.data.shardset import PENDING_DIR
+from infra.data.shard_writer import PENDING_DIR
 from tests.integration.test_registry import DIGITS, digits_checkpoint, fixed_score  # noqa: F401 (fixtures)
 from tests.factories import tiny_config
 

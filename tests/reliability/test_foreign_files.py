@@ -24,6 +24,7 @@ import pytest
 
 from gan_core.files import OWNER_FILE
 from infra.data import shardset
+from infra.data import shard_writer
 from infra.data.datasets import StagingPlan, open_dataset, plan_staging
 from pipelines.cli import main
 from tests.reliability.test_user_errors import RAY_STARTS, fresh_home, run_cli  # noqa: F401 (fixture)
@@ -166,12 +167,12 @@ def test_a_set_is_never_written_into_a_foreign_folder(tmp_path):
     folder.mkdir(parents=True)
     (folder / "notes.txt").write_text("mine")
     with pytest.raises(shardset.ShardSetError, match="an existing folder that ganpipe did not write \\(notes.txt"):
-        shardset.execute(plan)
+        shard_writer.execute(plan)
     assert sorted(p.name for p in folder.iterdir()) == ["notes.txt"]
     (folder / "notes.txt").unlink()  # an empty folder is fine, and so is the set's own on a rerun
-    shardset.execute(plan)
+    shard_writer.execute(plan)
     assert json.loads((folder / OWNER_FILE).read_text()) == {"format": plan.FORMAT}
-    assert shardset.execute(plan)["num_rows"] == 600
+    assert shard_writer.execute(plan)["num_rows"] == 600
 
 
 def test_a_failed_set_in_a_new_folder_leaves_no_folder(tmp_path):
@@ -181,7 +182,7 @@ def test_a_failed_set_in_a_new_folder_leaves_no_folder(tmp_path):
     class Boom(RuntimeError):
         pass
 
-    with pytest.raises(Boom), shardset.writing(plan):
+    with pytest.raises(Boom), shard_writer.writing(plan):
         raise Boom()
     assert not Path(plan.uri).exists()
 
@@ -200,7 +201,7 @@ def test_commit_deletes_only_the_plans_own_pending_records_and_stale_temporaries
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_bytes(data)
     (folder / "link").symlink_to(ext)
-    shardset.execute(plan)
+    shard_writer.execute(plan)
     assert not stale.exists()
     assert {p: p.read_bytes() for p in kept} == kept
     assert sorted(p.name for p in (folder / "_pending").iterdir()) == ["notes.txt", "part-00099.json"]
@@ -216,7 +217,7 @@ def test_a_symlinked_pending_folder_is_refused_and_nothing_is_written_through_it
     (folder / OWNER_FILE).write_text(json.dumps({"format": plan.FORMAT}))
     (folder / "_pending").symlink_to(ext)
     with pytest.raises(shardset.ShardSetError, match="_pending: a symbolic link; ganpipe writes only a folder"):
-        shardset.execute(plan)
+        shard_writer.execute(plan)
     assert (ext / "part-00000.json").read_text() == "someone else's"
     assert sorted(p.name for p in ext.iterdir()) == ["part-00000.json"]
 
@@ -233,17 +234,17 @@ def test_two_writers_of_one_set_take_turns_and_keep_each_others_files(tmp_path):
     b_result: list = []
 
     def writer_a():
-        with shardset.writing(plan):
+        with shard_writer.writing(plan):
             in_flight.write_bytes(b"A's shard, half written")
             holding.set()
             release.wait(60)
             in_flight.unlink()  # A's own temporary, renamed or removed by A
-            shardset.commit(plan, shardset.write_pending(plan))
+            shard_writer.commit(plan, shard_writer.write_pending(plan))
 
     a = threading.Thread(target=writer_a)
     a.start()
     assert holding.wait(60)
-    b = threading.Thread(target=lambda: b_result.append(shardset.execute(plan)))
+    b = threading.Thread(target=lambda: b_result.append(shard_writer.execute(plan)))
     b.start()
     time.sleep(1.0)
     assert b.is_alive(), "B did not wait for A"
