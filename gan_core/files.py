@@ -24,7 +24,7 @@ def sha256_file(path: str | os.PathLike) -> str:
 
 # A folder ganpipe writes its outputs into carries this file, written before anything else: later runs
 # (a resume, a rerun) may then write there again, and nothing else is ever written into or cleaned in a
-# folder without it. infra.data.shardset marks its sets with the same file.
+# folder without it. infra.data.shard_writer (claim_folder) marks shard sets with the same file.
 OWNER_FILE = "_ganpipe.json"
 
 

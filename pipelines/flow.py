@@ -139,16 +139,13 @@ def register(settings: Settings, checkpoint_uri: str, mlflow_run_id: str | None,
     not answer fails the step with one line (RegistrationFailed) naming the checkpoint, which stays where
     it is, and the command that registers it later."""
     from mlflow.exceptions import MlflowException
-    from gan_core.evaluate import primary_metric
-    from infra.models.evaluation import Evaluation
+    from infra.models.evaluation import evaluation_of
     from gan_core.data import Normalisation
     from infra.models.registry import register_generator, store_unreachable
     from infra.base.storage import first_line
 
     # the evaluate step already scored this G_ema: hand the registry that result instead of recomputing it
-    evaluation = Evaluation({k: float(v) for k, v in metrics.items()}, primary_metric(metrics), False,
-                            {"evaluator": "gan_core.evaluate.evaluate_generator",
-                             **({"features": features} if features else {})})
+    evaluation = evaluation_of(metrics, {"features": features} if features else None)
     try:
         reg = register_generator(
             checkpoint_uri, settings.model_name, run_id=mlflow_run_id, evaluator=lambda G, config: evaluation,

@@ -17,7 +17,6 @@ from prefect.artifacts import create_table_artifact
 
 
 from infra.data import shard_writer
-
 from infra.models import batch_sampling
 from infra.models.batch_sampling import ResolvedModel, SamplingPlan
 

@@ -36,10 +36,10 @@ from typing import Any
 from gan_core.files import read_bytes_bounded
 from gan_core.config import (MAX_CONFIG_DEPTH, PRESETS, ConfigError, GANConfig, check, check_depth, from_dict, get_preset,
                              parse_overrides, to_plain)
-from infra.train.plan import ClusterConfig, validate_launch
+from infra.base.storage import join_uri
 from infra.data.datasets import check_dataset_name
 from infra.data.sources import BUILTIN_SOURCES
-from infra.base.storage import join_uri
+from infra.train.plan import ClusterConfig, validate_launch
 
 GAN_SECTIONS = tuple(f.name for f in fields(GANConfig))
 # registered model names travel inside models:/<name>/<version> URIs and folder names: no '/', no '..'

@@ -7,7 +7,7 @@ Reliability comes from infra.data.datasets' content addressing plus two Prefect 
 - result caching of each shard, keyed by (version URI, shard): a retried or re-run flow run skips
   the shards it already wrote. The committed manifest makes a second staging a no-op altogether.
 The tasks are the steps of infra.data.shard_writer's executor (committed, write a shard, commit); the work is in
-infra.data.datasets and infra.data.shardset. find_committed and commit_manifest serve every shard set (the
+infra.data.datasets and infra.data.shard_writer. find_committed and commit_manifest serve every shard set (the
 sampling flow uses them too).
 """
 
@@ -22,10 +22,8 @@ from prefect.artifacts import create_table_artifact
 from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from infra.data import datasets
-
-from infra.data import shard_writer
 from infra.base.console import say
+from infra.data import datasets, shard_writer
 from infra.data.datasets import StagingPlan
 from infra.data.shard_writer import ShardPlan
 
@@ -38,7 +36,7 @@ def is_transient_storage_error(exc: BaseException | None) -> bool:
     """Retry storage I/O failures (network, throttling, a flaky disk), never bad input: bad input
     raises ValueError subclasses (SourceError, DatasetError), and a missing file stays missing."""
     return isinstance(exc, OSError) and not isinstance(exc, (FileNotFoundError, PermissionError,
-                                                            IsADirectoryError, NotADirectoryError))
+                                                             IsADirectoryError, NotADirectoryError))
 
 
 def retry_on_storage_io(task, task_run, state) -> bool:  # Prefect's retry_condition_fn signature
@@ -135,7 +133,7 @@ def stage_dataset(source: str, root: str, name: str | None = None, *, num_sample
         with shard_writer.writing(plan):
             futures = write_shard.map(plan, range(plan.num_shards))
             with shard_writer.progress_bar(plan.num_items, f"staging {plan.name}", bar=show_progress,
-                                       log=progress_line) as bar:
+                                           log=progress_line) as bar:
                 for future in as_completed(futures):
                     start, stop = plan.shard_ranges[futures.index(future)]
                     bar.update(stop - start)

@@ -1,7 +1,7 @@
 """The metric catalogue: one list of the evaluation's metrics, each with its direction, how it is shown and
-the paper that defines it. Evaluation (gan_core.evaluate), the registry's champion decision
-(infra.models.evaluation), the run report (pipelines.flow) and `ganpipe models` read it here; a metric
-`evaluate_generator` reports that is not listed fails tests/unit/test_evaluate.py.
+the paper that defines it. The registry's champion decision (infra.models.evaluation.evaluation_of), the
+run report (pipelines.flow) and `ganpipe models` read it here; a metric gan_core.evaluate.evaluate_generator
+reports that is not listed fails tests/unit/test_evaluate.py.
 
 Every listed metric is reported beside its real-vs-real floor (``floor/<name>``: the same metric between
 the reference and a held-back real split), the value a perfect generator would reach at this sample size.

@@ -35,14 +35,11 @@ from gan_core.config import check
 from gan_core.data import Normalisation
 
 from infra.base import storage
-
-from infra.data import shardset
-
-from infra.data import shard_writer
-from infra.data.shardset import MANIFEST_NAME, Layout, Manifest, ShardSet, ShardSetError
-from infra.data.shard_writer import ShardPlan
-from infra.data.sources import ArraySpec, Source, SourceError, open_source
 from infra.base.storage import StorageError
+from infra.data import shard_writer, shardset
+from infra.data.shard_writer import ShardPlan
+from infra.data.shardset import MANIFEST_NAME, Layout, Manifest, ShardSet, ShardSetError
+from infra.data.sources import ArraySpec, Source, SourceError, open_source
 
 FORMAT = "ganpipe.dataset/2"  # /2: the manifest carries its field digests (/1 is read as it is)
 # Bump when the shard layout or encoding changes: it is part of every version hash.
@@ -54,7 +51,8 @@ WRITE_SLICE_BYTES = 1 << 20  # stored bytes of x handed to the Parquet writer at
 
 
 class DatasetError(ShardSetError):
-    """A dataset reference that cannot be used (nothing committed, bad checksum, ...)."""
+    """A dataset reference that cannot be used (nothing committed, another format, a bad manifest entry);
+    a shard whose bytes do not match is a shardset.ChecksumError."""
 
 
 class DatasetManifest(Manifest):
@@ -170,7 +168,7 @@ class StagingPlan(ShardPlan):
         # NOTE: no column statistics for x: per-page min/max of pixels serve no reader and cost about a
         # sixth of the encoding time; label keeps them (readers may filter on it).
         record = shard_writer.write_parquet_shard(self, index, schema, tables(),
-                                              statistics=["label"] if spec.has_labels else False)
+                                                  statistics=["label"] if spec.has_labels else False)
         rows = record["rows"]
         return {**record, "skipped_files": skipped, "min": lo if rows else None, "max": hi if rows else None,
                 "label_counts": counts.tolist()}

@@ -40,8 +40,8 @@ from gan_core.config import MAX_NUM_CLASSES
 
 from infra.base import storage
 from infra.data.shardset import content_address
-from infra.data.sources import (IMAGE_NORMALISATION, IMAGE_SUFFIXES, RESIZE_METHOD, ArraySpec, Chunk, ParquetFiles, Source,
-                      SourceError, file_tokens)
+from infra.data.sources import (IMAGE_NORMALISATION, IMAGE_SUFFIXES, RESIZE_METHOD, ArraySpec, Chunk, ParquetFiles,
+                                Source, SourceError, file_tokens)
 from infra.base.storage import Location
 
 S3_FETCH_THREADS = 16  # concurrent GETs per image chunk of a folder on S3

@@ -41,13 +41,12 @@ from gan_core.files import OWNER_FILE, is_protected_folder
 
 from infra.base import storage
 from infra.base.storage import Location
-from infra.data.shardset import FIELD_DIGESTS, MANIFEST_NAME, PNG_FOLDERS, Layout, Manifest, ShardSetError, accepted_formats, field_digests, read_manifest
+from infra.data.shardset import (FIELD_DIGESTS, MANIFEST_NAME, PNG_FOLDERS, Layout, Manifest, ShardSetError,
+                                 accepted_formats, field_digests, read_manifest)
 
 log = logging.getLogger(__name__)
 
 PENDING_DIR = "_pending"
-
-
 # OWNER_FILE (gan_core.files) is written before the first shard: this folder is a shard set's own
 # a temporary file of storage.atomic_output (<name>.tmp-<8 hex>) for a shard, or a PNG inside a shard folder
 TEMPORARY_SHARD_FILE = re.compile(r"part-\d{5,}(\.parquet)?\.tmp-[0-9a-f]{8}")

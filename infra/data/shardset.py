@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import math
 import re
 from dataclasses import dataclass
@@ -41,8 +40,6 @@ from gan_core.errors import UserError
 
 from infra.base import storage
 from infra.base.storage import Location
-
-log = logging.getLogger(__name__)
 
 MANIFEST_NAME = "_manifest.json"
 # Key under which each shard's data contract travels in its Parquet schema metadata.
@@ -182,7 +179,7 @@ class ShardRanges(Sequence):
     def __eq__(self, other) -> bool:
         if isinstance(other, ShardRanges):
             return (self.num_rows, self.rows_per_shard, self.balanced) == (other.num_rows, other.rows_per_shard,
-                                                                          other.balanced)
+                                                                           other.balanced)
         return isinstance(other, Sequence) and len(other) == len(self) and list(self) == list(other)
 
     def __repr__(self) -> str:

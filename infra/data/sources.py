@@ -34,8 +34,8 @@ from gan_core.errors import UserError
 from gan_core.files import check_regular_file
 
 from infra.base import storage
-from infra.data.shardset import SCHEMA_METADATA_KEY, column_to_numpy, content_address
 from infra.base.storage import Location, StorageError
+from infra.data.shardset import SCHEMA_METADATA_KEY, column_to_numpy, content_address
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 ZIP_SUFFIX = ".zip"
@@ -338,7 +338,7 @@ class ParquetSource(Source):
     kind = "parquet"
 
     def __init__(self, parquet: ParquetFiles):
-        self.parquet, self.loc = parquet, parquet.loc
+        self.parquet, self.loc, self.where = parquet, parquet.loc, parquet.loc.uri
         self.default_name = posixpath.splitext(self.loc.name)[0]
         uri = parquet.uri
         for fi, schema in enumerate(parquet.schemas):

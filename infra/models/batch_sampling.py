@@ -44,14 +44,11 @@ from gan_core.data import Normalisation
 from gan_core.sampling import LATENT_BLOCK, MAX_NUM_SAMPLES, check_truncation
 
 from infra.base import storage
-
-from infra.data import shardset
-
-from infra.data import shard_writer
-from infra.data.shardset import MANIFEST_NAME, PNG_FOLDERS, Layout, Manifest, ShardEntry, ShardSet, ShardSetError
-from infra.data.shard_writer import ShardPlan
 from infra.base.settings import mlflow_client, mlflow_registry_uri, mlflow_tracking_uri
 from infra.base.storage import StorageError, first_line
+from infra.data import shard_writer, shardset
+from infra.data.shard_writer import ShardPlan
+from infra.data.shardset import MANIFEST_NAME, PNG_FOLDERS, Layout, Manifest, ShardEntry, ShardSet, ShardSetError
 
 log = logging.getLogger(__name__)
 

@@ -87,6 +87,17 @@ def default_evaluator(reference: np.ndarray | None = None, *, num_samples: int =
     return evaluate
 
 
+def evaluation_of(metrics: dict[str, float], details: dict[str, str] | None = None) -> Evaluation:
+    """gan_core.evaluate.evaluate_generator's result as the registry's Evaluation: its primary metric
+    (gan_core.evaluate.primary_metric) with the catalogue's direction (gan_core.metrics.catalogue)."""
+    from gan_core.evaluate import primary_metric
+    from gan_core.metrics.catalogue import metric
+
+    primary = primary_metric(metrics)
+    return Evaluation({k: float(v) for k, v in metrics.items()}, primary, metric(primary).higher_is_better,
+                      {"evaluator": "gan_core.evaluate.evaluate_generator", **(details or {})})
+
+
 def gan_core_evaluator(real_x: np.ndarray, real_labels: np.ndarray | None = None, **kwargs) -> Evaluator:
     """The project's evaluation (``gan_core.evaluate.evaluate_generator``) as a registry evaluator.
 
@@ -95,12 +106,8 @@ def gan_core_evaluator(real_x: np.ndarray, real_labels: np.ndarray | None = None
     """
 
     def evaluate(G: nn.Module, config: GANConfig) -> Evaluation:
-        from gan_core.evaluate import evaluate_generator, primary_metric
-        from gan_core.metrics.catalogue import metric
+        from gan_core.evaluate import evaluate_generator
 
-        metrics = evaluate_generator(G, config, real_x, real_labels, **kwargs)
-        primary = primary_metric(metrics)
-        return Evaluation({k: float(v) for k, v in metrics.items()}, primary, metric(primary).higher_is_better,
-                          {"evaluator": "gan_core.evaluate.evaluate_generator"})
+        return evaluation_of(evaluate_generator(G, config, real_x, real_labels, **kwargs))
 
     return evaluate

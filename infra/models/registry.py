@@ -41,17 +41,16 @@ import gan_core
 from gan_core.checkpoint import load_generator, read_summary
 from gan_core.config import GANConfig
 from gan_core.data import Normalisation
-from gan_core.files import sha256_file
 from gan_core.errors import UserError
+from gan_core.files import sha256_file
 from gan_core.sampling import labels_for_range, latents_for_range
 
 from infra.base import storage
-
+from infra.base.settings import DEFAULT_EXPERIMENT, code_version, mlflow_client
 from infra.train import tracking
 from infra.models.evaluation import Evaluation, Evaluator, default_evaluator
 from infra.models.generator_model import FORMAT as MODEL_FORMAT
 from infra.models.generator_model import code_files
-from infra.base.settings import DEFAULT_EXPERIMENT, code_version, mlflow_client
 
 log = logging.getLogger(__name__)
 

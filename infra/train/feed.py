@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from infra.train.plan import WorkerPlan
 
+
 def _table_to_tensor(table, plan: WorkerPlan):
     """A pyarrow table with column x (fixed-size lists) -> float32 model inputs (rows, *shape)."""
     import numpy as np
@@ -50,6 +51,8 @@ def memory_batches(shard, plan: WorkerPlan, rank: int, world_size: int):
     x = _table_to_tensor(table, plan) if tables else torch.empty(0)
     labels = _table_to_labels(table, plan) if tables else None
     return InMemoryBatches(x, t.global_batch_size, t.seed, rank, world_size, labels=labels)
+
+
 STREAM_CHUNK_BYTES = 32 * 1024**2  # float32 bytes pulled from Ray Data at a time: large reads amortise its per-batch cost
 STREAM_CHUNK_BATCHES = 64  # at most this many per-worker batches per chunk
 STREAM_PREFETCH_CHUNKS = 4  # chunks read ahead by a background thread, across epoch boundaries
@@ -58,7 +61,7 @@ STREAM_PREFETCH_CHUNKS = 4  # chunks read ahead by a background thread, across e
 def stream_chunk_bytes(data_memory_bytes: int) -> int:
     """The largest chunk a stream holds at once, from the per-worker data budget: up to
     STREAM_PREFETCH_CHUNKS queued, one being converted, one being cut into batches, and Ray Data's own
-    prefetched batch and block (`_ray_dataset` caps its blocks to a chunk), all within the budget."""
+    prefetched batch and block (infra.train.ray_train caps its blocks to a chunk), all within the budget."""
     return min(STREAM_CHUNK_BYTES, data_memory_bytes // (STREAM_PREFETCH_CHUNKS + 4))
 
 

@@ -406,7 +406,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     from gan_core.diagnostics import TrainingDiagnostics
     from gan_core.loop import NonFiniteLossError, format_tick, train
     from gan_core.training import build_training_state
-    from gan_core.checkpoint import checkpoint_name as checkpoint_name_after
+    from gan_core.checkpoint import checkpoint_name
 
     plan: WorkerPlan = loop_config["plan"]
     config = plan.config
@@ -428,13 +428,13 @@ def train_worker(loop_config: dict[str, Any]) -> None:
         _stop(plan, rank, e)
         return
     # past skipped (damaged) checkpoints, new folder names: see infra.train.checkpoints
-    checkpoint_name = partial(checkpoint_name_after, taken=skipped)
+    next_checkpoint_name = partial(checkpoint_name, taken=skipped)
     _announce(plan, rank, world_size)
     sync = _ParameterSync(state, world_size) if plan.verify_sync and world_size > 1 else None
     if sync is not None:
         state.opt_D.register_step_post_hook(sync)
         state.opt_G.register_step_post_hook(sync)
-    tracker = _open_tracker(plan, state, checkpoint_name) if rank == 0 and plan.tracking is not None else None
+    tracker = _open_tracker(plan, state, next_checkpoint_name) if rank == 0 and plan.tracking is not None else None
 
     # 3. G and D wrapped in DDP separately; SyncBatchNorm only on GPUs (it refuses CPU modules)
     def wrap(module: torch.nn.Module) -> torch.nn.Module:
@@ -458,7 +458,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
         # the loop's local copies in `scratch` are pruned by the loop (num_checkpoints_to_keep) and go with it
         ckpt = ray.train.Checkpoint.from_directory(snapshot.checkpoint_dir) if snapshot.checkpoint_dir else None
         ray.train.report(metrics, checkpoint=ckpt,
-                         checkpoint_dir_name=checkpoint_name(snapshot.step) if ckpt else None)
+                         checkpoint_dir_name=next_checkpoint_name(snapshot.step) if ckpt else None)
 
     with tempfile.TemporaryDirectory(prefix="gan-ckpt-") as scratch:
         # NOTE: on a failure that a restart may fix the MLflow run stays RUNNING, so the restarted group

@@ -87,6 +87,8 @@ def run(args: argparse.Namespace) -> int:
             metrics = evaluate_generator(G, config, real_x, real_labels, num_samples=args.num_samples or None,
                                          seed=args.seed, feature_extractor=extractor, classifier=classifier,
                                          progress=lambda line: print(line, file=sys.stderr, flush=True))
+    except UserError:
+        raise  # one line at the boundary, as it is
     except (ValueError, FileNotFoundError) as e:  # what numpy, torch or a reader refuses in the user's files
         raise UserError(first_line(e)) from None
     if args.json:

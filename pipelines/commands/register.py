@@ -74,7 +74,9 @@ def run(args) -> int:
             checkpoint, args.name, run_id=run_id, normalisation=normalisation, evaluator=evaluator,
             dataset_version=args.dataset_version, alias=args.alias, promote=not args.no_promote, force=args.force,
             export_formats=() if args.no_export else ("pt2", "onnx"))
-    except ValueError as e:  # a value numpy or torch refuses in what the user gave (a RegistryError passes)
+    except UserError:
+        raise  # one line at the boundary, as it is
+    except ValueError as e:  # a value numpy or torch refuses in what the user gave
         raise UserError(str(e)) from None
     except MlflowException as e:  # the store failed midway (after the run was found): one line, no traceback
         if store_unreachable(e):

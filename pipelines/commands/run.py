@@ -128,8 +128,8 @@ def run(args: argparse.Namespace) -> int:
 
 def run_pipeline(settings, args, log_file: Path) -> tuple[dict, str | None]:
     """2. the services, side by side (a temporary Prefect server when PREFECT_API_URL is unset), then the
-    flow. User errors become UserError; any other failure one line naming the log, with the traceback
-    in the log."""
+    flow. UserError families reach the boundary as they are (exit 2); a service that did not start is
+    CommandFailed (exit 1); any other failure one line naming the log, with the traceback in the log."""
     import traceback
 
     from gan_core.errors import CommandFailed

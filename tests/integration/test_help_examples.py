@@ -5,7 +5,8 @@ test runs for it: the example itself, with the placeholders filled in (`<run_id>
 `s3://bucket` = a bucket on the moto server, `~` = a temporary home) and, for commands that train, the
 CPU sizing `SMALL` appended (later `--set`s win, so it also replaces an example's own step count); or
 `NotHere` naming why it cannot run on this machine (a GPU, a remote cluster, weights that cannot be
-downloaded) and the test that runs the same code path against real services. A new example in a `--help` without a row here fails `test_the_table_lists_every_help_example`.
+downloaded) and the test that runs the same code path against real services. A new example in a `--help`
+without a row here fails `test_the_table_lists_every_help_example`.
 
 The examples run in order in one Prefect harness, one Ray instance, one MLflow store and one moto bucket:
 staging first, then `ganpipe run` (which registers `ganpipe-digits`), training, evaluation, registration,

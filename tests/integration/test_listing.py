@@ -11,9 +11,9 @@ import pytest
 
 from gan_core import train
 from gan_core.data import InMemoryBatches, load_builtin
+from infra.train.tracking import TAG_LAST_CHECKPOINT, DatasetRef, TrainingTracker
 from infra.models.evaluation import Evaluation
 from infra.models.registry import register_generator
-from infra.train.tracking import TAG_LAST_CHECKPOINT, DatasetRef, TrainingTracker
 from pipelines.cli import main
 from tests.factories import tiny_config
 

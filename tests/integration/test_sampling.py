@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from infra.data.shard_writer import PENDING_DIR
 from infra.models import batch_sampling
 from infra.models.batch_sampling import MANIFEST_NAME, open_samples, sample
 from infra.models.registry import register_generator
-from infra.data.shard_writer import PENDING_DIR
 from tests.integration.test_registry import DIGITS, digits_checkpoint, fixed_score  # noqa: F401 (fixtures)
 from tests.factories import tiny_config
 

@@ -15,8 +15,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from infra.data import datasets, shardset
-from infra.models import batch_sampling
 from infra.data.sources import open_source
+from infra.models import batch_sampling
 from pipelines.cli import main
 from tests.factories import committed_sample_set
 

@@ -13,8 +13,8 @@ from PIL import Image
 from gan_core import train
 from gan_core.data import InMemoryBatches, load_builtin
 from gan_core.training import build_training_state
-from infra.train.tracking import (SAMPLE_STRIP_ARTIFACT, TAG_LAST_CHECKPOINT, TRAINING_CURVES_ARTIFACT, DatasetRef,
-                            TrainingTracker)
+from infra.train.tracking import (SAMPLE_STRIP_ARTIFACT, TAG_LAST_CHECKPOINT, TRAINING_CURVES_ARTIFACT,
+                                  DatasetRef, TrainingTracker)
 from tests.factories import tiny_config
 
 pytestmark = pytest.mark.integration

@@ -23,8 +23,7 @@ from pathlib import Path
 import pytest
 
 from gan_core.files import OWNER_FILE
-from infra.data import shardset
-from infra.data import shard_writer
+from infra.data import shard_writer, shardset
 from infra.data.datasets import StagingPlan, open_dataset, plan_staging
 from pipelines.cli import main
 from tests.reliability.test_user_errors import RAY_STARTS, fresh_home, run_cli  # noqa: F401 (fixture)

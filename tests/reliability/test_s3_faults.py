@@ -26,7 +26,6 @@ import pytest
 from moto.server import ThreadedMotoServer
 
 from infra.base import storage
-
 from infra.data import datasets
 from pipelines.cli import main
 

@@ -128,3 +128,15 @@ def test_torchscript_feature_network_from_a_user_file(tmp_path):
     assert IdentityFeatures()(images).shape == (2, 64)
     with pytest.raises(FeatureNetworkError, match="nothing is downloaded"):
         TorchScriptFeatures(tmp_path / "missing.pt")
+
+
+def test_frechet_distance_is_zero_for_itself_a_mean_shift_squared_and_bounded_in_dimension():
+    """The one Fréchet distance (gan_core.metrics; the registry's default evaluator uses it too)."""
+    from gan_core.metrics import frechet_distance
+
+    x = np.random.default_rng(0).normal(size=(4000, 3))
+    assert frechet_distance(x, x) == pytest.approx(0.0, abs=1e-6)
+    assert frechet_distance(x, x + [1.0, 0.0, 0.0]) == pytest.approx(1.0, abs=1e-3)  # ||mu shift||^2
+    # 64x64 RGB pixels (12,288-d) ran a sqrtm for minutes in 8 GB: refused at once (issue 31)
+    with pytest.raises(ValueError, match="12288-d samples; allowed: at most 4096"):
+        frechet_distance(np.zeros((4, 3, 64, 64)), np.zeros((4, 3, 64, 64)))

@@ -10,9 +10,9 @@ import torch
 
 from gan_core.config import get_preset
 from gan_core.data import Normalisation
+from infra.data.shardset import fixed_size_list
 from infra.train.feed import stream_batches, stream_chunk_bytes
 from infra.train.plan import WorkerPlan, stream_passes
-from infra.data.shardset import fixed_size_list
 
 PER_WORKER = 16
 

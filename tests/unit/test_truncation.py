@@ -156,7 +156,6 @@ def test_registered_signature_has_truncation_double_default_off():
 
 
 def _resolved(supports_truncation=True):
-
     return resolved_model(supports_truncation=supports_truncation)
 
 
