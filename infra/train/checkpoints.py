@@ -59,6 +59,9 @@ def fetch_checkpoint(loc: Location, dest: Path) -> Path:
 def local_directory(loc: Location) -> Iterator[Path]:
     """A local directory holding the checkpoint at ``loc``: the folder itself on local disk, else a
     temporary copy (removed on exit)."""
+    if isinstance(loc.fs, pafs.LocalFileSystem):  # no temporary folder for a checkpoint already local
+        yield fetch_checkpoint(loc, Path(loc.path))
+        return
     with tempfile.TemporaryDirectory(prefix="ganpipe-checkpoint-") as tmp:
         yield fetch_checkpoint(loc, Path(tmp))
 
